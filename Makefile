@@ -1,0 +1,44 @@
+# Everyday verbs. Each one creates .venv and installs the project on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PACKAGE ?= packages/default
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install test test-slow lint serve bench train-default clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch/torchvision first, pinned: this build installs from the machine's local disk.
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+serve: $(STAMP)
+	@echo "Serving $(PACKAGE) on http://$(HOST):$(PORT)  (docs: http://$(HOST):$(PORT)/docs)"
+	ANYTIME_MODELS='["$(PACKAGE)"]' $(PY) -m service --host $(HOST) --port $(PORT)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks $(ARGS)
+
+train-default: $(STAMP)
+	$(PY) -m training train --config configs/msdnet_cifar10_default.yaml $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

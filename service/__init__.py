@@ -1,0 +1,1 @@
+"""Early-exit inference service: FastAPI + uvicorn over model packages (see README)."""

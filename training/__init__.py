@@ -1,0 +1,1 @@
+"""IMTA training, evaluation, calibration and export of multi-exit models (see README)."""
