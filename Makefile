@@ -31,7 +31,10 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 serve: $(STAMP)
-	@echo "Serving $(PACKAGE) on http://$(HOST):$(PORT)  (docs: http://$(HOST):$(PORT)/docs)"
+	@test -e "$(PACKAGE)" || { \
+	  echo "error: model package '$(PACKAGE)' is missing." >&2; \
+	  echo "  Train and export the default one with 'make train-default' (writes packages/default)," >&2; \
+	  echo "  or serve another package: make serve PACKAGE=path/to/package" >&2; exit 1; }
 	ANYTIME_MODELS='["$(PACKAGE)"]' $(PY) -m service --host $(HOST) --port $(PORT)
 
 bench: $(STAMP)

@@ -1,0 +1,50 @@
+"""``python -m service``: serve model packages with uvicorn; ``--help`` lists every setting.
+
+Binds the socket first so that ``--port 0`` works and the printed address is the real one.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.app import create_app
+from service.logs import configure_logging
+from service.settings import ServiceSettings, SettingsFileError
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = ServiceSettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
+    except (ValidationError, SettingsFileError) as e:
+        print(f"error: invalid settings: {e}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.json_logs)
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as e:
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {e}", file=sys.stderr)
+        return 1
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    print(f"anytime serving on http://{shown}:{port}  (docs: http://{shown}:{port}/docs)", flush=True)
+    config = uvicorn.Config(
+        create_app(settings),
+        log_config=None,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+    )
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    # uvicorn exits 0 after a graceful SIGTERM; a failed start-up (bad package) leaves it unstarted.
+    return 0 if server.started else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

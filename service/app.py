@@ -1,0 +1,89 @@
+"""The app factory: ``create_app(settings)``; its lifespan loads and warms up the model packages.
+
+Nothing heavy happens at import or in the factory: packages load in the lifespan (so a test can
+build many apps, and uvicorn reports start-up failures), and shut down with a drain.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+import service
+from service.engine import LoadedModel, load_model
+from service.metrics import ServiceMetrics
+from service.middleware import RequestMetricsMiddleware
+from service.routes import health, v1, v2
+from service.routes.deps import AppState
+from service.routes.handlers import install_handlers
+from service.settings import ServiceSettings
+
+log = logging.getLogger("service")
+
+
+class ModelLoadError(RuntimeError):
+    """A configured package could not be served (the message names it and why)."""
+
+
+def _load_all(settings: ServiceSettings, metrics: ServiceMetrics) -> dict[str, LoadedModel]:
+    models: dict[str, LoadedModel] = {}
+    for path in settings.models:
+        try:
+            loaded = load_model(path, settings, metrics)
+        except Exception as e:  # PackageError, BackendError, ...: stop start-up with one message
+            for m in models.values():
+                m.engine.stop()
+            raise ModelLoadError(f"cannot serve model package {path}: {e}") from e
+        if loaded.name in models:
+            loaded.engine.stop()
+            raise ModelLoadError(f"two packages are named {loaded.name!r}; names must be unique")
+        models[loaded.name] = loaded
+    return models
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    """Build the FastAPI app for ``settings`` (default: from the environment)."""
+    settings = settings or ServiceSettings()
+    state = AppState(settings=settings, metrics=ServiceMetrics())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.models:
+            log.warning("no model packages configured (ANYTIME_MODELS); serving no models")
+        # Loading and warm-up are heavy: a worker thread keeps the event loop free meanwhile.
+        state.models = await anyio.to_thread.run_sync(_load_all, settings, state.metrics)
+        state.ready = True
+        log.info("ready: %s", ", ".join(state.models) or "no models")
+        try:
+            yield
+        finally:
+            state.ready = False
+            log.info("shutting down: draining the engines' queues")
+            for m in state.models.values():
+                await anyio.to_thread.run_sync(m.engine.stop)
+
+    app = FastAPI(
+        title="anytime",
+        version=service.__version__,
+        description="Early-exit image classification: each image leaves the network at the first "
+        "exit confident enough for the compute budget the client asked for.",
+        lifespan=lifespan,
+    )
+    app.state.anytime = state
+    install_handlers(app)
+    routers = [health.router, v1.router, v2.health, v2.router]
+    for router in routers:
+        app.include_router(router)
+    templates = [r.path for router in routers for r in router.routes if isinstance(r, APIRoute)]
+    app.add_middleware(
+        RequestMetricsMiddleware,
+        metrics=state.metrics,
+        templates=templates,
+        models=lambda: set(state.models),
+    )
+    return app

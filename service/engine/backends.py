@@ -1,0 +1,155 @@
+"""Backends run one stage of a package on a batch: PyTorch (eager) and ONNX Runtime.
+
+Both take and return torch tensors with the batch on dim 0, so the executor does not care which
+one runs. ONNX Runtime runs the package's per-stage graphs (``manifest.onnx``): it cannot stop a
+single graph part-way, which is why the package exports one graph per stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from models.multi_exit import MultiExitNet, State
+from models.package import ModelPackage
+
+log = logging.getLogger("service.engine")
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be built for this package or device."""
+
+
+class StageBackend(Protocol):
+    """What the executor needs from a backend."""
+
+    name: str
+    device: str
+
+    def run_stage(self, k: int, state: State) -> tuple[State, Tensor]:
+        """Stage ``k`` on ``state`` (stage 0: ``(image [N,3,H,W],)``) -> (next state, logits [N,C])."""
+        ...
+
+
+def cuda_works() -> bool:
+    """True only when a CUDA device really runs a kernel (not merely when libraries are present)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        (torch.ones(1, device="cuda") + 1).item()
+        return True
+    except Exception:  # a broken driver raises assorted errors
+        return False
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when CUDA really works, else ``cpu``; ``cuda`` without CUDA is an error."""
+    if device == "auto":
+        return "cuda" if cuda_works() else "cpu"
+    if device == "cuda" and not cuda_works():
+        raise BackendError("device 'cuda' was requested but CUDA does not work on this machine")
+    return device
+
+
+class TorchBackend:
+    """Eager PyTorch over ``MultiExitNet.forward_stage``; fp16/bf16 only on CUDA."""
+
+    name = "torch"
+
+    def __init__(self, model: MultiExitNet, device: str, dtype: str = "float32") -> None:
+        self.device = device
+        self.dtype = _DTYPES[dtype] if device == "cuda" else torch.float32
+        self.model = model.to(device=device, dtype=self.dtype).eval()
+
+    def run_stage(self, k: int, state: State) -> tuple[State, Tensor]:
+        with torch.inference_mode():
+            if k == 0:
+                state = (state[0].to(self.device, self.dtype, non_blocking=True),)
+            next_state, logits = self.model.forward_stage(k, state)
+            return next_state, logits.float()
+
+
+class OnnxBackend:
+    """ONNX Runtime over the package's stage graphs; CUDA provider only when it really works."""
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_paths: list[Path], device: str, input_names: list[list[str]]) -> None:
+        import onnxruntime as ort  # heavy; imported only when this backend is used
+
+        if not onnx_paths:
+            raise BackendError("the package has no ONNX stage graphs (exported without ONNX)")
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.sessions = [
+            ort.InferenceSession(str(p), sess_options=opts, providers=providers) for p in onnx_paths
+        ]
+        used = self.sessions[0].get_providers()[0]
+        # ORT silently falls back to CPU when the CUDA libraries do not load: report what it uses.
+        self.device = "cuda" if used == "CUDAExecutionProvider" else "cpu"
+        self.input_names = input_names
+        log.info("onnxruntime backend: provider %s (device %s)", used, self.device)
+
+    def run_stage(self, k: int, state: State) -> tuple[State, Tensor]:
+        feeds = {
+            name: t.detach().cpu().numpy() for name, t in zip(self.input_names[k], state, strict=True)
+        }
+        outs = self.sessions[k].run(None, feeds)
+        tensors = tuple(torch.from_numpy(o) for o in outs)
+        return tensors[:-1], tensors[-1].float()
+
+
+def build_backend(pkg: ModelPackage, backend: str, device: str, torch_dtype: str) -> StageBackend:
+    """The backend the settings ask for; ``auto`` measures both and keeps the faster.
+
+    Args:
+        backend: ``torch`` | ``onnxruntime`` | ``auto``.
+        device: an already resolved device (``cpu`` or ``cuda``).
+    """
+    if backend == "torch":
+        return TorchBackend(pkg.model, device, torch_dtype)
+    inputs = [g.inputs for g in pkg.manifest.onnx]
+    if backend == "onnxruntime":
+        return OnnxBackend(pkg.onnx_paths, device, inputs)
+    candidates: list[StageBackend] = [TorchBackend(pkg.model, device, torch_dtype)]
+    if pkg.onnx_paths:
+        candidates.append(OnnxBackend(pkg.onnx_paths, device, inputs))
+    if len(candidates) == 1:
+        log.info("backend auto -> torch (the package has no ONNX graphs)")
+        return candidates[0]
+    h, w = pkg.manifest.preprocessing.input_size
+    timings = {b.name: time_full_pass(b, pkg.manifest.num_exits, (8, 3, h, w)) for b in candidates}
+    best = min(candidates, key=lambda b: timings[b.name])
+    log.info(
+        "backend auto -> %s (full pass, batch 8: %s)",
+        best.name,
+        ", ".join(f"{n} {t * 1e3:.2f} ms" for n, t in timings.items()),
+    )
+    return best
+
+
+def time_full_pass(
+    backend: StageBackend, num_exits: int, shape: tuple[int, ...], repeats: int = 5
+) -> float:
+    """Median seconds of one pass through every stage on a random batch of ``shape``."""
+    x = torch.randn(*shape)
+    times = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        state: State = (x,)
+        for k in range(num_exits):
+            state, logits = backend.run_stage(k, state)
+        logits.cpu()
+        if i > 0:  # the first pass includes lazy initialisation
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]

@@ -1,0 +1,107 @@
+"""Image decoding and the package's preprocessing: encoded bytes -> network input ``[3, H, W]``.
+
+Decoding runs in worker threads (never on the event loop) and checks limits *before* the pixels
+are decoded, so a small file whose header claims huge dimensions (a decompression bomb) costs
+nothing: Pillow reads the header lazily in ``Image.open``.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from models.package import Preprocessing
+from service.errors import BadImageError, PayloadTooLargeError
+
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_image_bytes: int
+    max_image_pixels: int
+
+
+def decode_image(data: bytes, limits: ImageLimits, where: str = "image") -> Image.Image:
+    """Decode one encoded image to RGB (alpha dropped, grayscale and palettes expanded).
+
+    Raises:
+        BadImageError: empty, not an image, truncated or corrupt (400).
+        PayloadTooLargeError: more bytes or pixels than the limits allow (413).
+    """
+    if not data:
+        raise BadImageError(f"{where} is empty (0 bytes)")
+    if len(data) > limits.max_image_bytes:
+        raise PayloadTooLargeError(
+            f"{where} has {len(data)} bytes; the limit is {limits.max_image_bytes}",
+            detail={"bytes": len(data), "limit": limits.max_image_bytes},
+        )
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (or raises) on its own bomb limit; ours below is the one that applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > limits.max_image_pixels:
+                raise PayloadTooLargeError(
+                    f"{where} is {width}x{height} pixels; the limit is {limits.max_image_pixels} pixels",
+                    detail={"width": width, "height": height, "limit": limits.max_image_pixels},
+                )
+            if width < 1 or height < 1:
+                raise BadImageError(f"{where} has no pixels ({width}x{height})")
+            img.load()
+            return img.convert("RGB")
+    except (PayloadTooLargeError, BadImageError):
+        raise
+    except UnidentifiedImageError:
+        raise BadImageError(f"{where} is not a recognised image format") from None
+    except Image.DecompressionBombError as e:
+        raise PayloadTooLargeError(f"{where} is too large to decode: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        # Pillow reports truncated or corrupt data as OSError/SyntaxError/ValueError/EOFError.
+        raise BadImageError(f"{where} is truncated or corrupt: {e}") from None
+
+
+def preprocess(img: Image.Image, pre: Preprocessing) -> Tensor:
+    """RGB image -> normalised float tensor ``[3, H, W]`` with ``(H, W) = pre.input_size``.
+
+    Resize the shorter side to ``pre.resize`` and center-crop when the package says so (the
+    ImageNet convention); without ``resize`` the image is resized straight to the input size.
+    """
+    h, w = pre.input_size
+    resample = _RESAMPLE[pre.interpolation]
+    if pre.resize is not None:
+        scale = pre.resize / min(img.size)
+        new = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        img = img.resize(new, resample)
+        if pre.center_crop:
+            left, top = (img.width - w) // 2, (img.height - h) // 2
+            img = img.crop((left, top, left + w, top + h))
+    if img.size != (w, h):
+        img = img.resize((w, h), resample)
+    arr = np.asarray(img, dtype=np.float32) / 255.0  # [H, W, 3]
+    x = torch.from_numpy(arr).permute(2, 0, 1)
+    mean = torch.tensor(pre.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(pre.std, dtype=torch.float32).view(3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+def images_to_batch(blobs: list[bytes], pre: Preprocessing, limits: ImageLimits) -> Tensor:
+    """Decode and preprocess every image of a request: ``[N, 3, H, W]``.
+
+    The error names the image by its position, so a client knows which one was bad.
+    """
+    tensors = []
+    for i, blob in enumerate(blobs):
+        tensors.append(preprocess(decode_image(blob, limits, where=f"image {i}"), pre))
+    return torch.stack(tensors)

@@ -1,0 +1,74 @@
+"""Load a model package into a running engine: package -> backend -> warm-up -> workers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.package import ModelPackage, load_package
+from service.engine.backends import build_backend, resolve_device
+from service.engine.engine import EngineConfig, ModelEngine
+from service.metrics import ServiceMetrics
+from service.settings import ServiceSettings
+
+log = logging.getLogger("service.engine")
+
+
+@dataclass
+class LoadedModel:
+    """A served model: its package (manifest, files) and its engine."""
+
+    package: ModelPackage
+    engine: ModelEngine
+
+    @property
+    def name(self) -> str:
+        return self.package.manifest.name
+
+
+def engine_config(settings: ServiceSettings) -> EngineConfig:
+    b = settings.batching
+    return EngineConfig(
+        max_batch_size=b.max_batch_size,
+        max_delay_s=b.max_delay_ms / 1000.0,
+        queue_size=b.queue_size,
+        workers=b.workers,
+        batching=b.enabled,
+        retry_after_s=settings.retry_after_s,
+    )
+
+
+def load_model(path: str | Path, settings: ServiceSettings, metrics: ServiceMetrics) -> LoadedModel:
+    """Load, build the backend, warm up (if configured) and start the engine's workers.
+
+    Raises:
+        PackageError: the package is missing or damaged.
+        BackendError: the requested backend or device cannot be used.
+    """
+    if settings.torch.intra_op_threads:
+        torch.set_num_threads(settings.torch.intra_op_threads)
+    pkg = load_package(path)
+    m = pkg.manifest
+    device = resolve_device(settings.device)
+    backend = build_backend(pkg, settings.backend, device, settings.torch.dtype)
+    engine = ModelEngine(m.name, m, backend, engine_config(settings), metrics)
+    if settings.warmup:
+        engine.warmup()
+    else:
+        engine.ready = True
+    engine.start()
+    metrics.model_info.labels(m.name, m.version, backend.name, backend.device, str(m.num_exits)).set(1)
+    metrics.queue_depth.labels(m.name).set(0)
+    log.info(
+        "loaded model %s v%s from %s: %d exits, backend %s on %s",
+        m.name,
+        m.version,
+        path,
+        m.num_exits,
+        backend.name,
+        backend.device,
+    )
+    return LoadedModel(pkg, engine)

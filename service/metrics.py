@@ -1,0 +1,79 @@
+"""Prometheus metrics on a registry owned by the app (never module globals: tests build many apps).
+
+The names and labels are a contract with the Grafana dashboard and the alert rules (issue 4).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+FRACTION_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class ServiceMetrics:
+    """Every metric of one app instance, registered on its own :class:`CollectorRegistry`."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.request_duration = Histogram(
+            "anytime_request_duration_seconds",
+            "HTTP request latency by route template, model and status code.",
+            ["route", "model", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests_in_flight = Gauge(
+            "anytime_requests_in_flight", "HTTP requests being handled.", ["route"], registry=r
+        )
+        self.queue_wait = Histogram(
+            "anytime_queue_wait_seconds",
+            "Time an image waits in the queue before its first stage runs.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "anytime_queue_depth", "Images waiting for their first stage.", ["model"], registry=r
+        )
+        self.batch_size = Histogram(
+            "anytime_batch_size",
+            "Images in each stage run (the batch shrinks at each exit).",
+            ["model", "stage"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.exit_images = Counter(
+            "anytime_exit_images", "Images answered at each exit.", ["model", "exit"], registry=r
+        )
+        self.compute_fraction = Histogram(
+            "anytime_image_compute_fraction",
+            "FLOPs an image used over the full network's.",
+            ["model"],
+            buckets=FRACTION_BUCKETS,
+            registry=r,
+        )
+        self.flops = Counter("anytime_flops", "FLOPs spent on answered images.", ["model"], registry=r)
+        self.flops_saved = Counter(
+            "anytime_flops_saved",
+            "Full-network FLOPs minus FLOPs spent, over answered images.",
+            ["model"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "anytime_rejections",
+            "Requests or images refused or dropped, by reason.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "anytime_model_info",
+            "Loaded model packages (value 1).",
+            ["model", "version", "backend", "device", "num_exits"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format of this registry."""
+        return generate_latest(self.registry)

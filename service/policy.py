@@ -1,0 +1,97 @@
+"""Pure exit decisions: request options -> per-exit thresholds, confidences -> who leaves now.
+
+The rule itself is ``models.exit_policy`` (shared with calibration, so the service exits exactly
+where calibration assumed, MSDNet section 5 "budgeted batch classification"). This module only
+turns a request's options into thresholds and applies them per image, so that images with
+different budgets can share one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from models.exit_policy import NEVER_EXIT, exits_now
+from models.package import Manifest
+from service.errors import InvalidOptionError
+
+
+@dataclass(frozen=True)
+class ExitPlan:
+    """How one request's images exit.
+
+    Attributes:
+        thresholds: ``[K]`` confidence threshold per exit (above 1 disables an exit).
+        max_exit: the deepest exit any image may use (it takes everything left there).
+        budget: the budget the thresholds came from; ``None`` when a threshold overrode it.
+    """
+
+    thresholds: Tensor
+    max_exit: int
+    budget: float | None
+
+
+def resolve_plan(
+    manifest: Manifest,
+    *,
+    budget: float | None = None,
+    threshold: float | None = None,
+    max_exit: int | None = None,
+    default_budget: float | None = None,
+) -> ExitPlan:
+    """Thresholds for a request's options.
+
+    ``threshold`` (one confidence for every exit) wins over ``budget``; without either, the
+    service's ``default_budget``, else the package's, else 1.0 (every image to the last exit).
+
+    Raises:
+        InvalidOptionError: a value out of range, or a budget the package has no thresholds for.
+    """
+    k = manifest.num_exits
+    if max_exit is None:
+        max_exit = k - 1
+    if not 0 <= max_exit < k:
+        raise InvalidOptionError(f"max_exit must be in 0..{k - 1} for this model, got {max_exit}")
+    if threshold is not None:
+        if not 0.0 <= threshold <= 1.0:
+            raise InvalidOptionError(f"threshold must be in [0, 1], got {threshold}")
+        return ExitPlan(torch.full((k,), float(threshold)), max_exit, None)
+    if budget is None:
+        budget = default_budget if default_budget is not None else manifest.default_budget
+    if budget is None:
+        budget = 1.0
+    if not 0.0 < budget <= 1.0:
+        raise InvalidOptionError(f"budget must be in (0, 1], got {budget}")
+    return ExitPlan(budget_thresholds(manifest, budget), max_exit, budget)
+
+
+def budget_thresholds(manifest: Manifest, budget: float) -> Tensor:
+    """``[K]`` thresholds of the package's budget table row for ``budget``.
+
+    A budget between two rows uses the largest row not above it (never spend more than asked);
+    budget 1.0 without a table row runs every image to the last exit.
+    """
+    k = manifest.num_exits
+    rows = sorted(r.budget for r in manifest.budgets)
+    if budget >= 1.0 and (not rows or rows[-1] < 1.0 - 1e-9):
+        return torch.full((k,), NEVER_EXIT)
+    if not rows or budget < rows[0] - 1e-9:
+        allowed = f"between {rows[0]} and 1.0" if rows else "1.0 (the package has no budget table)"
+        raise InvalidOptionError(
+            f"budget {budget} is below what this model offers; use a budget {allowed}",
+            detail={"budgets": rows},
+        )
+    return torch.tensor(manifest.budget_entry(budget).thresholds, dtype=torch.float32)
+
+
+def leaving_now(conf: Tensor, thresholds: Tensor, max_exit: Tensor, k: int, num_exits: int) -> Tensor:
+    """Boolean mask ``[N]`` of the images that leave at exit ``k``.
+
+    Args:
+        conf: ``[N]`` max-softmax confidence of each image at exit ``k``.
+        thresholds: ``[N]`` each image's threshold for exit ``k`` (per image: mixed budgets).
+        max_exit: ``[N]`` each image's deepest allowed exit.
+    """
+    return exits_now(conf, thresholds, is_last=k == num_exits - 1) | (max_exit <= k)

@@ -1,0 +1,165 @@
+"""KServe v2 tensors: JSON data and the binary tensor data extension, both directions.
+
+Binary extension (Triton's ``binary_tensor_data``, which KServe v2 clients speak): the body is a
+JSON header of ``Inference-Header-Content-Length`` bytes followed by the raw tensors in input
+order, each sized by its ``parameters.binary_data_size``. Fixed-size types are little-endian,
+row-major; each ``BYTES`` element is a 4-byte little-endian length followed by its bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import struct
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from torch import Tensor
+
+from service.errors import BadRequestError
+from service.schemas import V2InferRequest, V2InputTensor, V2OutputTensor
+
+HEADER = "inference-header-content-length"
+
+
+def parse_infer_body(body: bytes, header_length: str | None) -> tuple[V2InferRequest, bytes]:
+    """Split a v2 infer body into the parsed JSON request and the trailing binary data."""
+    if header_length is not None:
+        if not header_length.strip().isdigit() or int(header_length) > len(body):
+            raise BadRequestError(
+                f"Inference-Header-Content-Length {header_length!r} is not a length within the body "
+                f"of {len(body)} bytes"
+            )
+        n = int(header_length)
+        head, binary = body[:n], body[n:]
+    else:
+        head, binary = body, b""
+    if not head:
+        raise BadRequestError("empty inference request")
+    try:
+        raw = json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequestError(f"inference request is not valid JSON: {e}") from None
+    try:
+        return V2InferRequest.model_validate(raw), binary
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise BadRequestError(f"invalid inference request: {problems}") from None
+
+
+def split_binary(inputs: list[V2InputTensor], binary: bytes) -> list[bytes | None]:
+    """The raw bytes of each input that uses the binary extension (None for JSON ``data``)."""
+    out: list[bytes | None] = []
+    offset = 0
+    for t in inputs:
+        size = (t.parameters or {}).get("binary_data_size")
+        if size is None:
+            out.append(None)
+            continue
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise BadRequestError(
+                f"input {t.name!r}: binary_data_size {size!r} does not fit the {len(binary)} "
+                "bytes of binary data"
+            )
+        out.append(binary[offset : offset + size])
+        offset += size
+    if offset != len(binary):
+        raise BadRequestError(f"{len(binary) - offset} bytes of binary data belong to no input")
+    return out
+
+
+def _numel(shape: list[int], name: str) -> int:
+    if any(d < 0 for d in shape):
+        raise BadRequestError(f"input {name!r}: negative dimension in shape {shape}")
+    return math.prod(shape)
+
+
+def decode_bytes_tensor(t: V2InputTensor, raw: bytes | None) -> list[bytes]:
+    """Elements of a ``BYTES`` input: length-prefixed binary, or base64 strings in JSON ``data``."""
+    n = _numel(t.shape, t.name)
+    items: list[bytes] = []
+    if raw is not None:
+        pos = 0
+        while pos < len(raw):
+            if pos + 4 > len(raw):
+                raise BadRequestError(f"input {t.name!r}: truncated BYTES element length")
+            (size,) = struct.unpack_from("<I", raw, pos)
+            pos += 4
+            if pos + size > len(raw):
+                raise BadRequestError(f"input {t.name!r}: BYTES element runs past the binary data")
+            items.append(raw[pos : pos + size])
+            pos += size
+    else:
+        data = t.data
+        if not isinstance(data, list) or not all(isinstance(x, str) for x in _flatten(data)):
+            raise BadRequestError(f"input {t.name!r}: BYTES data must be a list of base64 strings")
+        for i, text in enumerate(_flatten(data)):
+            try:
+                items.append(base64.b64decode(text, validate=True))
+            except (binascii.Error, ValueError) as e:
+                raise BadRequestError(
+                    f"input {t.name!r}: element {i} is not valid base64: {e}"
+                ) from None
+    if len(items) != n:
+        raise BadRequestError(f"input {t.name!r}: shape {t.shape} holds {n} elements, got {len(items)}")
+    return items
+
+
+def decode_fp32_tensor(t: V2InputTensor, raw: bytes | None) -> Tensor:
+    """An ``FP32`` input as a tensor of its declared shape (finite values only)."""
+    n = _numel(t.shape, t.name)
+    if raw is not None:
+        if len(raw) != 4 * n:
+            raise BadRequestError(
+                f"input {t.name!r}: shape {t.shape} needs {4 * n} bytes, got {len(raw)}"
+            )
+        arr = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    else:
+        flat = list(_flatten(t.data)) if isinstance(t.data, list) else None
+        if flat is None or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in flat):
+            raise BadRequestError(f"input {t.name!r}: FP32 data must be a (nested) list of numbers")
+        if len(flat) != n:
+            raise BadRequestError(f"input {t.name!r}: shape {t.shape} holds {n} values, got {len(flat)}")
+        arr = np.asarray(flat, dtype=np.float32)
+    x = torch.from_numpy(arr.copy()).reshape(t.shape)
+    if not bool(torch.isfinite(x).all()):
+        raise BadRequestError(f"input {t.name!r}: contains NaN or infinite values")
+    return x
+
+
+def _flatten(data: Any) -> Any:
+    for x in data:
+        if isinstance(x, list):
+            yield from _flatten(x)
+        else:
+            yield x
+
+
+def encode_outputs(
+    outputs: list[tuple[str, str, np.ndarray]], binary: set[str]
+) -> tuple[list[V2OutputTensor], bytes]:
+    """Output tensors for the response; those named in ``binary`` go to the trailing bytes.
+
+    Args:
+        outputs: ``(name, datatype, array)`` in response order.
+    """
+    tensors, blobs = [], []
+    for name, datatype, arr in outputs:
+        shape = list(arr.shape)
+        if name in binary:
+            blob = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+            blobs.append(blob)
+            tensors.append(
+                V2OutputTensor(
+                    name=name, shape=shape, datatype=datatype, parameters={"binary_data_size": len(blob)}
+                )
+            )
+        else:
+            tensors.append(
+                V2OutputTensor(name=name, shape=shape, datatype=datatype, data=arr.flatten().tolist())
+            )
+    return tensors, b"".join(blobs)

@@ -1,0 +1,153 @@
+"""Request and response models of the REST API (v1, KServe v2) and the one error envelope."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors ----------------------------------------------------------------------------------------
+class ErrorBody(BaseModel):
+    code: str = Field(description="machine-readable error code, e.g. bad_image, queue_full")
+    message: str = Field(description="what went wrong, for a human")
+    detail: Any = Field(None, description="structured detail (offending field, limits)")
+
+
+class ErrorEnvelope(BaseModel):
+    """The one shape of every error response."""
+
+    error: ErrorBody
+
+
+# -- v1 ----------------------------------------------------------------------------------------------
+class ExitInfo(BaseModel):
+    index: int
+    flops: int = Field(description="cumulative FLOPs of one image leaving here")
+    compute_fraction: float = Field(description="flops over the full network's")
+
+
+class BudgetInfo(BaseModel):
+    budget: float
+    expected_compute_fraction: float
+    accuracy: float | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    classes: list[str]
+    num_exits: int
+    exits: list[ExitInfo]
+    budgets: list[BudgetInfo]
+    default_budget: float
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class ClassifyOptions(_Request):
+    """Options of ``classify`` (query string or the JSON body)."""
+
+    budget: float | None = Field(None, gt=0, le=1, description="fraction of the full network's FLOPs")
+    max_exit: int | None = Field(None, ge=0, description="deepest exit an image may use (0-based)")
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="one confidence for every exit; overrides the budget"
+    )
+    top_k: int = Field(1, ge=1, le=1000, description="how many classes to list per image")
+
+
+class ClassifyJSON(ClassifyOptions):
+    """JSON body of ``classify``: base64-encoded images plus the options."""
+
+    images: list[str] = Field(description="base64-encoded image files")
+
+
+class TopK(BaseModel):
+    class_index: int
+    class_name: str
+    probability: float
+
+
+class Prediction(BaseModel):
+    class_index: int
+    class_name: str
+    confidence: float
+    exit: int = Field(description="0-based index of the exit that answered")
+    compute_fraction: float = Field(description="FLOPs this image used over the full network's")
+    top_k: list[TopK]
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    budget: float | None = Field(description="budget used; null when a threshold overrode it")
+    predictions: list[Prediction]
+
+
+# -- KServe v2 (Open Inference Protocol) -------------------------------------------------------------
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class V2InputTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: Datatype
+    parameters: dict[str, Any] | None = None
+    data: Any = None
+
+
+class V2RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[V2InputTensor] = Field(min_length=1)
+    outputs: list[V2RequestedOutput] | None = None
+
+
+class V2OutputTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[V2OutputTensor]

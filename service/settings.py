@@ -1,0 +1,150 @@
+"""Service settings: pydantic-settings, one prefix (``ANYTIME_``), nested parts are BaseModels.
+
+Sources, highest priority first: constructor arguments, command line (``python -m service``),
+environment (``ANYTIME_MODELS='["packages/default"]'``, nested with ``__`` as in
+``ANYTIME_BATCHING__MAX_BATCH_SIZE=16``), then a YAML or JSON file named by ``config_file``
+(``--config-file`` or ``ANYTIME_CONFIG_FILE``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+Backend = Literal["torch", "onnxruntime", "auto"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchingSettings(_Part):
+    """Dynamic batching across concurrent requests (one batcher per model)."""
+
+    enabled: bool = Field(True, description="batch concurrent requests; off = one request per batch")
+    max_batch_size: int = Field(32, ge=1, le=4096, description="most images in one stage-0 batch")
+    max_delay_ms: float = Field(
+        4.0, ge=0, le=10_000, description="longest an image waits for others to fill its batch"
+    )
+    queue_size: int = Field(
+        256, ge=1, description="most images waiting per model; beyond it requests get 429"
+    )
+    workers: int = Field(1, ge=1, le=64, description="inference worker threads per model")
+
+
+class LimitSettings(_Part):
+    """Limits on what one request may carry (decompression bombs, huge bodies)."""
+
+    max_body_bytes: int = Field(32 * 2**20, ge=1, description="largest request body")
+    max_image_bytes: int = Field(8 * 2**20, ge=1, description="largest encoded image")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="largest width*height of a decoded image"
+    )
+    max_images_per_request: int = Field(64, ge=1, description="most images in one request")
+
+
+class AuthSettings(_Part):
+    """Optional API keys: with any set, every API route needs one (health routes stay open)."""
+
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="accepted keys (Authorization: Bearer KEY or X-API-Key)"
+    )
+    protect_metrics: bool = Field(False, description="require a key for /metrics too")
+
+
+class TorchSettings(_Part):
+    """PyTorch backend options (fp16/bf16 only apply on CUDA)."""
+
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="compute dtype on CUDA (CPU always runs float32)"
+    )
+    intra_op_threads: int = Field(0, ge=0, description="torch.set_num_threads; 0 = leave default")
+
+
+class ServiceSettings(BaseSettings):
+    """Every setting of the service; ``python -m service --help`` lists them all."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ANYTIME_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        cli_prog_name="python -m service",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+    )
+
+    config_file: Path | None = Field(None, description="YAML or JSON file with settings")
+    models: list[str] = Field(
+        default_factory=list, description="model package paths (directories or .tar) to serve"
+    )
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on (0 = any free port)")
+    backend: Backend = Field("auto", description="torch | onnxruntime | auto (faster one measured)")
+    device: Device = Field("auto", description="auto = CUDA when it really works, else CPU")
+    default_budget: float | None = Field(
+        None, gt=0, le=1, description="budget when a request gives none (else the package's default)"
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="deadline of a request from arrival; past it: 504"
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After header of a 429")
+    warmup: bool = Field(True, description="run every stage once at start-up before /readyz is ok")
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    torch: TorchSettings = Field(default_factory=TorchSettings)
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    json_logs: bool = Field(False, description="log one JSON object per line")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, dotenv_settings, _ConfigFileSource(settings_cls))
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Lowest-priority source: the file named by ``config_file`` in a higher source."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = self.current_state.get("config_file")
+        if not path:
+            return {}
+        return read_settings_file(Path(path))
+
+
+class SettingsFileError(ValueError):
+    """The settings file is missing or not a mapping of settings."""
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """Parse a YAML (``.yaml``/``.yml``) or JSON settings file into a dict."""
+    if not path.is_file():
+        raise SettingsFileError(f"settings file not found: {path}")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise SettingsFileError(f"{path}: cannot parse settings ({e})") from None
+    if not isinstance(data, dict):
+        raise SettingsFileError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
