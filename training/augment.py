@@ -1,0 +1,79 @@
+"""Batched, per-sample augmentation on uint8 image tensors, plus normalisation.
+
+torchvision's ``transforms.v2`` draws *one* set of random parameters per call, so applied to a
+batch tensor every image would get the same crop; a per-image loop would cost a Python call per
+image. These functions draw per-image parameters from an explicit ``torch.Generator`` (so a
+resumed run repeats them exactly) and apply them with vectorised indexing / ``roi_align``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def random_crop_flip(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
+    """CIFAR augmentation: zero-pad by ``padding``, random crop back to size, random h-flip.
+
+    Args:
+        x: ``[N, C, H, W]`` images (any dtype).
+    Returns:
+        ``[N, C, H, W]``, same dtype.
+    """
+    n, _, h, w = x.shape
+    if padding > 0:
+        padded = F.pad(x, (padding, padding, padding, padding))
+        oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # [N, 1, H, 1]
+        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]  # [N, 1, 1, W]
+        batch = torch.arange(n)[:, None, None, None]
+        chan = torch.arange(x.shape[1])[None, :, None, None]
+        x = padded[batch, chan, rows, cols]
+    return random_flip(x, generator)
+
+
+def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Horizontal flip of each image of ``[N, C, H, W]`` with probability 1/2."""
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def random_resized_crop_flip(
+    x: Tensor,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Tensor:
+    """ImageNet-style random resized crop (area ``scale``, aspect ``ratio``) + flip, per image.
+
+    Args:
+        x: ``[N, C, H, W]`` uint8 or float.
+    Returns:
+        ``[N, C, H, W]`` float32 in the input's value range.
+    """
+    from torchvision.ops import roi_align
+
+    n, _, h, w = x.shape
+    area = torch.empty(n).uniform_(*scale, generator=generator) * h * w
+    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = torch.exp(log_r)
+    cw = torch.sqrt(area * aspect).clamp(1, w)
+    ch = torch.sqrt(area / aspect).clamp(1, h)
+    x0 = torch.rand(n, generator=generator) * (w - cw)
+    y0 = torch.rand(n, generator=generator) * (h - ch)
+    boxes = torch.stack([torch.arange(n, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], dim=1)
+    out = roi_align(
+        x.float(), boxes, output_size=(h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True
+    )
+    return random_flip(out, generator)
+
+
+def normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """``[N, C, H, W]`` in 0..255 -> float32 normalised (``mean``/``std`` in 0..1 units)."""
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1) * 255
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1) * 255
+    return (x.float() - m) / s

@@ -1,0 +1,168 @@
+"""Training configuration: frozen pydantic models built from a YAML file plus command-line overrides.
+
+Every model forbids unknown keys, so a typo (``lerning_rate``) is an error that names the key
+instead of a silently ignored setting. Overrides use dotted paths (``optim.lr=0.05``) and are
+parsed as YAML scalars, so ``true``, ``0.1`` and ``[1, 2]`` get their natural types.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(Exception):
+    """A configuration file or override is invalid; the message names the key and the problem."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Frozen):
+    """Which registered architecture to build (``models.create_model``) and its ISC option."""
+
+    name: str = "msdnet"
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor overrides")
+    isc: bool = Field(False, description="Inline Subnetwork Collaboration (IMTA section 3.2)")
+    isc_detach: bool = Field(False, description="cut the backward path through the ISC link")
+
+
+class DataConfig(_Frozen):
+    """Where the images come from and how they are split (fixed seed, recorded in the package)."""
+
+    source: Literal[
+        "cifar10-jpg", "imagefolder", "torchvision-cifar10", "torchvision-cifar100", "synthetic"
+    ] = "cifar10-jpg"
+    path: str | None = Field(
+        None,
+        description="cifar10-jpg: the .tar.gz or its extracted tree; imagefolder: the class-folder "
+        "root; torchvision-*: the dataset root. Default for cifar10-jpg: ../shared/data archive.",
+    )
+    cache_dir: str = Field("~/.cache/anytime/data", description="extracted trees and decoded caches")
+    input_size: tuple[int, int] = (32, 32)
+    mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+    std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+    augment: Literal["crop-flip", "resized-crop-flip", "none"] = "crop-flip"
+    crop_padding: int = Field(4, ge=0)
+    n_val: int = Field(2500, ge=0, description="validation images (threshold fitting, model selection)")
+    n_test: int = Field(2500, ge=0, description="held test images (reported figures only)")
+    split_seed: int = 0
+    limit_train: int | None = Field(None, ge=1, description="use only this many training images")
+    synthetic_size: int = Field(512, ge=8, description="synthetic: total images")
+    synthetic_classes: int = Field(10, ge=2)
+
+
+class OptimConfig(_Frozen):
+    """SGD with nesterov momentum, weight decay and a warm-up + cosine or step schedule."""
+
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "step"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    milestones: tuple[float, ...] = Field(
+        (0.5, 0.75), description="step schedule: fractions of the epochs where lr drops by gamma"
+    )
+    gamma: float = Field(0.1, gt=0)
+
+
+class TrainConfig(_Frozen):
+    """One training run. ``recipe`` picks the joint or the official two-stage procedure."""
+
+    run_dir: str = "runs/default"
+    seed: int = 0
+    epochs: int = Field(50, ge=1)
+    stage2_epochs: int = Field(10, ge=1, description="two-stage recipe: epochs of the second stage")
+    stop_after: int | None = Field(
+        None, ge=1, description="stop after this many epochs in total (time-slicing); --resume later"
+    )
+    batch_size: int = Field(128, ge=1, description="per process")
+    eval_batch_size: int = Field(500, ge=1)
+    recipe: Literal["joint", "two-stage"] = "joint"
+    ge: bool = Field(False, description="Gradient Equilibrium (IMTA section 3.1)")
+    kd: bool = Field(False, description="one-for-all knowledge distillation (IMTA section 3.3)")
+    kd_temperature: float = Field(3.0, gt=0)
+    kd_weight: float = Field(0.5, ge=0, le=1, description="g: weight of the KD term at early exits")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "none", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, none on CPU (bf16 was not faster there)"
+    )
+    max_bad_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
+    deterministic: bool = False
+    progress: bool = True
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.recipe == "two-stage" and self.model.isc is False and self.kd is False:
+            # Stage 2 exists to train ISC heads with KD; without either it would just retrain heads.
+            raise ValueError("recipe 'two-stage' needs --isc and/or --kd for its second stage")
+        return self
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a YAML file and ``key.sub=value`` overrides.
+
+    Raises:
+        ConfigError: unreadable file, malformed override, or unknown / ill-typed key (named).
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+        raw = loaded or {}
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_config(raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in the nested dict ``raw`` (value parsed as a YAML scalar/list)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.05)")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate_config(raw: dict[str, Any]) -> TrainConfig:
+    """Validate a nested dict; every problem is reported with its dotted key."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "config"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{loc}: {msg}")
+        raise ConfigError("invalid config: " + "; ".join(problems)) from None
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """JSON-ready dict of a config (tuples become lists), for checkpoints and provenance."""
+    return cfg.model_dump(mode="json")

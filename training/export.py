@@ -1,0 +1,116 @@
+"""Write a model package (manifest, safetensors, per-stage ONNX) from a checkpoint + calibration.
+
+The manifest is built with ``models.package.new_manifest`` (exits and FLOPs measured from the
+model itself), the budget table comes from ``calibration.json``, and the provenance records the
+training config, the data split (seed, sizes, a hash of the test indices), the measured metrics
+and the git commit. The run's config, training log, calibration and plots are copied next to the
+package files for people (``load_package`` ignores them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from models.package import BudgetEntry, Preprocessing, Provenance, new_manifest, save_package
+from training.checkpoint import rebuild_model
+
+EXTRA_FILES = ("log.jsonl", "calibration.json", "calibration.png", "training.png", "evaluation.json")
+
+
+def package_budgets(calibration: dict[str, Any]) -> list[BudgetEntry]:
+    """Budget table rows: per budget, the method with the higher *validation* accuracy.
+
+    Choosing on validation keeps the test split untouched; the row's compute, exit fractions and
+    accuracy are those measured on the test split.
+    """
+    out = []
+    for row in calibration["budgets"]:
+        opt, geo = row["optimised_val"], row["geometric_val"]
+        method = "optimised" if opt["accuracy"] >= geo["accuracy"] else "geometric"
+        test = row[f"{method}_test"]
+        out.append(
+            BudgetEntry(
+                budget=row["budget"],
+                thresholds=row[f"{method}_val"]["thresholds"],
+                expected_compute_fraction=min(max(test["compute"], 0.0), 1.0),
+                exit_fractions=test["exit_fractions"],
+                accuracy=test["accuracy"],
+            )
+        )
+    return out
+
+
+def git_commit(repo: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def export_package(
+    checkpoint: dict[str, Any],
+    calibration: dict[str, Any],
+    out: Path,
+    *,
+    name: str,
+    run_dir: Path | None = None,
+    target_default: float = 0.5,
+    export_onnx: bool = True,
+) -> Path:
+    """Write the package directory (or ``.tar``) ``out``; returns its path."""
+    model = rebuild_model(checkpoint)
+    cfg = checkpoint["config"]
+    data = cfg["data"]
+    preprocessing = Preprocessing(
+        input_size=tuple(data["input_size"]),
+        mean=tuple(data["mean"]),
+        std=tuple(data["std"]),
+        resize=None if data["source"] != "imagefolder" else int(min(data["input_size"])),
+    )
+    budgets = package_budgets(calibration)
+    default = min((b.budget for b in budgets), key=lambda b: abs(b - target_default), default=None)
+    info = checkpoint.get("data_info", {})
+    history = checkpoint.get("history", [])
+    provenance = Provenance(
+        training_config=cfg,
+        dataset=f"{info.get('source')} ({info.get('location')})",
+        split_seed=info.get("split_seed"),
+        split=info,
+        metrics={
+            "test_exit_accuracy": calibration.get("test_exit_accuracy"),
+            "val_exit_accuracy": calibration.get("val_exit_accuracy"),
+            "epochs": len(history),
+            "train_wall_seconds": sum(r.get("epoch_s", 0.0) for r in history),
+        },
+        code_version=git_commit(Path(__file__).resolve().parents[1]),
+    )
+    manifest = new_manifest(
+        model,
+        name=name,
+        classes=list(checkpoint["classes"]),
+        preprocessing=preprocessing,
+        budgets=budgets,
+        default_budget=default,
+        provenance=provenance,
+    )
+    path = save_package(model, manifest, out, export_onnx=export_onnx, overwrite=True)
+    if run_dir is not None and path.is_dir():
+        (path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        for extra in EXTRA_FILES:
+            if (run_dir / extra).is_file():
+                shutil.copy2(run_dir / extra, path / extra)
+    return path
+
+
+def load_calibration(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data

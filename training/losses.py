@@ -1,0 +1,70 @@
+"""Multi-exit losses (pure functions over a list of exit logits, shallow -> deep).
+
+OFA KD (IMTA section 3.3): the deepest exit teaches every earlier one,
+
+    L = CE(z_K, y) + sum_{k<K} [ (1 - g) CE(z_k, y) + g T^2 KL(softmax(t / T) || softmax(z_k / T)) ]
+
+with the teacher logits ``t`` detached. KL reduction: ``batchmean`` (sum over classes, mean over
+the batch), the mathematically standard per-sample KL, whose gradient has the same scale as the
+CE term's so that ``g`` is an honest mixing weight. The official code uses ``nn.KLDivLoss()``'s
+default elementwise mean, which also divides by the number of classes C, i.e. its effective KD
+weight is ``g / C``; our ``g`` is therefore not interchangeable with the official 0.9 / 0.1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def multi_exit_ce(all_logits: list[Tensor], target: Tensor) -> Tensor:
+    """Sum over exits of the batch-mean cross-entropy (the plain MSDNet loss).
+
+    Args:
+        all_logits: K tensors ``[N, C]``.
+        target: ``[N]`` class indices.
+    Returns:
+        scalar.
+    """
+    return torch.stack([F.cross_entropy(z.float(), target) for z in all_logits]).sum()
+
+
+def kd_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """``T^2 KL(softmax(teacher/T) || softmax(student/T))``, batchmean; teacher is detached.
+
+    The ``T^2`` keeps the gradient magnitude independent of T (Hinton et al., 2015).
+    """
+    t = temperature
+    log_p_student = F.log_softmax(student.float() / t, dim=-1)
+    log_p_teacher = F.log_softmax(teacher.detach().float() / t, dim=-1)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return kl * t * t
+
+
+def ofa_kd_loss(
+    all_logits: list[Tensor],
+    target: Tensor,
+    temperature: float,
+    weight: float,
+    teacher: Tensor | None = None,
+) -> Tensor:
+    """One-for-all KD loss (module docstring).
+
+    Args:
+        all_logits: K tensors ``[N, C]``, shallow first.
+        target: ``[N]``.
+        temperature: T.
+        weight: g in [0, 1].
+        teacher: ``[N, C]`` teacher logits; defaults to the last exit's own logits (joint recipe).
+            The two-stage recipe passes the frozen network's last exit.
+    Returns:
+        scalar.
+    """
+    last = all_logits[-1]
+    t = last if teacher is None else teacher
+    loss = F.cross_entropy(last.float(), target)
+    for z in all_logits[:-1]:
+        loss = loss + (1 - weight) * F.cross_entropy(z.float(), target)
+        loss = loss + weight * kd_kl(z, t, temperature)
+    return loss

@@ -1,0 +1,314 @@
+"""A whole training run: stages, epochs, evaluation on the validation split, checkpoints, resume.
+
+Recipes (IMTA, ``../shared/IMTA.md``):
+
+- ``joint``: one stage; the configured model (ISC or not) trained end to end with the CE sum or
+  OFA KD (teacher = its own last exit, detached), with or without GE.
+- ``two-stage`` (the official procedure): stage 1 trains the plain network (no ISC) with GE and
+  CE at every exit; stage 2 freezes its backbone (weights and BatchNorm statistics), builds new
+  exit heads (ISC if configured) and trains them with OFA KD, the teacher being the frozen stage-1
+  network's last exit.
+
+Rank 0 alone evaluates, logs (``log.jsonl``) and writes checkpoints; all ranks see the same data
+order through ``DistributedSampler`` and the same augmentation seeds per (epoch, rank).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+
+from models import create_model
+from models.multi_exit import MultiExitNet
+from training.augment import normalize, random_crop_flip, random_resized_crop_flip
+from training.checkpoint import (
+    LAST,
+    STAGE1,
+    load_checkpoint,
+    model_spec,
+    rebuild_model,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
+from training.config import ConfigError, DataConfig, OptimConfig, TrainConfig, config_to_dict
+from training.data import Dataset, Split, load_dataset
+from training.equilibrium import enable_gradient_equilibrium
+from training.loop import Criterion, collect_logits, exit_accuracy, train_one_epoch
+from training.losses import multi_exit_ce, ofa_kd_loss
+
+LOG = "log.jsonl"
+# Keys that may change between an interrupted run and its resumption without breaking exactness.
+RESUME_FREE_KEYS = {"stop_after", "progress", "threads", "run_dir", "data.path", "data.cache_dir"}
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Process placement under torchrun (read from its environment at the CLI edge)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", info.local_rank)
+    return torch.device("cpu")
+
+
+def pick_amp(cfg: TrainConfig, device: torch.device) -> str:
+    # bf16 autocast on this CPU was not faster than fp32 for MSDNet, so "auto" keeps fp32 there.
+    if cfg.amp == "auto":
+        return "bf16" if device.type == "cuda" else "none"
+    return cfg.amp
+
+
+def lr_factor(cfg: OptimConfig, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
+    """Per-step multiplier of ``cfg.lr``: linear warm-up, then cosine to 0 or step drops."""
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    total = max(epochs * steps_per_epoch, 1)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "cosine":
+            progress = (step - warm) / max(total - warm, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return cfg.gamma ** sum(step >= m * total for m in cfg.milestones)
+
+    return factor
+
+
+def train_batches(
+    split: Split, cfg: DataConfig, batch_size: int, epoch: int, seed: int, info: DistInfo
+) -> tuple[Iterator[tuple[Tensor, Tensor]], int]:
+    """Augmented, normalised batches ``([B,3,H,W] float, [B])`` of this rank's shard, and their count."""
+    sampler: DistributedSampler[int] = DistributedSampler(
+        split,  # type: ignore[arg-type]  # only len() is used num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed, drop_last=True
+    )
+    sampler.set_epoch(epoch)
+    order = torch.tensor(list(sampler), dtype=torch.int64)
+    num_batches = len(order) // batch_size  # drop the ragged last batch (BatchNorm, equal DDP steps)
+    if num_batches == 0:
+        raise ConfigError(
+            f"batch_size {batch_size} exceeds the {len(order)} training images per process"
+        )
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1_009 + info.rank)
+
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        for i in range(num_batches):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            x = split.x[idx]
+            if cfg.augment == "crop-flip":
+                x = random_crop_flip(x, cfg.crop_padding, gen)
+            elif cfg.augment == "resized-crop-flip":
+                x = random_resized_crop_flip(x, gen)
+            yield normalize(x, cfg.mean, cfg.std), split.y[idx]
+
+    return batches(), num_batches
+
+
+@dataclass
+class StagePlan:
+    model: MultiExitNet
+    criterion: Criterion
+    frozen: list[nn.Module]
+
+
+def build_stage(
+    cfg: TrainConfig, stage: str, num_classes: int, run_dir: Path, device: torch.device
+) -> StagePlan:
+    """The model, loss and frozen parts of one stage (see the module docstring)."""
+    kwargs: dict[str, Any] = {**cfg.model.kwargs, "num_classes": num_classes}
+    if stage == "stage1":
+        model = create_model(cfg.model.name, **kwargs)
+        enable_gradient_equilibrium(model, cfg.ge)
+        return StagePlan(model.to(device), lambda z, y, x: multi_exit_ce(z, y), [])
+    isc = {"isc": cfg.model.isc, "isc_detach": cfg.model.isc_detach} if cfg.model.isc else {}
+    model = create_model(cfg.model.name, **kwargs, **isc).to(device)
+    if stage == "joint":
+        enable_gradient_equilibrium(model, cfg.ge)
+        if cfg.kd:
+            t, g = cfg.kd_temperature, cfg.kd_weight
+            return StagePlan(model, lambda z, y, x: ofa_kd_loss(z, y, t, g), [])
+        return StagePlan(model, lambda z, y, x: multi_exit_ce(z, y), [])
+    # stage2: new heads on the frozen stage-1 backbone; teacher = the frozen stage-1 last exit.
+    teacher = rebuild_model(load_checkpoint(run_dir / STAGE1)).to(device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    backbone = {k: v for k, v in teacher.state_dict().items() if not k.startswith("exits.")}
+    model.load_state_dict(backbone, strict=False)
+    frozen = [m for name, m in model.named_children() if name != "exits"]
+    for m in frozen:
+        m.requires_grad_(False)
+    if not cfg.kd:
+        return StagePlan(model, lambda z, y, x: multi_exit_ce(z, y), frozen)
+    t, g = cfg.kd_temperature, cfg.kd_weight
+
+    def kd_from_teacher(z: list[Tensor], y: Tensor, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            teacher_logits = teacher(x)[-1]
+        return ofa_kd_loss(z, y, t, g, teacher=teacher_logits)
+
+    return StagePlan(model, kd_from_teacher, frozen)
+
+
+def check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
+    """An exact resume needs the same config, apart from :data:`RESUME_FREE_KEYS`."""
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(
+                flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "kwargs" else {prefix + k: v}
+            )
+        return out
+
+    old, new = flat(saved), flat(config_to_dict(cfg))
+    diff = sorted(
+        k for k in old.keys() | new.keys() if k not in RESUME_FREE_KEYS and old.get(k) != new.get(k)
+    )
+    if diff:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+        raise ConfigError(f"cannot resume: the config differs from the checkpoint's ({detail})")
+
+
+def summarize(record: dict[str, Any]) -> str:
+    """One human-readable line per epoch (the progress bar is gone once the epoch ends)."""
+    val = " ".join(f"{100 * a:.1f}" for a in record["val_exit_acc"])
+    return (
+        f"{record['stage']} epoch {record['epoch']}: loss {record['loss']:.4f} lr {record['lr']:.4f} "
+        f"{record['images_per_s']:.0f} img/s {record['epoch_s']:.0f}s val acc per exit [{val}]"
+    )
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+
+
+def run_training(
+    cfg: TrainConfig, *, resume: bool = False, info: DistInfo | None = None
+) -> dict[str, Any]:
+    """Train according to ``cfg``; returns ``{"complete": bool, "history": [...]}``.
+
+    Raises:
+        ConfigError, DataError, TrainingDiverged, CheckpointError.
+    """
+    info = info or DistInfo()
+    run_dir = Path(cfg.run_dir).expanduser()
+    stages = ["joint"] if cfg.recipe == "joint" else ["stage1", "stage2"]
+    epochs_of = {"joint": cfg.epochs, "stage1": cfg.epochs, "stage2": cfg.stage2_epochs}
+    blob: dict[str, Any] | None = None
+    start_stage, start_epoch, history = 0, 0, []
+    if (run_dir / LAST).is_file():
+        if not resume:
+            raise ConfigError(
+                f"{run_dir} already holds a checkpoint: pass --resume, or another --run-dir"
+            )
+        blob = load_checkpoint(run_dir / LAST)
+        check_resumable(blob["config"], cfg)
+        start_stage, start_epoch, history = stages.index(blob["stage"]), blob["epoch"], blob["history"]
+        if start_epoch >= epochs_of[stages[start_stage]]:
+            if blob["stage"] == "stage1" and not (run_dir / STAGE1).is_file() and info.is_main:
+                save_atomic({"arch": blob["arch"], "model": blob["model"]}, run_dir / STAGE1)
+            start_stage, start_epoch, blob = start_stage + 1, 0, None
+    if start_stage >= len(stages):
+        return {"complete": True, "history": history}
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg, info)
+    amp = pick_amp(cfg, device)
+    data: Dataset = load_dataset(cfg.data)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for si in range(start_stage, len(stages)):
+        stage = stages[si]
+        seed_everything(cfg.seed + si, cfg.deterministic)
+        plan = build_stage(cfg, stage, len(data.classes), run_dir, device)
+        params = [p for p in plan.model.parameters() if p.requires_grad]
+        o = cfg.optim
+        optimizer = torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+        )
+        steps = len(data.train) // info.world_size // cfg.batch_size
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(o, epochs_of[stage], steps))
+        scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        first = 0
+        if blob is not None and si == start_stage:
+            plan.model.load_state_dict(blob["model"])
+            optimizer.load_state_dict(blob["optimizer"])
+            scheduler.load_state_dict(blob["scheduler"])
+            scaler.load_state_dict(blob["scaler"])
+            set_rng_state(blob["rng"])
+            first = start_epoch
+        net: nn.Module = plan.model
+        if info.world_size > 1:
+            net = DistributedDataParallel(
+                plan.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        for epoch in range(first, epochs_of[stage]):
+            if cfg.stop_after is not None and len(history) >= cfg.stop_after:
+                return {"complete": False, "history": history}
+            batches, n = train_batches(data.train, cfg.data, cfg.batch_size, epoch, cfg.seed + si, info)
+            stats = train_one_epoch(
+                net, batches, n, plan.criterion, optimizer, scheduler, scaler,
+                device=device, amp=amp, max_bad_steps=cfg.max_bad_steps,
+                progress=cfg.progress and info.is_main, frozen=plan.frozen,
+                description=f"{stage} {epoch + 1}/{epochs_of[stage]}",
+            )  # fmt: skip
+            if info.is_main:
+                val = collect_logits(plan.model, data.val, cfg.data.mean, cfg.data.std,
+                                     batch_size=cfg.eval_batch_size, device=device, amp=amp)  # fmt: skip
+                record = {
+                    "stage": stage, "epoch": epoch + 1, "loss": stats.loss, "lr": stats.lr,
+                    "train_exit_acc": stats.exit_accuracy,
+                    "val_exit_acc": exit_accuracy(val, data.val.y),
+                    "images_per_s": stats.images_per_second * info.world_size,
+                    "epoch_s": stats.seconds, "skipped_steps": stats.skipped_steps,
+                }  # fmt: skip
+                history.append(record)
+                with open(run_dir / LOG, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                print(summarize(record), flush=True)
+                save_atomic(
+                    {
+                        "arch": model_spec(plan.model), "model": plan.model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(), "rng": rng_state(), "stage": stage,
+                        "epoch": epoch + 1, "config": config_to_dict(cfg), "history": history,
+                        "classes": data.classes, "data_info": data.info,
+                        "complete": si == len(stages) - 1 and epoch + 1 == epochs_of[stage],
+                    },
+                    run_dir / LAST,
+                )  # fmt: skip
+            else:
+                history.append({"stage": stage, "epoch": epoch + 1})
+            if info.world_size > 1:
+                dist.barrier()
+        if stage == "stage1" and info.is_main:
+            save_atomic(
+                {"arch": model_spec(plan.model), "model": plan.model.state_dict()}, run_dir / STAGE1
+            )
+        if info.world_size > 1:
+            dist.barrier()
+    return {"complete": True, "history": history}
