@@ -51,7 +51,16 @@ from training.losses import multi_exit_ce, ofa_kd_loss
 
 LOG = "log.jsonl"
 # Keys that may change between an interrupted run and its resumption without breaking exactness.
-RESUME_FREE_KEYS = {"stop_after", "progress", "threads", "run_dir", "data.path", "data.cache_dir"}
+RESUME_FREE_KEYS = {
+    "stop_after",
+    "progress",
+    "threads",
+    "run_dir",
+    "data.path",
+    "data.cache_dir",
+    "max_bad_steps",
+    "eval_batch_size",
+}
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,12 @@ def train_batches(
 ) -> tuple[Iterator[tuple[Tensor, Tensor]], int]:
     """Augmented, normalised batches ``([B,3,H,W] float, [B])`` of this rank's shard, and their count."""
     sampler: DistributedSampler[int] = DistributedSampler(
-        split,  # type: ignore[arg-type]  # only len() is used num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed, drop_last=True
+        split,  # type: ignore[arg-type]  # the sampler only needs len()
+        num_replicas=info.world_size,
+        rank=info.rank,
+        shuffle=True,
+        seed=seed,
+        drop_last=True,
     )
     sampler.set_epoch(epoch)
     order = torch.tensor(list(sampler), dtype=torch.int64)
@@ -182,9 +196,8 @@ def check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
         return out
 
     old, new = flat(saved), flat(config_to_dict(cfg))
-    diff = sorted(
-        k for k in old.keys() | new.keys() if k not in RESUME_FREE_KEYS and old.get(k) != new.get(k)
-    )
+    # Keys absent from the saved config were added to the code later: their defaults apply.
+    diff = sorted(k for k in old if k not in RESUME_FREE_KEYS and old.get(k) != new.get(k))
     if diff:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
         raise ConfigError(f"cannot resume: the config differs from the checkpoint's ({detail})")
@@ -210,7 +223,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def run_training(
     cfg: TrainConfig, *, resume: bool = False, info: DistInfo | None = None
 ) -> dict[str, Any]:
-    """Train according to ``cfg``; returns ``{"complete": bool, "history": [...]}``.
+    """Train according to ``cfg``; returns ``{"complete": bool, "history": [...], "model": ...}``.
+
+    ``model`` is this process's trained network (absent when nothing was left to train).
 
     Raises:
         ConfigError, DataError, TrainingDiverged, CheckpointError.
@@ -268,7 +283,7 @@ def run_training(
             )
         for epoch in range(first, epochs_of[stage]):
             if cfg.stop_after is not None and len(history) >= cfg.stop_after:
-                return {"complete": False, "history": history}
+                return {"complete": False, "history": history, "model": plan.model}
             batches, n = train_batches(data.train, cfg.data, cfg.batch_size, epoch, cfg.seed + si, info)
             stats = train_one_epoch(
                 net, batches, n, plan.criterion, optimizer, scheduler, scaler,
@@ -311,4 +326,4 @@ def run_training(
             )
         if info.world_size > 1:
             dist.barrier()
-    return {"complete": True, "history": history}
+    return {"complete": True, "history": history, "model": plan.model}

@@ -1,0 +1,30 @@
+"""Batched per-sample augmentation: correct crops, per-image randomness, reproducible."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from training.augment import normalize, random_crop_flip, random_resized_crop_flip
+
+
+def test_crop_flip_matches_a_manual_crop() -> None:
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop_flip(x, 2, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    oy, ox = torch.randint(0, 5, (16,), generator=g), torch.randint(0, 5, (16,), generator=g)
+    flip = torch.rand(16, generator=g) < 0.5
+    padded = F.pad(x, (2, 2, 2, 2))
+    for i in range(16):
+        crop = padded[i, :, oy[i] : oy[i] + 8, ox[i] : ox[i] + 8]
+        assert torch.equal(out[i], crop.flip(2) if flip[i] else crop)
+    assert len({(int(a), int(b)) for a, b in zip(oy, ox, strict=True)}) > 1  # not one crop for all
+
+
+def test_resized_crop_and_normalize_shapes() -> None:
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    a = random_resized_crop_flip(x, torch.Generator().manual_seed(0))
+    b = random_resized_crop_flip(x, torch.Generator().manual_seed(0))
+    assert a.shape == (4, 3, 16, 16) and torch.equal(a, b)
+    z = normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert torch.allclose(z, torch.ones(1, 3, 2, 2))

@@ -1,0 +1,61 @@
+"""Config loading: YAML + overrides; unknown or ill-typed keys are errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.cli import main
+from training.config import ConfigError, load_config
+
+from .helpers import tiny_config, write_config
+
+
+def test_yaml_and_overrides(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "run"))
+    cfg = load_config(path, ["optim.lr=0.2", "ge=true", "model.isc=true", "data.input_size=[32, 32]"])
+    assert cfg.optim.lr == 0.2 and cfg.ge is True and cfg.model.isc is True
+    assert cfg.data.input_size == (32, 32)
+    assert cfg.batch_size == 32  # from the file
+    with pytest.raises(Exception, match="frozen"):
+        cfg.epochs = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("optim.lerning_rate=0.1", "optim.lerning_rate: unknown key"),
+        ("epochs=many", "epochs"),
+        ("data.source=mnist", "data.source"),
+        ("nonsense", "key=value"),
+    ],
+)
+def test_bad_keys_are_named(override: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_cli_bad_key_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tiny_config(tmp_path / "run")
+    cfg["optim"]["momentun"] = 0.9
+    path = write_config(tmp_path / "bad.yaml", cfg)
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "optim.momentun: unknown key" in err
+    assert "Traceback" not in err
+
+
+def test_cli_missing_data_dir_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tiny_config(tmp_path / "run", data={"source": "imagefolder"})
+    path = write_config(tmp_path / "c.yaml", cfg)
+    missing = tmp_path / "no-such-dir"
+    assert main(["train", "--config", str(path), "--data-dir", str(missing)]) == 3
+    assert f"data directory not found: {missing}" in capsys.readouterr().err
+
+
+def test_help_texts() -> None:
+    for command in ("train", "evaluate", "calibrate", "export"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0

@@ -1,0 +1,64 @@
+"""train 1 epoch -> evaluate -> calibrate -> export -> load_package -> stage-wise early exit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from models.exit_policy import confidences, exits_now
+from models.package import load_package
+from training.augment import normalize
+from training.cli import main
+from training.config import validate_config
+from training.data import load_dataset
+
+from .helpers import TINY_MODEL, tiny_config, write_config
+
+
+def test_train_calibrate_export_serve_semantics(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = tiny_config(run, ge=True, kd=True, model={**TINY_MODEL, "isc": True})
+    path = write_config(tmp_path / "c.yaml", cfg)
+    assert main(["train", "--config", str(path)]) == 0
+    assert (run / "last.pt").is_file() and len((run / "log.jsonl").read_text().splitlines()) == 1
+    assert main(["calibrate", "--run-dir", str(run), "--budgets", "0.5,0.7,1.0"]) == 0
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert [r["budget"] for r in calibration["budgets"]] == [0.5, 0.7, 1.0]
+    assert (run / "calibration.png").stat().st_size > 0
+    pkg_dir = tmp_path / "pkg"
+    assert main(["export", "--run-dir", str(run), "--out", str(pkg_dir), "--name", "e2e"]) == 0
+
+    pkg = load_package(pkg_dir)
+    m = pkg.manifest
+    assert m.default_budget == 0.5 and m.provenance.split_seed == 0
+    assert m.provenance.training_config is not None and m.provenance.training_config["ge"] is True
+    # Rebuild the held test split from the recorded config and run the model stage by stage,
+    # dropping the samples that exit, as the service does.
+    data = load_dataset(validate_config(m.provenance.training_config).data)
+    pre = m.preprocessing
+    x = normalize(data.test.x, pre.mean, pre.std)
+    for row in m.budgets:
+        thresholds = torch.tensor(row.thresholds)
+        preds = torch.full((len(x),), -1, dtype=torch.int64)
+        exit_of = torch.full((len(x),), -1, dtype=torch.int64)
+        alive = torch.arange(len(x))
+        state: tuple[torch.Tensor, ...] = (x,)
+        with torch.no_grad():
+            for k in range(m.num_exits):
+                state, logits = pkg.model.forward_stage(k, state)
+                conf, pred = confidences(logits)
+                leave = exits_now(conf, thresholds[k], is_last=k == m.num_exits - 1)
+                preds[alive[leave]], exit_of[alive[leave]] = pred[leave], k
+                alive = alive[~leave]
+                state = tuple(s[~leave] for s in state)
+        accuracy = (preds == data.test.y).float().mean().item()
+        fractions = torch.bincount(exit_of, minlength=m.num_exits).double() / len(x)
+        compute = float((fractions * torch.tensor([e.compute_fraction for e in m.exits])).sum())
+        assert row.accuracy is not None and abs(accuracy - row.accuracy) < 1e-6, row.budget
+        assert abs(compute - row.expected_compute_fraction) < 1e-6, row.budget
+        assert row.exit_fractions is not None
+        assert torch.allclose(fractions, torch.tensor(row.exit_fractions, dtype=torch.float64))
+    full = m.budget_entry(1.0)
+    assert full.thresholds == [2.0] * m.num_exits and full.exit_fractions == [0.0, 0.0, 1.0]

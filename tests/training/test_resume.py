@@ -1,0 +1,69 @@
+"""Checkpoint/resume exactness, the NaN guard, and the refusal to overwrite a run."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import training.trainer as trainer
+from training.checkpoint import load_checkpoint
+from training.cli import main
+from training.config import ConfigError, validate_config
+from training.trainer import run_training
+
+from .helpers import TINY_MODEL, tiny_config, write_config
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = load_checkpoint(run / "last.pt")["model"]
+    return state
+
+
+@pytest.mark.parametrize("recipe", ["joint", "two-stage"])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, recipe: str) -> None:
+    extra = {"recipe": recipe, "ge": True, "kd": True, "model": {**TINY_MODEL, "isc": True}}
+    extra.update({"epochs": 2, "stage2_epochs": 1} if recipe == "two-stage" else {"epochs": 3})
+    whole = validate_config(tiny_config(tmp_path / "whole", **extra))
+    assert run_training(whole)["complete"]
+    part = validate_config(tiny_config(tmp_path / "part", stop_after=1, **extra))
+    assert not run_training(part)["complete"]
+    assert load_checkpoint(tmp_path / "part" / "last.pt")["epoch"] == 1
+    rest = validate_config(tiny_config(tmp_path / "part", **extra))
+    with pytest.raises(ConfigError, match="already holds a checkpoint"):
+        run_training(rest)
+    assert run_training(rest, resume=True)["complete"]
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "part")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_refuses_a_changed_config(tmp_path: Path) -> None:
+    assert run_training(validate_config(tiny_config(tmp_path, epochs=2, stop_after=1))) is not None
+    with pytest.raises(ConfigError, match=r"optim\.lr"):
+        run_training(validate_config(tiny_config(tmp_path, epochs=2, optim={"lr": 0.5})), resume=True)
+
+
+def test_nan_guard_stops_and_keeps_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    path = write_config(tmp_path / "c.yaml", tiny_config(run, epochs=3, stop_after=1))
+    assert main(["train", "--config", str(path)]) == 0
+    digest = hashlib.sha256((run / "last.pt").read_bytes()).hexdigest()
+    path = write_config(tmp_path / "c.yaml", tiny_config(run, epochs=3))
+    calls = []
+
+    def nan_loss(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return sum(z.sum() for z in logits) * float("nan")  # type: ignore[return-value]
+
+    monkeypatch.setattr(trainer, "multi_exit_ce", nan_loss)
+    assert main(["train", "--config", str(path), "--resume", "--set", "max_bad_steps=3"]) == 4
+    err = capsys.readouterr().err
+    assert "NaN/Inf for 3 steps in a row" in err and "Traceback" not in err
+    assert len(calls) == 3
+    assert hashlib.sha256((run / "last.pt").read_bytes()).hexdigest() == digest
