@@ -1,0 +1,111 @@
+"""App wiring: health, API keys, metrics exposition, settings sources, start-up failures, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import ModelLoadError, create_app
+from service.settings import ServiceSettings
+from tests.service.conftest import make_settings
+from tests.service.fixtures import NAME
+
+METRICS = [
+    "anytime_request_duration_seconds", "anytime_requests_in_flight", "anytime_queue_wait_seconds",
+    "anytime_queue_depth", "anytime_batch_size", "anytime_exit_images_total",
+    "anytime_image_compute_fraction", "anytime_flops_total", "anytime_flops_saved_total",
+    "anytime_rejections_total", "anytime_model_info",
+]  # fmt: skip
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["models"] == {NAME: True}
+    assert client.get("/docs").status_code == 200
+    assert "/v1/models/{name}/classify" in client.get("/openapi.json").json()["paths"]
+
+
+def test_metrics_exposition(client: TestClient, images: list[bytes]) -> None:
+    client.post(f"/v1/models/{NAME}/classify", content=images[0], headers={"content-type": "image/png"})
+    client.post(
+        "/v1/models/unknown-model/classify", content=images[0], headers={"content-type": "image/png"}
+    )
+    text = client.get("/metrics").text
+    for name in METRICS:
+        assert f"# TYPE {name} " in text, name
+    info = f'backend="torch",device="cpu",model="{NAME}",num_exits="3",version="1"'
+    assert f"anytime_model_info{{{info}}} 1.0" in text
+    assert 'route="/v1/models/{name}/classify",status="200"' in text
+    assert 'model="unknown",route="/v1/models/{name}/classify",status="404"' in text
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package 'prometheus')")
+    check = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True)
+    assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+
+
+@pytest.mark.parametrize("protect", [False, True])
+def test_api_keys(calibrated_package: Path, images: list[bytes], protect: bool) -> None:
+    settings = make_settings(
+        calibrated_package, auth={"api_keys": ["k1", "s3cret"], "protect_metrics": protect}, warmup=False
+    )
+    url = f"/v1/models/{NAME}/classify"
+    png = {"content": images[0], "headers": {"content-type": "image/png"}}
+    with TestClient(create_app(settings)) as c:
+        denied = c.post(url, **png)
+        assert denied.status_code == 401 and denied.json()["error"]["code"] == "unauthorized"
+        assert denied.headers["www-authenticate"] == "Bearer"
+        assert c.get("/v1/models", headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert c.get(f"/v2/models/{NAME}").status_code == 401
+        ok = c.post(url, content=images[0], headers={"content-type": "image/png", "x-api-key": "s3cret"})
+        assert ok.status_code == 200
+        assert c.get("/v1/models", headers={"Authorization": "Bearer k1"}).status_code == 200
+        for open_path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"):
+            assert c.get(open_path).status_code == 200
+        assert c.get("/metrics").status_code == (401 if protect else 200)
+        assert c.get("/metrics", headers={"x-api-key": "k1"}).status_code == 200
+
+
+def test_settings_from_env_file_and_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "service.yaml"
+    cfg.write_text(
+        "models: [a, b]\nbatching:\n  max_batch_size: 8\n  max_delay_ms: 9\nbackend: onnxruntime\n"
+    )
+    monkeypatch.setenv("ANYTIME_CONFIG_FILE", str(cfg))
+    monkeypatch.setenv("ANYTIME_BATCHING__MAX_BATCH_SIZE", "16")
+    s = ServiceSettings()
+    assert s.models == ["a", "b"] and s.backend == "onnxruntime"
+    assert s.batching.max_batch_size == 16 and s.batching.max_delay_ms == 9  # env beats the file
+    assert ServiceSettings(backend="torch").backend == "torch"  # arguments beat both
+    monkeypatch.setenv("ANYTIME_MODELS", json.dumps(["c"]))
+    assert ServiceSettings().models == ["c"]
+    with pytest.raises(ValueError):
+        ServiceSettings(batching={"max_batch_size": 0})
+
+
+def test_a_missing_package_stops_start_up_with_its_name(tmp_path: Path) -> None:
+    app = create_app(ServiceSettings(models=[str(tmp_path / "missing-pkg")]))
+    with pytest.raises(ModelLoadError, match="missing-pkg"), TestClient(app):
+        pass
+
+
+def test_cli_help_lists_every_setting() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "service", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    for flag in ("--models", "--host", "--port", "--backend", "--device", "--batching.max-batch-size",
+                 "--batching.max-delay-ms", "--batching.queue-size", "--batching.workers",
+                 "--default-budget", "--request-timeout-s", "--auth.api-keys", "--log-level",
+                 "--json-logs", "--config-file", "--limits.max-image-pixels"):  # fmt: skip
+        assert flag in out, flag

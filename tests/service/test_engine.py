@@ -1,0 +1,134 @@
+"""The engine alone: per-image exits in a shared batch, shrinking, queue bound, drops, drain."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from models.package import ModelPackage
+from service.engine import EngineConfig, ModelEngine
+from service.engine.backends import OnnxBackend, StageBackend, TorchBackend
+from service.engine.images import images_to_batch
+from service.errors import EngineStoppedError, QueueFullError
+from service.metrics import ServiceMetrics
+from service.policy import resolve_plan
+from tests.service.fixtures import LIMITS, reference_answers
+
+FAR = 1e9  # a deadline nobody reaches in a test
+
+
+def make_engine(pkg: ModelPackage, backend: StageBackend | None = None, **cfg: object) -> ModelEngine:
+    config = EngineConfig(**{"max_batch_size": 128, "max_delay_s": 0.0, **cfg})  # type: ignore[arg-type]
+    backend = backend or TorchBackend(pkg.model, "cpu")
+    return ModelEngine(pkg.manifest.name, pkg.manifest, backend, config, ServiceMetrics())
+
+
+def sample(engine: ModelEngine, name: str, **labels: str) -> float:
+    value = engine.metrics.registry.get_sample_value(name, {"model": engine.name, **labels})
+    return value or 0.0
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_mixed_budgets_share_a_batch_and_match_the_model_alone(
+    reference_package: ModelPackage, images: list[bytes], backend: str
+) -> None:
+    pkg, m = reference_package, reference_package.manifest
+    be: StageBackend = (
+        TorchBackend(pkg.model, "cpu")
+        if backend == "torch"
+        else OnnxBackend(pkg.onnx_paths, "cpu", [g.inputs for g in m.onnx])
+    )
+    engine = make_engine(pkg, be)
+    x = images_to_batch(images, m.preprocessing, LIMITS)
+    plans = [
+        resolve_plan(m, budget=0.6),
+        resolve_plan(m, budget=1.0),
+        resolve_plan(m, budget=0.8, max_exit=1),
+    ]
+    works = [engine.submit(x, p, time.monotonic() + FAR) for p in plans]  # queued before any worker
+    engine.start()
+    try:
+        answers = [w.future.result(timeout=30) for w in works]
+    finally:
+        engine.stop()
+    # All three requests ran as one stage-0 batch, which then shrank at each exit.
+    assert sample(engine, "anytime_batch_size_count", stage="0") == 1
+    assert sample(engine, "anytime_batch_size_sum", stage="0") == 3 * len(images)
+    assert (
+        0
+        < sample(engine, "anytime_batch_size_sum", stage="2")
+        < sample(engine, "anytime_batch_size_sum", stage="1")
+        < 3 * len(images)
+    )
+    for plan, got in zip(plans, answers, strict=True):
+        thresholds = plan.thresholds.tolist()
+        thresholds[plan.max_exit] = 0.0  # the deepest allowed exit takes everything left
+        want = reference_answers(pkg, images, thresholds)
+        assert [r.exit for r in got] == [min(w.exit, plan.max_exit) for w in want]
+        for r, w in zip(got, want, strict=True):
+            torch.testing.assert_close(r.probs, w.probs, atol=1e-4, rtol=0)
+            assert r.compute_fraction == m.exits[r.exit].compute_fraction
+    exits = {r.exit for r in answers[0]}
+    assert exits == {0, 1, 2}, "budget 0.6 should use every exit on the calibration images"
+    assert {r.exit for r in answers[1]} == {2}
+    flops = sum(m.exits[r.exit].flops for a in answers for r in a)
+    assert sample(engine, "anytime_flops_total") == flops
+    assert sample(engine, "anytime_flops_saved_total") == 3 * len(images) * m.exits[-1].flops - flops
+
+
+def test_a_full_queue_refuses_and_counts(reference_package: ModelPackage) -> None:
+    engine = make_engine(reference_package, queue_size=5)
+    plan = resolve_plan(reference_package.manifest)
+    x = torch.zeros(3, 3, 32, 32)
+    engine.submit(x, plan, FAR)
+    with pytest.raises(QueueFullError, match="queue holds 5") as err:
+        engine.submit(x, plan, FAR)
+    assert err.value.headers["Retry-After"] == "1"
+    assert sample(engine, "anytime_rejections_total", reason="queue_full") == 1
+    assert engine.queue_depth == 3
+
+
+def test_dropped_requests_cost_no_compute(reference_package: ModelPackage) -> None:
+    engine = make_engine(reference_package)
+    plan = resolve_plan(reference_package.manifest)
+    x = torch.zeros(4, 3, 32, 32)
+    gone = engine.submit(x, plan, time.monotonic() + FAR)
+    late = engine.submit(x, plan, time.monotonic() - 1.0)  # already past its deadline
+    kept = engine.submit(x[:1], plan, time.monotonic() + FAR)
+    engine.cancel(gone, "disconnected")
+    engine.start()
+    try:
+        assert len(kept.future.result(timeout=30)) == 1
+    finally:
+        engine.stop()
+    assert gone.future.cancelled() and not late.future.done()
+    assert sample(engine, "anytime_batch_size_sum", stage="0") == 1
+    assert sample(engine, "anytime_rejections_total", reason="disconnected") == 1
+
+
+def test_large_requests_are_split_and_stop_drains(reference_package: ModelPackage) -> None:
+    engine = make_engine(reference_package, max_batch_size=4, max_delay_s=10.0)
+    plan = resolve_plan(reference_package.manifest, budget=1.0)
+    work = engine.submit(torch.zeros(10, 3, 32, 32), plan, time.monotonic() + FAR)
+    engine.start()
+    engine.stop()  # returns only after the queued work is done, despite the long batching delay
+    assert len(work.future.result(timeout=0)) == 10
+    assert sample(engine, "anytime_batch_size_count", stage="0") == 3  # 4 + 4 + 2
+    with pytest.raises(EngineStoppedError):
+        engine.submit(torch.zeros(1, 3, 32, 32), plan, FAR)
+
+
+def test_batching_off_runs_each_request_alone(reference_package: ModelPackage) -> None:
+    engine = make_engine(reference_package, batching=False)
+    plan = resolve_plan(reference_package.manifest, budget=1.0)
+    works = [engine.submit(torch.zeros(2, 3, 32, 32), plan, time.monotonic() + FAR) for _ in range(3)]
+    engine.start()
+    try:
+        for w in works:
+            w.future.result(timeout=30)
+    finally:
+        engine.stop()
+    assert sample(engine, "anytime_batch_size_count", stage="0") == 3
+    assert sample(engine, "anytime_batch_size_sum", stage="0") == 6

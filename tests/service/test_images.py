@@ -1,0 +1,69 @@
+"""Decoding limits and preprocessing: every bad image is a named 400/413, never a crash."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from models.package import Preprocessing
+from service.engine.images import ImageLimits, decode_image, images_to_batch, preprocess
+from service.errors import BadImageError, PayloadTooLargeError
+from tests.conftest import CIFAR_PREPROCESSING
+from tests.service.fixtures import encode, png_with_claimed_size, sample_images
+
+LIMITS = ImageLimits(max_image_bytes=100_000, max_image_pixels=1_000_000)
+
+
+@pytest.mark.parametrize(
+    "img",
+    [
+        Image.new("RGBA", (40, 30), (10, 20, 30, 0)),
+        Image.new("L", (33, 17), 128),
+        Image.new("P", (8, 8)),
+        Image.new("RGB", (1, 1), (255, 0, 0)),
+    ],
+    ids=["rgba", "grayscale", "palette", "1x1"],
+)
+def test_odd_but_valid_images_decode_to_the_input_size(img: Image.Image) -> None:
+    x = images_to_batch([encode(img)], CIFAR_PREPROCESSING, LIMITS)
+    assert x.shape == (1, 3, 32, 32)
+    assert x.isfinite().all()
+
+
+def test_normalisation_matches_the_package_rules() -> None:
+    pre = Preprocessing(input_size=(4, 4), mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))
+    x = preprocess(Image.new("RGB", (4, 4), (255, 0, 128)), pre)
+    assert x[:, 0, 0].tolist() == pytest.approx([2.0, -1.0, 128 / 255 - 0.5], abs=1e-6)
+
+
+def test_resize_then_center_crop() -> None:
+    pre = Preprocessing(
+        input_size=(8, 8), mean=(0, 0, 0), std=(1, 1, 1), resize=8, interpolation="nearest"
+    )
+    img = Image.new("RGB", (32, 16), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 8, 16))  # a white left quarter is cropped away
+    x = preprocess(img, pre)
+    assert x.shape == (3, 8, 8) and float(x.max()) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("blob", "error", "words"),
+    [
+        (b"", BadImageError, "empty"),
+        (b"definitely not an image", BadImageError, "not a recognised image"),
+        (encode(Image.new("RGB", (64, 64)), "JPEG")[:200], BadImageError, "truncated"),
+        (png_with_claimed_size(100_000, 100_000), PayloadTooLargeError, "pixels"),
+        (png_with_claimed_size(2_000, 2_000), PayloadTooLargeError, "2000x2000"),
+        (b"\xff" * 200_000, PayloadTooLargeError, "bytes"),
+    ],
+    ids=["empty", "not-image", "truncated-jpeg", "bomb-header", "over-limit-header", "too-many-bytes"],
+)
+def test_bad_images_raise_named_errors(blob: bytes, error: type[Exception], words: str) -> None:
+    with pytest.raises(error, match=words):
+        decode_image(blob, LIMITS, where="image 3")
+
+
+def test_errors_name_the_bad_image_by_position() -> None:
+    blobs = [*sample_images(2), b"junk"]
+    with pytest.raises(BadImageError, match="image 2"):
+        images_to_batch(blobs, CIFAR_PREPROCESSING, LIMITS)
