@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -195,3 +196,7 @@ def test_scrape_target_path_is_the_service_metrics(stack: dict[str, Any]) -> Non
     assert (
         yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"][0]["metrics_path"] == "/metrics"
     )
+    # After real traffic (every metric has series), promtool's linter accepts the exposition.
+    promtool = require_binary("promtool", "prometheus")
+    lint = subprocess.run([promtool, "check", "metrics"], input=r.text, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
