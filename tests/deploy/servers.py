@@ -95,21 +95,34 @@ class Service:
 
 
 @contextlib.contextmanager
-def run_service(package: Path, workdir: Path, name: str = "api") -> Iterator[Service]:
-    """``python -m service`` on a free loopback port, ready (``/readyz`` 200) when yielded."""
+def run_service(
+    package: Path,
+    workdir: Path,
+    name: str = "api",
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+) -> Iterator[Service]:
+    """``python -m service`` on a free loopback port, ready (``/readyz`` 200) when yielded.
+
+    ``env`` replaces the test defaults below (host and port always stay loopback and free).
+    """
     log = workdir / f"{name}.log"
-    env = {
-        **os.environ,
+    settings = {
         "ANYTIME_MODELS": f'["{package}"]',
-        "ANYTIME_HOST": LOOPBACK,
-        "ANYTIME_PORT": "0",
         "ANYTIME_BACKEND": "torch",
         "ANYTIME_TORCH__INTRA_OP_THREADS": "1",  # two replicas share a 2-core machine
         "ANYTIME_LOG_LEVEL": "warning",
     }
+    if env is not None:
+        settings = env
+    full_env = {**os.environ, **settings, "ANYTIME_HOST": LOOPBACK, "ANYTIME_PORT": "0"}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "service"],
+            cwd=cwd,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         found: list[str] = []
