@@ -40,8 +40,12 @@ serve: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks $(ARGS)
 
+# Resumable: re-running continues from $(RUN_DIR)/last.pt. Then calibrate and export the package.
+RUN_DIR ?= runs/default
 train-default: $(STAMP)
-	$(PY) -m training train --config configs/msdnet_cifar10_default.yaml $(ARGS)
+	$(PY) -m training train --config configs/msdnet_cifar10_default.yaml --run-dir $(RUN_DIR) --resume $(ARGS)
+	$(PY) -m training calibrate --run-dir $(RUN_DIR)
+	$(PY) -m training export --run-dir $(RUN_DIR) --out $(PACKAGE) --name msdnet-cifar10-imta
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
