@@ -65,8 +65,12 @@ def decode_image(data: bytes, limits: ImageLimits, where: str = "image") -> Imag
         raise
     except UnidentifiedImageError:
         raise BadImageError(f"{where} is not a recognised image format") from None
-    except Image.DecompressionBombError as e:
-        raise PayloadTooLargeError(f"{where} is too large to decode: {e}") from None
+    except Image.DecompressionBombError:
+        # Pillow refuses far-over-limit headers inside Image.open, before we see the size.
+        raise PayloadTooLargeError(
+            f"{where} claims more pixels than the limit of {limits.max_image_pixels}",
+            detail={"limit": limits.max_image_pixels},
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         # Pillow reports truncated or corrupt data as OSError/SyntaxError/ValueError/EOFError.
         raise BadImageError(f"{where} is truncated or corrupt: {e}") from None
