@@ -145,3 +145,19 @@ def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
         [promtool, "check", "rules", str(bad)], capture_output=True, text=True, timeout=60
     )
     assert r.returncode != 0
+
+
+def test_dashboard_layout_is_well_formed() -> None:
+    # Grafana is not installable here (not in Debian); check what it would reject or garble.
+    dash = dashboard()
+    cells: set[tuple[int, int]] = set()
+    for panel in dash["panels"]:
+        g = panel["gridPos"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24 and g["h"] > 0, panel["title"]
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & mine, f"panel {panel['title']!r} overlaps another"
+        cells |= mine
+        refs = [t["refId"] for t in panel["targets"]]
+        assert len(refs) == len(set(refs)), panel["title"]
+    assert {v["name"] for v in dash["templating"]["list"]} == {"model"}
+    assert dash["uid"] and dash["schemaVersion"] >= 36

@@ -66,6 +66,9 @@ def test_one_replica_stops_mid_run(tmp_path: Path, sig: signal.Signals) -> None:
         lb_port = free_port()
         lb = f"http://{LOOPBACK}:{lb_port}"
         with run_nginx(nginx_config_for(lb_port, ports, tmp_path), tmp_path, lb):
+            # Metrics are per replica: the balancer refuses to mix them (docker/nginx/nginx.conf).
+            mixed = httpx.get(f"{lb}/metrics", timeout=10)
+            assert mixed.status_code == 404 and mixed.json()["error"]["code"] == "not_found"
             outcomes: list[Outcome] = []
             lock = threading.Lock()
             stopped_at: list[float] = []
