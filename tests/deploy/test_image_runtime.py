@@ -119,24 +119,35 @@ def test_unknown_setting_is_flagged() -> None:
     assert not _known("ANYTIME_JSON_LOG") and not _known("ANYTIME_BATCHING__MAX_BATCH")
 
 
-def _install_like_the_image(work: Path) -> Path:
-    """The project as ``pip install .`` puts it in the image: a wheel's files, unpacked."""
-    args = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work), str(ROOT)]
+def _install_like_the_image(dockerfile: Path, work: Path) -> Path:
+    """The project as the image's builder stage installs it: the files its ``COPY`` lines take
+    from the context, then ``pip install .`` (here: a wheel, unpacked). Built from that copy,
+    so a source file the Dockerfile forgets to copy fails here, and the checkout stays clean."""
+    src = work / "src"
+    src.mkdir(parents=True)
+    for word, args in _instructions(dockerfile):
+        parts = args.split()
+        if word == "COPY" and not any(p.startswith("--") for p in parts) and parts[-1].startswith("./"):
+            for name in parts[:-1]:
+                copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+                copy(ROOT / name, src / Path(name).name)
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work), str(src)]
     if importlib.util.find_spec("setuptools"):
-        args.insert(4, "--no-build-isolation")  # offline when setuptools is already here
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        cmd.insert(4, "--no-build-isolation")  # offline when setuptools is already here
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=work)
     assert r.returncode == 0, r.stderr
     (wheel,) = work.glob("anytime-*.whl")
     site = work / "site"
     with zipfile.ZipFile(wheel) as z:
         z.extractall(site)
+    assert {"models", "training", "service"} <= {p.name for p in site.iterdir()}
     return site
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_installed_project_serves_with_the_image_settings(tmp_path: Path, dockerfile: Path) -> None:
-    site = _install_like_the_image(tmp_path / "wheel")
+    site = _install_like_the_image(dockerfile, tmp_path / "wheel")
     home = tmp_path / "opt-anytime"  # stands for /opt/anytime: the image's WORKDIR
     shutil.copytree(make_package(tmp_path, "msdnet", isc=True), home / "packages" / "default")
     env = {k: v.replace(IMAGE_HOME, str(home)) for k, v in _runtime_env(dockerfile).items()}
