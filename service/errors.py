@@ -74,6 +74,12 @@ class DeadlineExceededError(ServiceError):
     status, code = 504, "deadline_exceeded"
 
 
+class ClientDisconnectedError(ServiceError):
+    """The client went away before its answer; nobody reads this (499, as nginx logs it)."""
+
+    status, code = 499, "client_disconnected"
+
+
 class NotReadyError(ServiceError):
     status, code = 503, "not_ready"
 

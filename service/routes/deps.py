@@ -15,6 +15,7 @@ from torch import Tensor
 from service.engine import ImageResult, LoadedModel
 from service.engine.images import ImageLimits, images_to_batch
 from service.errors import (
+    ClientDisconnectedError,
     DeadlineExceededError,
     ModelNotFoundError,
     NotReadyError,
@@ -162,7 +163,7 @@ async def infer(
     answer.cancel()
     if gone in done:
         engine.cancel(work, "disconnected")
-        raise DeadlineExceededError("client disconnected")  # nobody reads this response
+        raise ClientDisconnectedError("client disconnected; its queued work was dropped")
     engine.cancel(work, "deadline")
     raise DeadlineExceededError(
         f"no answer within the request deadline of {timeout} s", detail={"deadline_s": timeout}

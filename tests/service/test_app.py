@@ -109,3 +109,40 @@ def test_cli_help_lists_every_setting() -> None:
                  "--default-budget", "--request-timeout-s", "--auth.api-keys", "--log-level",
                  "--json-logs", "--config-file", "--limits.max-image-pixels"):  # fmt: skip
         assert flag in out, flag
+
+
+def test_several_models_each_with_its_own_engine(
+    calibrated_package: Path, tmp_path: Path, images: list[bytes]
+) -> None:
+    from models.package import new_manifest, save_package
+    from tests.conftest import CIFAR_PREPROCESSING, tiny_model
+
+    model, _ = tiny_model("resnet_exits")
+    manifest = new_manifest(
+        model.eval(),
+        name="tiny-resnet",
+        classes=[f"c{i}" for i in range(10)],
+        preprocessing=CIFAR_PREPROCESSING,
+    )
+    second = save_package(model, manifest, tmp_path / "tiny-resnet", export_onnx=False)
+    settings = make_settings(
+        calibrated_package, models=[str(calibrated_package), str(second)], backend="auto"
+    )
+    with TestClient(create_app(settings)) as c:
+        assert sorted(m["name"] for m in c.get("/v1/models").json()["models"]) == [NAME, "tiny-resnet"]
+        r = c.post(
+            "/v1/models/tiny-resnet/classify", content=images[0], headers={"content-type": "image/png"}
+        )
+        assert r.status_code == 200
+        assert (
+            r.json()["budget"] == 1.0 and r.json()["predictions"][0]["exit"] == 3
+        )  # no table: budget 1
+        text = c.get("/metrics").text
+        assert (
+            'anytime_model_info{backend="torch",device="cpu",model="tiny-resnet",num_exits="4"' in text
+        )
+        assert 'anytime_queue_depth{model="tiny-resnet"} 0.0' in text
+        assert f'anytime_queue_depth{{model="{NAME}"}} 0.0' in text
+    dup = make_settings(calibrated_package, models=[str(calibrated_package)] * 2)
+    with pytest.raises(ModelLoadError, match="named"), TestClient(create_app(dup)):
+        pass

@@ -120,6 +120,24 @@ def test_large_requests_are_split_and_stop_drains(reference_package: ModelPackag
         engine.submit(torch.zeros(1, 3, 32, 32), plan, FAR)
 
 
+def test_two_workers_give_the_same_answers(reference_package: ModelPackage, images: list[bytes]) -> None:
+    pkg = reference_package
+    x = images_to_batch(images, pkg.manifest.preprocessing, LIMITS)
+    plan = resolve_plan(pkg.manifest, budget=0.6)
+    engine = make_engine(pkg, workers=2, max_batch_size=4)
+    engine.start()
+    try:
+        works = [
+            engine.submit(x[i : i + 3], plan, time.monotonic() + FAR) for i in range(0, len(images), 3)
+        ]
+        got = [r for w in works for r in w.future.result(timeout=30)]
+    finally:
+        engine.stop()
+    want = reference_answers(pkg, images, pkg.manifest.budget_entry(0.6).thresholds)
+    assert [r.exit for r in got] == [w.exit for w in want]
+    assert [int(r.probs.argmax()) for r in got] == [w.class_index for w in want]
+
+
 def test_batching_off_runs_each_request_alone(reference_package: ModelPackage) -> None:
     engine = make_engine(reference_package, batching=False)
     plan = resolve_plan(reference_package.manifest, budget=1.0)
