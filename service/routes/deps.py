@@ -160,11 +160,12 @@ async def infer(
         gone.cancel()
     if answer in done:
         return answer.result()
+    # Tell the engine first (it counts the rejection), then stop awaiting the answer.
+    reason = "disconnected" if gone in done else "deadline"
+    engine.cancel(work, reason)
     answer.cancel()
-    if gone in done:
-        engine.cancel(work, "disconnected")
+    if reason == "disconnected":
         raise ClientDisconnectedError("client disconnected; its queued work was dropped")
-    engine.cancel(work, "deadline")
     raise DeadlineExceededError(
         f"no answer within the request deadline of {timeout} s", detail={"deadline_s": timeout}
     )
