@@ -110,7 +110,7 @@ def summarise(
 def run_engine(
     pkg: ModelPackage, backend: str, batching: bool, budget: float, conc: int, args: argparse.Namespace
 ) -> Result:
-    be = build_backend(pkg, backend, "cpu", "float32")
+    be = build_backend(pkg, backend, "cpu", "float32", args.threads)
     cfg = EngineConfig(
         max_batch_size=args.max_batch_size,
         max_delay_s=args.max_delay_ms / 1e3,
@@ -146,8 +146,9 @@ class HttpServer:
             "--backend", backend, "--log-level", "warning",
             "--batching.max-batch-size", str(args.max_batch_size),
             "--batching.max-delay-ms", str(args.max_delay_ms),
-            "--batching.queue-size", "100000",
+            "--batching.queue-size", "100000", "--intra-op-threads", str(args.threads),
             "--batching.enabled" if batching else "--no-batching.enabled",
+            *args.server_args.split(),
         ]  # fmt: skip
         env = {**os.environ, "ANYTIME_MODELS": json.dumps([str(package)])}
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
@@ -228,12 +229,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-requests", type=int, default=20)
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-delay-ms", type=float, default=4.0)
+    p.add_argument(
+        "--threads", type=int, default=0, help="intra-op threads, both modes (0 = library default)"
+    )
+    p.add_argument("--server-args", default="", help="extra `python -m service` options (http mode)")
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     lists = {k: getattr(args, k).split(",") for k in ("modes", "backends", "batching")}
     budgets = [float(b) for b in args.budgets.split(",")]
     concurrency = [int(c) for c in args.concurrency.split(",")]

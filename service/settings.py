@@ -69,7 +69,6 @@ class TorchSettings(_Part):
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="compute dtype on CUDA (CPU always runs float32)"
     )
-    intra_op_threads: int = Field(0, ge=0, description="torch.set_num_threads; 0 = leave default")
 
 
 class ServiceSettings(BaseSettings):
@@ -99,6 +98,13 @@ class ServiceSettings(BaseSettings):
         30.0, gt=0, description="deadline of a request from arrival; past it: 504"
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After header of a 429")
+    intra_op_threads: int = Field(
+        1,
+        ge=0,
+        description="threads inside one stage run, torch and onnxruntime; batching gives the "
+        "parallelism and the event loop needs a core (1 measured fastest on 2 cores, "
+        "docs/service.md); 0 = library default (all cores)",
+    )
     warmup: bool = Field(True, description="run every stage once at start-up before /readyz is ok")
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

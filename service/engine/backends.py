@@ -81,7 +81,9 @@ class OnnxBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_paths: list[Path], device: str, input_names: list[list[str]]) -> None:
+    def __init__(
+        self, onnx_paths: list[Path], device: str, input_names: list[list[str]], threads: int = 0
+    ) -> None:
         import onnxruntime as ort  # heavy; imported only when this backend is used
 
         if not onnx_paths:
@@ -91,6 +93,11 @@ class OnnxBackend:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if threads:
+            # A fixed small pool that sleeps when idle: spinning threads starve the event loop
+            # and the decoding threads on a small CPU (measured, docs/service.md).
+            opts.intra_op_num_threads = threads
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = [
             ort.InferenceSession(str(p), sess_options=opts, providers=providers) for p in onnx_paths
         ]
@@ -109,21 +116,24 @@ class OnnxBackend:
         return tensors[:-1], tensors[-1].float()
 
 
-def build_backend(pkg: ModelPackage, backend: str, device: str, torch_dtype: str) -> StageBackend:
+def build_backend(
+    pkg: ModelPackage, backend: str, device: str, torch_dtype: str, threads: int = 0
+) -> StageBackend:
     """The backend the settings ask for; ``auto`` measures both and keeps the faster.
 
     Args:
         backend: ``torch`` | ``onnxruntime`` | ``auto``.
         device: an already resolved device (``cpu`` or ``cuda``).
+        threads: intra-op threads of onnxruntime (0 = its default); torch's are set globally.
     """
     if backend == "torch":
         return TorchBackend(pkg.model, device, torch_dtype)
     inputs = [g.inputs for g in pkg.manifest.onnx]
     if backend == "onnxruntime":
-        return OnnxBackend(pkg.onnx_paths, device, inputs)
+        return OnnxBackend(pkg.onnx_paths, device, inputs, threads)
     candidates: list[StageBackend] = [TorchBackend(pkg.model, device, torch_dtype)]
     if pkg.onnx_paths:
-        candidates.append(OnnxBackend(pkg.onnx_paths, device, inputs))
+        candidates.append(OnnxBackend(pkg.onnx_paths, device, inputs, threads))
     if len(candidates) == 1:
         log.info("backend auto -> torch (the package has no ONNX graphs)")
         return candidates[0]

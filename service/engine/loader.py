@@ -48,12 +48,14 @@ def load_model(path: str | Path, settings: ServiceSettings, metrics: ServiceMetr
         PackageError: the package is missing or damaged.
         BackendError: the requested backend or device cannot be used.
     """
-    if settings.torch.intra_op_threads:
-        torch.set_num_threads(settings.torch.intra_op_threads)
+    if settings.intra_op_threads:
+        torch.set_num_threads(settings.intra_op_threads)
     pkg = load_package(path)
     m = pkg.manifest
     device = resolve_device(settings.device)
-    backend = build_backend(pkg, settings.backend, device, settings.torch.dtype)
+    backend = build_backend(
+        pkg, settings.backend, device, settings.torch.dtype, settings.intra_op_threads
+    )
     engine = ModelEngine(m.name, m, backend, engine_config(settings), metrics)
     if settings.warmup:
         engine.warmup()

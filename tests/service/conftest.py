@@ -31,7 +31,10 @@ def images() -> list[bytes]:
 
 
 def make_settings(package: Path, **overrides: object) -> ServiceSettings:
-    base: dict[str, object] = dict(models=[str(package)], backend="torch", device="cpu")
+    # intra_op_threads=0: leave torch's global thread count alone for the rest of the test session.
+    base: dict[str, object] = dict(
+        models=[str(package)], backend="torch", device="cpu", intra_op_threads=0
+    )
     return ServiceSettings(**{**base, **overrides})  # type: ignore[arg-type]
 
 

@@ -91,7 +91,7 @@ def test_settings_from_env_file_and_precedence(tmp_path: Path, monkeypatch: pyte
 
 
 def test_a_missing_package_stops_start_up_with_its_name(tmp_path: Path) -> None:
-    app = create_app(ServiceSettings(models=[str(tmp_path / "missing-pkg")]))
+    app = create_app(ServiceSettings(models=[str(tmp_path / "missing-pkg")], intra_op_threads=0))
     with pytest.raises(ModelLoadError, match="missing-pkg"), TestClient(app):
         pass
 
