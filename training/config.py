@@ -91,7 +91,7 @@ class TrainConfig(_Frozen):
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "none", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA, none on CPU (bf16 was not faster there)"
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU (bf16 there is opt-in)"
     )
     max_bad_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
     deterministic: bool = False

@@ -50,7 +50,8 @@ from training.loop import Criterion, collect_logits, exit_accuracy, train_one_ep
 from training.losses import multi_exit_ce, ofa_kd_loss
 
 LOG = "log.jsonl"
-# Keys that may change between an interrupted run and its resumption without breaking exactness.
+# Run-time knobs that may change when a run is resumed: they leave the saved state alone (``amp``
+# and ``threads`` change the arithmetic, so a resume that changes them is no longer bit-exact).
 RESUME_FREE_KEYS = {
     "stop_after",
     "progress",
@@ -60,6 +61,7 @@ RESUME_FREE_KEYS = {
     "data.cache_dir",
     "max_bad_steps",
     "eval_batch_size",
+    "amp",
 }
 
 
@@ -83,7 +85,8 @@ def pick_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
 
 
 def pick_amp(cfg: TrainConfig, device: torch.device) -> str:
-    # bf16 autocast on this CPU was not faster than fp32 for MSDNet, so "auto" keeps fp32 there.
+    # "auto" keeps fp32 on the CPU: bf16 is opt-in there (faster on this CPU, see docs/training.md,
+    # but not on every CPU: it depends on native bf16 support).
     if cfg.amp == "auto":
         return "bf16" if device.type == "cuda" else "none"
     return cfg.amp
