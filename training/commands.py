@@ -94,9 +94,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     d = cfg.data
     val = collect_logits(model, data.val, d.mean, d.std, batch_size=args.batch_size)
     test = collect_logits(model, data.test, d.mean, d.std, batch_size=args.batch_size)
-    torch.save(
-        {"val": val, "val_y": data.val.y, "test": test, "test_y": data.test.y}, args.run_dir / LOGITS
-    )
+    logits = {
+        "val": val,
+        "val_y": data.val.y,
+        "test": test,
+        "test_y": data.test.y,
+        "source": _source(blob),
+    }
+    torch.save(logits, args.run_dir / LOGITS)
     flops = cumulative_flops(model, d.input_size)
     val_acc, test_acc = exit_accuracy(val, data.val.y), exit_accuracy(test, data.test.y)
     report: dict[str, Any] = {
@@ -121,6 +126,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source(blob: dict[str, Any]) -> list[Any]:
+    """What identifies the weights behind ``logits.pt`` (stale logits are recomputed)."""
+    return [blob.get("stage"), blob.get("epoch"), blob["arch"]["name"]]
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     from training.calibrate import (
         ExitScores,
@@ -135,10 +145,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
         budgets = tuple(float(b) for b in args.budgets.split(","))
     except ValueError:
         raise ConfigError(f"--budgets must be comma-separated numbers, got {args.budgets!r}") from None
-    if not (args.run_dir / LOGITS).is_file() or not (args.run_dir / EVALUATION).is_file():
-        ns = argparse.Namespace(**{**vars(args), "batch_size": 500})
-        run_evaluate(ns)
-    saved = torch.load(args.run_dir / LOGITS)
+    current = _source(_checkpoint(args))
+    saved = torch.load(args.run_dir / LOGITS) if (args.run_dir / LOGITS).is_file() else {}
+    if saved.get("source") != current or not (args.run_dir / EVALUATION).is_file():
+        run_evaluate(argparse.Namespace(**{**vars(args), "batch_size": 500}))
+        saved = torch.load(args.run_dir / LOGITS)
     evaluation = json.loads((args.run_dir / EVALUATION).read_text())
     fractions = torch.tensor(evaluation["exit_compute_fraction"], dtype=torch.float64)
     val = ExitScores.from_logits(saved["val"], saved["val_y"])
