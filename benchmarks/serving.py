@@ -116,6 +116,7 @@ def run_engine(
         max_delay_s=args.max_delay_ms / 1e3,
         queue_size=10**6,
         batching=batching,
+        intra_op_threads=args.threads,
     )
     engine = ModelEngine(pkg.manifest.name, pkg.manifest, be, cfg)
     engine.warmup()
@@ -228,7 +229,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--warmup-requests", type=int, default=20)
     p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--max-delay-ms", type=float, default=4.0)
+    p.add_argument("--max-delay-ms", type=float, default=0.0)
     p.add_argument(
         "--threads", type=int, default=0, help="intra-op threads, both modes (0 = library default)"
     )

@@ -35,7 +35,11 @@ class BatchingSettings(_Part):
     enabled: bool = Field(True, description="batch concurrent requests; off = one request per batch")
     max_batch_size: int = Field(32, ge=1, le=4096, description="most images in one stage-0 batch")
     max_delay_ms: float = Field(
-        4.0, ge=0, le=10_000, description="longest an image waits for others to fill its batch"
+        0.0,
+        ge=0,
+        le=10_000,
+        description="longest an image waits for others to fill its batch; 0 = run as soon as a "
+        "worker is free (batches form from what queued meanwhile; measured best, docs/service.md)",
     )
     queue_size: int = Field(
         256, ge=1, description="most images waiting per model; beyond it requests get 429"

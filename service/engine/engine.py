@@ -33,11 +33,13 @@ log = logging.getLogger("service.engine")
 @dataclass(frozen=True)
 class EngineConfig:
     max_batch_size: int = 32
-    max_delay_s: float = 0.004
+    max_delay_s: float = 0.0
     queue_size: int = 256
     workers: int = 1
     batching: bool = True
     retry_after_s: int = 1
+    intra_op_threads: int = 0
+    """torch intra-op threads, set in each worker thread too (OpenMP's setting is per thread)."""
 
 
 class ModelEngine:
@@ -172,6 +174,8 @@ class ModelEngine:
         return max(0.0, q[0].enqueued + self.config.max_delay_s - time.monotonic())
 
     def _worker(self) -> None:
+        if self.config.intra_op_threads:
+            torch.set_num_threads(self.config.intra_op_threads)
         while True:
             with self._cond:
                 picked = self._next_batch()

@@ -38,6 +38,7 @@ def engine_config(settings: ServiceSettings) -> EngineConfig:
         workers=b.workers,
         batching=b.enabled,
         retry_after_s=settings.retry_after_s,
+        intra_op_threads=settings.intra_op_threads,
     )
 
 
