@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
@@ -23,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid settings: {e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.json_logs)
+    missing = [m for m in settings.models if not Path(m).exists()]
+    if missing:
+        print(f"error: model package not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

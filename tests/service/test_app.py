@@ -146,3 +146,14 @@ def test_several_models_each_with_its_own_engine(
     dup = make_settings(calibrated_package, models=[str(calibrated_package)] * 2)
     with pytest.raises(ModelLoadError, match="named"), TestClient(create_app(dup)):
         pass
+
+
+def test_cli_refuses_a_missing_package_with_a_clear_message(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "service", "--port", "0", "--models", f'["{tmp_path / "nope"}"]'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert "model package not found" in run.stderr and "Traceback" not in run.stderr
