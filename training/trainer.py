@@ -50,6 +50,7 @@ from training.loop import Criterion, collect_logits, exit_accuracy, train_one_ep
 from training.losses import multi_exit_ce, ofa_kd_loss
 
 LOG = "log.jsonl"
+STAGE2_NEW = ("linear", "isc_embed")  # exit-head parts that stage 2 of the two-stage recipe trains
 # Run-time knobs that may change when a run is resumed: they leave the saved state alone (``amp``
 # and ``threads`` change the arithmetic, so a resume that changes them is no longer bit-exact).
 RESUME_FREE_KEYS = {
@@ -166,15 +167,26 @@ def build_stage(
             t, g = cfg.kd_temperature, cfg.kd_weight
             return StagePlan(model, lambda z, y, x: ofa_kd_loss(z, y, t, g), [])
         return StagePlan(model, lambda z, y, x: multi_exit_ce(z, y), [])
-    # stage2: new heads on the frozen stage-1 backbone; teacher = the frozen stage-1 last exit.
+    # stage2 (official main_IMTA.py / msdnet_imta.py): the whole stage-1 network is frozen, blocks
+    # and the exit heads' conv bodies alike; new final linear layers (with the ISC embedding) read
+    # its pooled exit features; the teacher is the frozen network's own last exit.
     teacher = rebuild_model(load_checkpoint(run_dir / STAGE1)).to(device)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    backbone = {k: v for k, v in teacher.state_dict().items() if not k.startswith("exits.")}
-    model.load_state_dict(backbone, strict=False)
+    new_parts = [m for head in model.exits for name, m in head.named_children() if name in STAGE2_NEW]
+    new_ids = {id(p) for m in new_parts for p in m.parameters()}
+    reused = {
+        k: v
+        for k, v in teacher.state_dict().items()
+        if not (k.startswith("exits.") and k.split(".")[2] in STAGE2_NEW)
+    }
+    model.load_state_dict(reused, strict=False)
+    for p in model.parameters():
+        p.requires_grad_(id(p) in new_ids)
+    # Frozen parts also keep their BatchNorm statistics (eval mode); the official code leaves them
+    # in train mode, so its "frozen" features drift with the batch statistics.
     frozen = [m for name, m in model.named_children() if name != "exits"]
-    for m in frozen:
-        m.requires_grad_(False)
+    frozen += [m for head in model.exits for name, m in head.named_children() if name not in STAGE2_NEW]
     if not cfg.kd:
         return StagePlan(model, lambda z, y, x: multi_exit_ce(z, y), frozen)
     t, g = cfg.kd_temperature, cfg.kd_weight
