@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DistributedSampler
 
+from training.augment import normalize, random_crop_flip, random_resized_crop_flip
 from training.config import DataConfig
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -112,6 +115,44 @@ def synthetic_images(
     noise = torch.randn(n, 3, *size, generator=g) * 40
     x = (prototypes[y] + noise).clamp(0, 255).to(torch.uint8)
     return x, y, [f"class_{i}" for i in range(num_classes)]
+
+
+def train_batches(
+    split: Split,
+    cfg: DataConfig,
+    batch_size: int,
+    epoch: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[Iterator[tuple[Tensor, Tensor]], int]:
+    """Augmented, normalised batches ``([B,3,H,W] float, [B])`` of this rank's shard, and their count."""
+    sampler: DistributedSampler[int] = DistributedSampler(
+        split,  # type: ignore[arg-type]  # the sampler only needs len()
+        num_replicas=world_size,
+        rank=rank,
+        shuffle=True,
+        seed=seed,
+        drop_last=True,
+    )
+    sampler.set_epoch(epoch)
+    order = torch.tensor(list(sampler), dtype=torch.int64)
+    num_batches = len(order) // batch_size  # drop the ragged last batch (BatchNorm, equal DDP steps)
+    if num_batches == 0:
+        raise DataError(f"batch_size {batch_size} exceeds the {len(order)} training images per process")
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1_009 + rank)
+
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        for i in range(num_batches):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            x = split.x[idx]
+            if cfg.augment == "crop-flip":
+                x = random_crop_flip(x, cfg.crop_padding, gen)
+            elif cfg.augment == "resized-crop-flip":
+                x = random_resized_crop_flip(x, gen)
+            yield normalize(x, cfg.mean, cfg.std), split.y[idx]
+
+    return batches(), num_batches
 
 
 # -- sources --------------------------------------------------------------------------------------

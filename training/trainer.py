@@ -16,9 +16,7 @@ order through ``DistributedSampler`` and the same augmentation seeds per (epoch,
 from __future__ import annotations
 
 import json
-import math
 import random
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +26,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
 
 from models import create_model
 from models.multi_exit import MultiExitNet
-from training.augment import normalize, random_crop_flip, random_resized_crop_flip
 from training.checkpoint import (
     LAST,
     STAGE1,
@@ -43,11 +39,12 @@ from training.checkpoint import (
     save_atomic,
     set_rng_state,
 )
-from training.config import ConfigError, DataConfig, OptimConfig, TrainConfig, config_to_dict
-from training.data import Dataset, Split, load_dataset
+from training.config import ConfigError, TrainConfig, config_to_dict
+from training.data import Dataset, load_dataset, train_batches
 from training.equilibrium import enable_gradient_equilibrium
 from training.loop import Criterion, collect_logits, exit_accuracy, train_one_epoch
 from training.losses import multi_exit_ce, ofa_kd_loss
+from training.schedule import lr_factor
 
 LOG = "log.jsonl"
 STAGE2_NEW = ("linear", "isc_embed")  # exit-head parts that stage 2 of the two-stage recipe trains
@@ -91,56 +88,6 @@ def pick_amp(cfg: TrainConfig, device: torch.device) -> str:
     if cfg.amp == "auto":
         return "bf16" if device.type == "cuda" else "none"
     return cfg.amp
-
-
-def lr_factor(cfg: OptimConfig, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
-    """Per-step multiplier of ``cfg.lr``: linear warm-up, then cosine to 0 or step drops."""
-    warm = int(cfg.warmup_epochs * steps_per_epoch)
-    total = max(epochs * steps_per_epoch, 1)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if cfg.schedule == "cosine":
-            progress = (step - warm) / max(total - warm, 1)
-            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        return cfg.gamma ** sum(step >= m * total for m in cfg.milestones)
-
-    return factor
-
-
-def train_batches(
-    split: Split, cfg: DataConfig, batch_size: int, epoch: int, seed: int, info: DistInfo
-) -> tuple[Iterator[tuple[Tensor, Tensor]], int]:
-    """Augmented, normalised batches ``([B,3,H,W] float, [B])`` of this rank's shard, and their count."""
-    sampler: DistributedSampler[int] = DistributedSampler(
-        split,  # type: ignore[arg-type]  # the sampler only needs len()
-        num_replicas=info.world_size,
-        rank=info.rank,
-        shuffle=True,
-        seed=seed,
-        drop_last=True,
-    )
-    sampler.set_epoch(epoch)
-    order = torch.tensor(list(sampler), dtype=torch.int64)
-    num_batches = len(order) // batch_size  # drop the ragged last batch (BatchNorm, equal DDP steps)
-    if num_batches == 0:
-        raise ConfigError(
-            f"batch_size {batch_size} exceeds the {len(order)} training images per process"
-        )
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1_009 + info.rank)
-
-    def batches() -> Iterator[tuple[Tensor, Tensor]]:
-        for i in range(num_batches):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            x = split.x[idx]
-            if cfg.augment == "crop-flip":
-                x = random_crop_flip(x, cfg.crop_padding, gen)
-            elif cfg.augment == "resized-crop-flip":
-                x = random_resized_crop_flip(x, gen)
-            yield normalize(x, cfg.mean, cfg.std), split.y[idx]
-
-    return batches(), num_batches
 
 
 @dataclass
@@ -299,7 +246,9 @@ def run_training(
         for epoch in range(first, epochs_of[stage]):
             if cfg.stop_after is not None and len(history) >= cfg.stop_after:
                 return {"complete": False, "history": history, "model": plan.model}
-            batches, n = train_batches(data.train, cfg.data, cfg.batch_size, epoch, cfg.seed + si, info)
+            batches, n = train_batches(
+                data.train, cfg.data, cfg.batch_size, epoch, cfg.seed + si, info.rank, info.world_size
+            )
             stats = train_one_epoch(
                 net, batches, n, plan.criterion, optimizer, scheduler, scaler,
                 device=device, amp=amp, max_bad_steps=cfg.max_bad_steps,

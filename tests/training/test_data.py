@@ -12,7 +12,7 @@ from PIL import Image
 
 from training.config import DataConfig, OptimConfig
 from training.data import DataError, load_dataset, split_indices
-from training.trainer import lr_factor
+from training.schedule import lr_factor
 
 
 def _jpeg_tree(root: Path, size: tuple[int, int], per_class: int = 6) -> Path:

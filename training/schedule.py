@@ -1,0 +1,24 @@
+"""Learning-rate schedule: a per-step multiplier for ``torch.optim.lr_scheduler.LambdaLR``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from training.config import OptimConfig
+
+
+def lr_factor(cfg: OptimConfig, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
+    """Per-step multiplier of ``cfg.lr``: linear warm-up, then cosine to 0 or step drops."""
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    total = max(epochs * steps_per_epoch, 1)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "cosine":
+            progress = (step - warm) / max(total - warm, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return cfg.gamma ** sum(step >= m * total for m in cfg.milestones)
+
+    return factor
