@@ -150,3 +150,36 @@ def test_batching_off_runs_each_request_alone(reference_package: ModelPackage) -
         engine.stop()
     assert sample(engine, "anytime_batch_size_count", stage="0") == 3
     assert sample(engine, "anytime_batch_size_sum", stage="0") == 6
+
+
+@pytest.mark.gpu
+def test_cuda_backends_agree_with_cpu(reference_package: ModelPackage, images: list[bytes]) -> None:
+    from service.engine.backends import cuda_works
+
+    if not cuda_works():
+        pytest.skip("CUDA does not work on this machine")
+    import copy
+
+    pkg, m = reference_package, reference_package.manifest
+    x = images_to_batch(images, m.preprocessing, LIMITS)
+    plan = resolve_plan(m, budget=0.6)
+    cpu_model = copy.deepcopy(pkg.model)
+    backends: list[StageBackend] = [
+        TorchBackend(cpu_model, "cpu"),
+        TorchBackend(copy.deepcopy(pkg.model), "cuda"),
+        OnnxBackend(pkg.onnx_paths, "cuda", [g.inputs for g in m.onnx]),
+    ]
+    assert backends[2].device == "cuda", "onnxruntime fell back to CPU although CUDA works"
+    answers = []
+    for be in backends:
+        engine = make_engine(pkg, be)
+        work = engine.submit(x, plan, time.monotonic() + FAR)
+        engine.start()
+        try:
+            answers.append(work.future.result(timeout=60))
+        finally:
+            engine.stop()
+    for got in answers[1:]:
+        assert [r.exit for r in got] == [r.exit for r in answers[0]]
+        for a, b in zip(got, answers[0], strict=True):
+            torch.testing.assert_close(a.probs, b.probs, atol=1e-3, rtol=0)
