@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from models.exit_policy import NEVER_EXIT, exits_now
@@ -23,12 +22,13 @@ class ExitPlan:
     """How one request's images exit.
 
     Attributes:
-        thresholds: ``[K]`` confidence threshold per exit (above 1 disables an exit).
+        thresholds: ``K`` confidence thresholds, one per exit (above 1 disables an exit); plain
+            floats, so that resolving options on the event loop touches no tensor.
         max_exit: the deepest exit any image may use (it takes everything left there).
         budget: the budget the thresholds came from; ``None`` when a threshold overrode it.
     """
 
-    thresholds: Tensor
+    thresholds: tuple[float, ...]
     max_exit: int
     budget: float | None
 
@@ -57,7 +57,7 @@ def resolve_plan(
     if threshold is not None:
         if not 0.0 <= threshold <= 1.0:
             raise InvalidOptionError(f"threshold must be in [0, 1], got {threshold}")
-        return ExitPlan(torch.full((k,), float(threshold)), max_exit, None)
+        return ExitPlan((float(threshold),) * k, max_exit, None)
     if budget is None:
         budget = default_budget if default_budget is not None else manifest.default_budget
     if budget is None:
@@ -67,8 +67,8 @@ def resolve_plan(
     return ExitPlan(budget_thresholds(manifest, budget), max_exit, budget)
 
 
-def budget_thresholds(manifest: Manifest, budget: float) -> Tensor:
-    """``[K]`` thresholds of the package's budget table row for ``budget``.
+def budget_thresholds(manifest: Manifest, budget: float) -> tuple[float, ...]:
+    """The ``K`` thresholds of the package's budget table row for ``budget``.
 
     A budget between two rows uses the largest row not above it (never spend more than asked);
     budget 1.0 without a table row runs every image to the last exit.
@@ -76,14 +76,14 @@ def budget_thresholds(manifest: Manifest, budget: float) -> Tensor:
     k = manifest.num_exits
     rows = sorted(r.budget for r in manifest.budgets)
     if budget >= 1.0 and (not rows or rows[-1] < 1.0 - 1e-9):
-        return torch.full((k,), NEVER_EXIT)
+        return (NEVER_EXIT,) * k
     if not rows or budget < rows[0] - 1e-9:
         allowed = f"between {rows[0]} and 1.0" if rows else "1.0 (the package has no budget table)"
         raise InvalidOptionError(
             f"budget {budget} is below what this model offers; use a budget {allowed}",
             detail={"budgets": rows},
         )
-    return torch.tensor(manifest.budget_entry(budget).thresholds, dtype=torch.float32)
+    return tuple(float(t) for t in manifest.budget_entry(budget).thresholds)
 
 
 def leaving_now(conf: Tensor, thresholds: Tensor, max_exit: Tensor, k: int, num_exits: int) -> Tensor:

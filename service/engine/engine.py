@@ -22,7 +22,7 @@ from torch import Tensor
 
 from models.package import Manifest
 from service.engine.backends import StageBackend
-from service.engine.executor import RequestWork, StageBatch, run_stage
+from service.engine.executor import Pending, RequestWork, StageBatch, run_stage
 from service.errors import EngineStoppedError, QueueFullError
 from service.metrics import ServiceMetrics
 from service.policy import ExitPlan
@@ -61,6 +61,7 @@ class ModelEngine:
         self.num_exits = manifest.num_exits
         self.fractions = [e.compute_fraction for e in manifest.exits]
         self.flops = [e.flops for e in manifest.exits]
+        self.pending: deque[Pending] = deque()  # stage 0's queue: chunks of submitted requests
         self.queues: list[deque[StageBatch]] = [deque() for _ in range(self.num_exits)]
         self._waiting = 0  # images in stage 0's queue
         self._cond = threading.Condition()
@@ -107,17 +108,10 @@ class ModelEngine:
         """
         n = images.shape[0]
         work = RequestWork(n=n, deadline=deadline)
-        thresholds = plan.thresholds.view(1, -1).expand(n, -1)
-        max_exit = torch.full((n,), plan.max_exit, dtype=torch.int64)
         # A request larger than a batch is split so that no batch exceeds max_batch_size.
         step = self.config.max_batch_size
         chunks = [
-            StageBatch(
-                [(work, i) for i in range(s, min(s + step, n))],
-                (images[s : s + step],),
-                thresholds[s : s + step],
-                max_exit[s : s + step],
-            )
+            Pending(work, images, s, min(s + step, n), plan.thresholds, plan.max_exit)
             for s in range(0, n, step)
         ]
         with self._cond:
@@ -130,7 +124,7 @@ class ModelEngine:
                     f"{self.config.queue_size}, so {n} more do not fit",
                     retry_after_s=self.config.retry_after_s,
                 )
-            self.queues[0].extend(chunks)
+            self.pending.extend(chunks)
             self._waiting += n
             self.metrics.queue_depth.labels(self.name).set(self._waiting)
             self._cond.notify()
@@ -144,12 +138,12 @@ class ModelEngine:
         work.future.cancel()
 
     # -- scheduling (the policy lives here) --------------------------------------------------------
-    def _next_batch(self) -> tuple[int, StageBatch] | None:
-        """Under the lock: the stage and batch to run now, or None to wait. Deepest stage first."""
+    def _next_batch(self) -> tuple[int, StageBatch | list[Pending]] | None:
+        """Under the lock: the stage and work to run now, or None to wait. Deepest stage first."""
         for k in range(self.num_exits - 1, 0, -1):
             if self.queues[k]:
                 return k, self.queues[k].popleft()
-        q = self.queues[0]
+        q = self.pending
         if not q:
             return None
         cfg = self.config
@@ -163,15 +157,17 @@ class ModelEngine:
             while q and size + len(q[0]) <= cfg.max_batch_size:
                 size += len(q[0])
                 taken.append(q.popleft())
-        self._waiting -= sum(len(b) for b in taken)
+        self._waiting -= sum(len(p) for p in taken)
         self.metrics.queue_depth.labels(self.name).set(self._waiting)
-        return 0, StageBatch.concat(taken)
+        return 0, taken
 
     def _wait_timeout(self) -> float | None:
-        q = self.queues[0]
-        if not q:
+        if not self.pending:
             return None
-        return max(0.0, q[0].enqueued + self.config.max_delay_s - time.monotonic())
+        return max(0.0, self.pending[0].enqueued + self.config.max_delay_s - time.monotonic())
+
+    def _idle(self) -> bool:
+        return not self.pending and not any(self.queues)
 
     def _worker(self) -> None:
         if self.config.intra_op_threads:
@@ -180,11 +176,15 @@ class ModelEngine:
             with self._cond:
                 picked = self._next_batch()
                 while picked is None:
-                    if self._stopping and not any(self.queues):
+                    if self._stopping and self._idle():
                         return
                     self._cond.wait(self._wait_timeout())
                     picked = self._next_batch()
-            self._run(*picked)
+            k, work = picked
+            batch = (
+                work if isinstance(work, StageBatch) else StageBatch.concat([p.to_batch() for p in work])
+            )
+            self._run(k, batch)
 
     def _run(self, k: int, batch: StageBatch) -> None:
         keep = torch.tensor([not w.dropped for w, _ in batch.jobs], dtype=torch.bool)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,9 +28,13 @@ from service.policy import leaving_now
 
 @dataclass(frozen=True)
 class ImageResult:
-    """One image's answer: ``probs [C]`` (softmax of the exit that answered), that exit's index."""
+    """One image's answer: ``probs [C]`` (float32 softmax of the exit that answered), its exit.
 
-    probs: Tensor
+    NumPy, not torch: the routes shape answers on the event loop, where small torch ops were
+    measured at 100+ us each while a worker thread runs a stage (dispatcher contention).
+    """
+
+    probs: np.ndarray
     exit: int
     compute_fraction: float
 
@@ -118,6 +123,36 @@ class StageBatch:
         )
 
 
+@dataclass(eq=False)
+class Pending:
+    """Images of one request waiting for stage 0, as submitted (tensors are built by a worker).
+
+    Attributes:
+        images: the request's whole ``[N, 3, H, W]`` batch; this chunk is ``images[start:stop]``.
+    """
+
+    work: RequestWork
+    images: Tensor
+    start: int
+    stop: int
+    thresholds: tuple[float, ...]
+    max_exit: int
+    enqueued: float = field(default_factory=time.monotonic)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def to_batch(self) -> StageBatch:
+        n, k = len(self), len(self.thresholds)
+        return StageBatch(
+            [(self.work, i) for i in range(self.start, self.stop)],
+            (self.images[self.start : self.stop],),
+            torch.tensor(self.thresholds, dtype=torch.float32).expand(n, k),
+            torch.full((n,), self.max_exit, dtype=torch.int64),
+            enqueued=self.enqueued,
+        )
+
+
 @dataclass(frozen=True)
 class StageOutcome:
     """What one stage run produced: answered ``(job, result)`` pairs and the survivors."""
@@ -141,9 +176,9 @@ def run_stage(
     logits = logits.cpu()
     conf, _ = confidences(logits)
     leave = leaving_now(conf, batch.thresholds[:, k], batch.max_exit, k, num_exits)
-    probs = torch.softmax(logits.float(), dim=-1)
+    probs = torch.softmax(logits.float(), dim=-1).numpy()
     answered = [
-        (batch.jobs[i], ImageResult(probs[i].clone(), k, compute_fractions[k]))
+        (batch.jobs[i], ImageResult(probs[i].copy(), k, compute_fractions[k]))
         for i in leave.nonzero().flatten().tolist()
     ]
     survivors = None

@@ -7,7 +7,7 @@ import binascii
 import json
 from typing import Any, cast
 
-import torch
+import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -120,10 +120,11 @@ async def classify(name: str, request: Request) -> Response:
 
 
 def to_prediction(result: ImageResult, classes: list[str], top_k: int) -> Prediction:
-    probs, idx = torch.topk(result.probs, min(top_k, len(classes)))
+    # A stable sort by descending probability: ties keep the lower class index first.
+    order = np.argsort(-result.probs, kind="stable")[: min(top_k, len(classes))]
     top = [
-        TopK(class_index=int(i), class_name=classes[int(i)], probability=float(p))
-        for p, i in zip(probs.tolist(), idx.tolist(), strict=True)
+        TopK(class_index=int(i), class_name=classes[int(i)], probability=float(result.probs[i]))
+        for i in order
     ]
     return Prediction(
         class_index=top[0].class_index,

@@ -175,7 +175,7 @@ def _requested_outputs(outputs: Any, params: dict[str, Any]) -> tuple[list[str],
 
 
 def _output_arrays(results: list[ImageResult]) -> dict[str, tuple[str, np.ndarray]]:
-    probs = torch.stack([r.probs for r in results]).numpy().astype(np.float32)
+    probs = np.stack([r.probs for r in results]).astype(np.float32)
     return {
         "probabilities": ("FP32", probs),
         "class_index": ("INT64", probs.argmax(axis=1).astype(np.int64)),

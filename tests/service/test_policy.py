@@ -14,10 +14,10 @@ from service.policy import leaving_now, resolve_plan
 def test_budget_picks_the_largest_row_not_above_it(reference_package: ModelPackage) -> None:
     m = reference_package.manifest
     rows = {r.budget: r.thresholds for r in m.budgets}
-    assert resolve_plan(m, budget=0.6).thresholds.tolist() == pytest.approx(rows[0.6])
-    assert resolve_plan(m, budget=0.79).thresholds.tolist() == pytest.approx(rows[0.6])
-    assert resolve_plan(m, budget=0.8).thresholds.tolist() == pytest.approx(rows[0.8])
-    assert resolve_plan(m, budget=1.0).thresholds.tolist() == [NEVER_EXIT] * 3
+    assert list(resolve_plan(m, budget=0.6).thresholds) == pytest.approx(rows[0.6])
+    assert list(resolve_plan(m, budget=0.79).thresholds) == pytest.approx(rows[0.6])
+    assert list(resolve_plan(m, budget=0.8).thresholds) == pytest.approx(rows[0.8])
+    assert resolve_plan(m, budget=1.0).thresholds == (NEVER_EXIT,) * 3
 
 
 def test_defaults_threshold_and_max_exit(reference_package: ModelPackage) -> None:
@@ -26,7 +26,7 @@ def test_defaults_threshold_and_max_exit(reference_package: ModelPackage) -> Non
     assert resolve_plan(m, default_budget=0.8).budget == 0.8
     plan = resolve_plan(m, budget=0.6, threshold=0.3, max_exit=1)
     assert plan.budget is None and plan.max_exit == 1
-    assert plan.thresholds.tolist() == pytest.approx([0.3] * 3)
+    assert plan.thresholds == (0.3,) * 3
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_out_of_range_options_are_rejected(reference_package: ModelPackage, opti
 
 def test_budget_one_without_a_table_runs_to_the_end(reference_package: ModelPackage) -> None:
     bare = reference_package.manifest.model_copy(update={"budgets": [], "default_budget": None})
-    assert resolve_plan(bare).thresholds.tolist() == [NEVER_EXIT] * 3
+    assert resolve_plan(bare).thresholds == (NEVER_EXIT,) * 3
     with pytest.raises(InvalidOptionError, match="no budget table"):
         resolve_plan(bare, budget=0.5)
 
