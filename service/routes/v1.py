@@ -11,9 +11,16 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from service.engine import ImageResult, LoadedModel
-from service.errors import BadImageError, BadRequestError, InvalidOptionError, UnsupportedMediaTypeError
+from service.errors import (
+    BadImageError,
+    BadRequestError,
+    InvalidOptionError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from service.policy import resolve_plan
 from service.routes.deps import (
     app_state,
@@ -158,7 +165,15 @@ async def read_classify_body(request: Request) -> tuple[list[bytes], ClassifyOpt
     if ctype == "multipart/form-data":
         options = _options(query)
         limit = state.settings.limits.max_images_per_request
-        form = await request.form(max_files=limit + 1, max_fields=100)
+        try:
+            form = await request.form(max_files=limit, max_fields=100)
+        except HTTPException as e:  # Starlette reports multipart limits and syntax as a bare 400
+            if "too many files" in str(e.detail).lower():
+                raise PayloadTooLargeError(
+                    f"more than {limit} images in one request; the limit is {limit}",
+                    detail={"limit": limit},
+                ) from None
+            raise BadRequestError(f"malformed multipart body: {e.detail}") from None
         uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
         if not uploads:
             raise BadRequestError("multipart body has no file in the field 'files'")

@@ -119,6 +119,15 @@ def test_too_many_images_is_413(client: TestClient, images: list[bytes]) -> None
     blob = base64.b64encode(images[0]).decode()
     r = client.post(URL, json={"images": [blob] * 65})
     assert r.status_code == 413 and "limit is 64" in r.json()["error"]["message"]
+    r = client.post(URL, files=[("files", (f"{i}.png", images[0], "image/png")) for i in range(65)])
+    assert r.status_code == 413 and "limit is 64" in r.json()["error"]["message"]
+    r = client.post(URL, files=[("files", (f"{i}.png", images[0], "image/png")) for i in range(64)])
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 64
+
+
+def test_malformed_multipart_is_400(client: TestClient) -> None:
+    r = client.post(URL, content=b"--x\r\nnot a part", headers={"content-type": "multipart/form-data"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
 
 
 def test_one_bad_image_spoils_only_its_own_request(client: TestClient, images: list[bytes]) -> None:
