@@ -181,10 +181,20 @@ class ModelEngine:
                     self._cond.wait(self._wait_timeout())
                     picked = self._next_batch()
             k, work = picked
-            batch = (
-                work if isinstance(work, StageBatch) else StageBatch.concat([p.to_batch() for p in work])
-            )
-            self._run(k, batch)
+            try:
+                batch = (
+                    work
+                    if isinstance(work, StageBatch)
+                    else StageBatch.concat([p.to_batch() for p in work])
+                )
+                self._run(k, batch)
+            except Exception as e:  # never let one bad batch kill the worker: fail its requests
+                log.exception("model %s: stage %d failed", self.name, k)
+                owners = (
+                    [w for w, _ in work.jobs] if isinstance(work, StageBatch) else [p.work for p in work]
+                )
+                for w in {id(w): w for w in owners}.values():
+                    w.fail(e)
 
     def _run(self, k: int, batch: StageBatch) -> None:
         keep = torch.tensor([not w.dropped for w, _ in batch.jobs], dtype=torch.bool)
@@ -198,22 +208,19 @@ class ModelEngine:
             for w, _ in batch.jobs:
                 m.queue_wait.labels(name).observe(now - w.arrived)
         m.batch_size.labels(name, str(k)).observe(len(batch))
-        try:
-            outcome = run_stage(self.backend, k, batch, self.fractions)
-        except Exception as e:  # a backend failure fails this batch's requests, not the engine
-            log.exception("model %s: stage %d failed on a batch of %d", name, k, len(batch))
-            for w in {id(w): w for w, _ in batch.jobs}.values():
-                w.fail(e)
-            return
+        outcome = run_stage(self.backend, k, batch, self.fractions)
         if outcome.survivors is not None:
             with self._cond:
                 outcome.survivors.enqueued = time.monotonic()
                 self.queues[k + 1].append(outcome.survivors)
                 self._cond.notify()
-        full = self.flops[-1]
+        if outcome.answered:
+            spent = self.flops[k] * len(outcome.answered)  # every answer here left at exit k
+            m.exit_images.labels(name, str(k)).inc(len(outcome.answered))
+            m.flops.labels(name).inc(spent)
+            m.flops_saved.labels(name).inc(self.flops[-1] * len(outcome.answered) - spent)
+            fraction = m.compute_fraction.labels(name)
+            for _ in outcome.answered:
+                fraction.observe(self.fractions[k])
         for (work, i), result in outcome.answered:
-            m.exit_images.labels(name, str(result.exit)).inc()
-            m.compute_fraction.labels(name).observe(result.compute_fraction)
-            m.flops.labels(name).inc(self.flops[result.exit])
-            m.flops_saved.labels(name).inc(full - self.flops[result.exit])
             work.answer(i, result)

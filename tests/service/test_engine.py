@@ -184,3 +184,33 @@ def test_cuda_backends_agree_with_cpu(reference_package: ModelPackage, images: l
         assert [r.exit for r in got] == [r.exit for r in answers[0]]
         for a, b in zip(got, answers[0], strict=True):
             np.testing.assert_allclose(a.probs, b.probs, atol=1e-3, rtol=0)
+
+
+class _FlakyBackend:
+    """Wraps a backend; fails stage 1 while ``broken`` is set."""
+
+    def __init__(self, inner: StageBackend) -> None:
+        self.inner, self.name, self.device, self.broken = inner, inner.name, inner.device, True
+
+    def run_stage(
+        self, k: int, state: tuple[torch.Tensor, ...]
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        if k == 1 and self.broken:
+            raise RuntimeError("stage 1 exploded")
+        return self.inner.run_stage(k, state)
+
+
+def test_a_failing_stage_fails_its_requests_not_the_engine(reference_package: ModelPackage) -> None:
+    flaky = _FlakyBackend(TorchBackend(reference_package.model, "cpu"))
+    engine = make_engine(reference_package, flaky)
+    plan = resolve_plan(reference_package.manifest, budget=1.0)
+    engine.start()
+    try:
+        failed = engine.submit(torch.zeros(2, 3, 32, 32), plan, time.monotonic() + FAR)
+        with pytest.raises(RuntimeError, match="exploded"):
+            failed.future.result(timeout=30)
+        flaky.broken = False
+        ok = engine.submit(torch.zeros(2, 3, 32, 32), plan, time.monotonic() + FAR)
+        assert [r.exit for r in ok.future.result(timeout=30)] == [2, 2]
+    finally:
+        engine.stop()
