@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -135,6 +137,20 @@ def test_a_full_queue_answers_429_with_retry_after(
         assert c.post(URL, json={"images": [blob] * 4}).status_code == 200
     labels = (("model", NAME), ("reason", "queue_full"))
     assert server.metrics(KEY)[("anytime_rejections_total", labels)] >= 1
+
+
+def test_metrics_of_a_loaded_server_pass_promtool(
+    servers: dict[str, Server], images: list[bytes]
+) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package 'prometheus')")
+    for server in servers.values():
+        with server.client(headers=KEY) as c:
+            post_png(c, images[0])
+            text = c.get("/metrics").text
+        check = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True)
+        assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
 
 
 def test_a_missed_deadline_answers_504(servers: dict[str, Server], images: list[bytes]) -> None:
