@@ -177,6 +177,9 @@ async def read_classify_body(request: Request) -> tuple[list[bytes], ClassifyOpt
         uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
         if not uploads:
             raise BadRequestError("multipart body has no file in the field 'files'")
+        total, cap = sum(f.size or 0 for f in uploads), state.settings.limits.max_body_bytes
+        if total > cap:  # a chunked upload has no Content-Length to refuse up front
+            raise PayloadTooLargeError(f"uploaded files total {total} bytes; the limit is {cap}")
         return [await f.read() for f in uploads], options
     body = await read_body(request)
     if ctype.startswith("image/"):
