@@ -73,6 +73,9 @@ class TorchSettings(_Part):
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="compute dtype on CUDA (CPU always runs float32)"
     )
+    intra_op_threads: int | None = Field(
+        None, ge=0, description="torch's threads only, overriding intra_op_threads (None = use it)"
+    )
 
 
 class ServiceSettings(BaseSettings):

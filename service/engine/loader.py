@@ -29,6 +29,12 @@ class LoadedModel:
         return self.package.manifest.name
 
 
+def torch_threads(settings: ServiceSettings) -> int:
+    """torch's intra-op threads: its own override, else the shared setting (0 = torch's default)."""
+    own = settings.torch.intra_op_threads
+    return settings.intra_op_threads if own is None else own
+
+
 def engine_config(settings: ServiceSettings) -> EngineConfig:
     b = settings.batching
     return EngineConfig(
@@ -38,7 +44,7 @@ def engine_config(settings: ServiceSettings) -> EngineConfig:
         workers=b.workers,
         batching=b.enabled,
         retry_after_s=settings.retry_after_s,
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=torch_threads(settings),
     )
 
 
@@ -49,8 +55,9 @@ def load_model(path: str | Path, settings: ServiceSettings, metrics: ServiceMetr
         PackageError: the package is missing or damaged.
         BackendError: the requested backend or device cannot be used.
     """
-    if settings.intra_op_threads:
-        torch.set_num_threads(settings.intra_op_threads)
+    threads = torch_threads(settings)
+    if threads:
+        torch.set_num_threads(threads)
     pkg = load_package(path)
     m = pkg.manifest
     device = resolve_device(settings.device)
