@@ -1,7 +1,10 @@
-"""``python -m benchmarks`` (``make bench``) runs the serving benchmark."""
+"""``python -m benchmarks`` (``make bench``): the IMTA ablation, the serving figures, BENCHMARKS.md.
+
+The serving grid alone stays available as ``python -m benchmarks.serving``.
+"""
 
 import sys
 
-from benchmarks.serving import main
+from benchmarks.pipeline import main
 
 sys.exit(main())

@@ -1,0 +1,191 @@
+"""``python -m benchmarks`` (``make bench``): the IMTA ablation, then the serving figures, then
+``BENCHMARKS.md``. Resumable: every ablation arm is a training run directory under ``--runs-root``.
+
+    .venv/bin/python -m benchmarks --quick        # minutes: smoke run, not evidence
+    .venv/bin/python -m benchmarks                # the published figures (hours on a 2-core CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.ablation import ARMS, BEST, AblationSettings, run_ablation
+from benchmarks.loadgen import encode_pngs
+from benchmarks.report import plot_ablation, plot_serving, render
+
+REPO = Path(__file__).resolve().parent.parent
+FULL_COMMAND = "make bench  # = .venv/bin/python -m benchmarks --runs-root /work/runs/ablation"
+QUICK_TRAIN = ("--epochs", "1", "--set", "stage2_epochs=1", "--set", "data.limit_train=2000")
+SYNTHETIC_DATA = (
+    "--set", "data.source=synthetic", "--set", "data.synthetic_size=360",
+    "--set", "data.n_val=80", "--set", "data.n_test=80", "--set", "batch_size=32",
+)  # fmt: skip
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="1 epoch on 2,000 images, short loads")
+    p.add_argument("--synthetic", action="store_true", help="synthetic images (tests; no ../shared)")
+    p.add_argument("--runs-root", type=Path, default=Path("/work/runs/ablation"), help="arm run dirs")
+    p.add_argument("--data-dir", help="CIFAR-10 JPEG archive or tree (default: the config's)")
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results[/quick])")
+    p.add_argument("--markdown", type=Path, help="BENCHMARKS.md to regenerate (default: see README)")
+    p.add_argument("--threads", type=int, help="torch threads for training (default: the config's 2)")
+    p.add_argument("--arms", default=",".join(a.name for a in ARMS), help="ablation arms to run")
+    p.add_argument("--skip-serving", action="store_true", help="ablation only")
+    p.add_argument("--no-grid", action="store_true", help="skip the backend x batching x mode grid")
+    p.add_argument("--concurrency", type=int, help="closed-loop clients (default 16, quick 8)")
+    p.add_argument("--requests", type=int, help="requests per configuration (default 2000, quick 150)")
+    p.add_argument("--max-seconds", type=float, help="seconds per configuration (default 20, quick 4)")
+    return p.parse_args(argv)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}, torch {torch.__version__}"
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "benchmarks"], cwd=REPO, capture_output=True, text=True
+        )
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def points_over(a: dict[str, Any], b: dict[str, Any]) -> list[float]:
+    """Per-exit test accuracy of arm ``a`` minus arm ``b``, in points."""
+    pairs = zip(a["test_exit_accuracy"], b["test_exit_accuracy"], strict=True)
+    return [100 * (x - y) for x, y in pairs]
+
+
+def findings(arms: list[dict[str, Any]]) -> list[str]:
+    """The issue's ablation target, checked on the measured numbers (IMTA Table 1/2 direction:
+    every exit better, most at the earliest)."""
+    by = {a["arm"]: a for a in arms}
+    if "plain" not in by or BEST not in by:
+        return []
+    d = points_over(by[BEST], by["plain"])
+    every = all(v >= 0 for v in d)
+    first = d[0] >= 2.0
+    return [
+        f"GE + ISC + KD (joint) minus plain, per exit (points): {', '.join(f'{v:+.2f}' for v in d)}.",
+        f"Target 'at least as good at every exit': {'met' if every else 'missed'}; "
+        f"'+2 points at the first exit': {'met' if first else 'missed'} ({d[0]:+.2f}).",
+        "The IMTA paper reports gains at every exit, largest at the earliest ones; "
+        + (
+            "this run shows that direction."
+            if every and d[0] >= max(d)
+            else "this run does not show it fully."
+        ),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quick = args.quick or args.synthetic
+    out = args.out or REPO / "benchmarks" / "results" / ("quick" if quick else "")
+    out.mkdir(parents=True, exist_ok=True)
+    root = args.runs_root / ("synthetic" if args.synthetic else "quick" if args.quick else "")
+    overrides: tuple[str, ...] = (QUICK_TRAIN if quick else ()) + (
+        SYNTHETIC_DATA if args.synthetic else ()
+    )
+    if args.quick and not args.synthetic:
+        overrides += ("--set", "data.n_val=500", "--set", "data.n_test=500")
+    settings = AblationSettings(root, overrides, args.threads, args.data_dir)
+    arms = tuple(a for a in ARMS if a.name in args.arms.split(","))
+    t0 = time.time()
+    results: dict[str, Any] = {"ablation": run_ablation(settings, arms)}
+    if not args.skip_serving and any(a.name == BEST for a in arms):
+        results["serving"] = serve(root / BEST, out, args, quick)
+    command = "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:])
+    results["meta"] = {
+        "command": command.strip(),
+        "quick": quick,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "commit": commit(),
+        "wall_seconds": time.time() - t0,
+        "full_command": FULL_COMMAND,
+        "ablation_note": ablation_note(quick, args.synthetic),
+    }
+    results["findings"] = findings(results["ablation"])
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot_ablation(results["ablation"], out / "ablation.png")
+    if "serving" in results:
+        plot_serving(results["serving"]["loads"], out / "serving.png")
+    md = args.markdown or (REPO / "BENCHMARKS.md" if not args.synthetic else out / "BENCHMARKS.md")
+    if quick and args.markdown is None and (REPO / "benchmarks" / "results" / "results.json").is_file():
+        md = out / "BENCHMARKS.md"  # a quick run never overwrites the published figures
+    md.write_text(render(results, out, REPO))
+    print(f"wrote {out / 'results.json'}, plots and {md}")
+    return 0
+
+
+def ablation_note(quick: bool, synthetic: bool) -> str:
+    data = "synthetic images" if synthetic else "CIFAR-10 JPEGs (`../shared/data`)"
+    scale = (
+        "1 epoch" + ("" if synthetic else " on 2,000 training images")
+        if quick
+        else "15 epochs on the 45,000-image train part"
+    )
+    return (
+        f"`configs/ablation/msdnet_small.yaml`: MSDNet 5 exits, step 1, base 2, 12 stem channels, "
+        f"growth 6 (1.29M parameters); {data}, {scale}, seed 0, same split for every arm; the "
+        "two-stage arm trains stage 1 (GE) for the same epochs, then its ISC + KD heads "
+        "(stage2_epochs). bf16 autocast on CPU."
+    )
+
+
+def serve(run_dir: Path, out: Path, args: argparse.Namespace, quick: bool) -> dict[str, Any]:
+    """Export the best arm's package and measure it (HTTP loads with labels, then the grid)."""
+    from benchmarks.serving_suite import ServingSettings, headline, run_grid, run_http_loads
+    from training.checkpoint import load_checkpoint
+    from training.cli import main as training_main
+    from training.config import validate_config
+    from training.data import load_dataset
+
+    package = run_dir / "package"
+    if not (package / "manifest.json").is_file():
+        code = training_main(
+            ["export", "--run-dir", str(run_dir), "--out", str(package), "--name", "ablation-imta"]
+        )
+        if code != 0:
+            raise RuntimeError(f"export of {run_dir} failed with exit code {code}")
+    cfg = validate_config(load_checkpoint(run_dir / "last.pt")["config"])
+    if args.data_dir:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": args.data_dir})})
+    test = load_dataset(cfg.data).test
+    labelled = encode_pngs(test.x, test.y, len(test))
+    s = ServingSettings(
+        concurrency=args.concurrency or (8 if quick else 16),
+        requests=args.requests or (150 if quick else 2000),
+        max_seconds=args.max_seconds or (4.0 if quick else 20.0),
+        grid=not args.no_grid,
+    )
+    loads = run_http_loads(package, labelled, s)
+    grid = run_grid(package, s, out / "serving_grid.json") if s.grid else []
+    return {"package": str(package), "loads": loads, "grid": grid, "headline": headline(loads, grid)}

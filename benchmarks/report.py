@@ -1,0 +1,197 @@
+"""PNG plots and the generated ``BENCHMARKS.md`` from the JSON results of ``python -m benchmarks``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display (benchmarks run headless)
+import matplotlib.pyplot as plt
+
+ENGINE_MODES = Path(__file__).resolve().parent / "results" / "engine_modes.md"
+
+
+def plot_ablation(arms: list[dict[str, Any]], path: Path) -> None:
+    """Anytime points (per exit) and budgeted curves (optimised thresholds) of every arm vs MAdds."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for a in arms:
+        madds = a["exit_mult_adds_millions"]
+        ax1.plot(madds, [100 * v for v in a["test_exit_accuracy"]], "o-", label=a["label"])
+        full = madds[-1]
+        opt = sorted((r["optimised"]["compute"], r["optimised"]["accuracy"]) for r in a["budgets"])
+        ax2.plot([full * c for c, _ in opt], [100 * v for _, v in opt], "o-", label=a["label"])
+        if a["arm"] == "ge_isc_kd":
+            geo = sorted((p["compute"], p["accuracy"]) for p in a["geometric_curve_test"])
+            ax2.plot(
+                [full * c for c, _ in geo],
+                [100 * v for _, v in geo],
+                "k:",
+                label=f"{a['label']}, geometric",
+            )
+    ax1.set(
+        title="Anytime: accuracy of each exit (test part)", xlabel="multiply-adds (M)", ylabel="top-1 %"
+    )
+    ax2.set(
+        title="Budgeted: optimised thresholds (test part)",
+        xlabel="mean multiply-adds (M)",
+        ylabel="top-1 %",
+    )
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_serving(loads: dict[str, Any], path: Path) -> None:
+    """Closed-loop throughput and open-loop latency (half load) against the budget."""
+    closed = sorted(loads["closed_loop"], key=lambda r: r["budget"])
+    opened = sorted(loads["open_loop"], key=lambda r: r["budget"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot([r["budget"] for r in closed], [r["images_per_s"] for r in closed], "o-")
+    ax1.set(title="HTTP closed loop: throughput", xlabel="budget", ylabel="images/s")
+    for key, style in (("p50_ms", "o-"), ("p95_ms", "s--"), ("p99_ms", "^:")):
+        ax2.plot([r["budget"] for r in opened], [r[key] for r in opened], style, label=key[:3])
+    ax2.set(title="HTTP open loop at half load: latency", xlabel="budget", ylabel="ms")
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.2f}"
+
+
+def ablation_tables(arms: list[dict[str, Any]]) -> list[str]:
+    k = len(arms[0]["test_exit_accuracy"])
+    madds = " | ".join(f"exit {i} ({m:.1f}M)" for i, m in enumerate(arms[0]["exit_mult_adds_millions"]))
+    lines = [
+        "Per-exit top-1 accuracy (%) on the held test part; cumulative multiply-adds in brackets.",
+        "",
+        f"| arm | {madds} | epochs | train time (s) |",
+        "|---|" + "---|" * (k + 2),
+    ]
+    for a in arms:
+        accs = " | ".join(_pct(v) for v in a["test_exit_accuracy"])
+        lines.append(f"| {a['label']} | {accs} | {a['epochs']} | {a['train_seconds']:.0f} |")
+    plain = next((a for a in arms if a["arm"] == "plain"), None)
+    if plain:
+        lines += ["", "Difference to plain training (points):", "", "| arm | " + " | ".join(
+            f"exit {i}" for i in range(k)) + " |", "|---|" + "---|" * k]  # fmt: skip
+        for a in arms:
+            if a is not plain:
+                pairs = zip(a["test_exit_accuracy"], plain["test_exit_accuracy"], strict=True)
+                d = [100 * (x - y) for x, y in pairs]
+                lines.append(f"| {a['label']} | " + " | ".join(f"{v:+.2f}" for v in d) + " |")
+    budgets = sorted({r["budget"] for a in arms for r in a["budgets"]})
+    lines += [
+        "",
+        "Budgeted (thresholds fitted on the validation part, scored on the test part): test accuracy"
+        " (%) at the measured mean compute fraction, geometric (MSDNet's scheme) / optimised.",
+        "",
+        "| arm | " + " | ".join(f"budget {b}" for b in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
+    for a in arms:
+        rows = {r["budget"]: r for r in a["budgets"]}
+        cells = [
+            f"{_pct(rows[b]['geometric']['accuracy'])} @{rows[b]['geometric']['compute']:.2f} / "
+            f"{_pct(rows[b]['optimised']['accuracy'])} @{rows[b]['optimised']['compute']:.2f}"
+            if b in rows
+            else "-"
+            for b in budgets
+        ]
+        lines.append(f"| {a['label']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def serving_tables(serving: dict[str, Any]) -> list[str]:
+    loads = serving["loads"]
+    lines = [
+        f"HTTP (uvicorn on 127.0.0.1, torch backend, batching on), {loads['images']} real labelled "
+        "test images, one image per request.",
+        "",
+        "| loop | budget | clients / peak in flight | offered rate/s | requests | errors | images/s "
+        "| p50 ms | p95 ms | p99 ms | accuracy % | mean compute |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in loads["closed_loop"] + loads["open_loop"]:
+        rate = f"{r['offered_rate']:.1f}" if r["offered_rate"] else "-"
+        lines.append(
+            f"| {r['loop']} | {r['budget']} | {r['concurrency']} | {rate} | {r['requests']} | "
+            f"{r['errors']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+            f"{r['p99_ms']:.1f} | {_pct(r['accuracy'])} | {r['mean_compute_fraction']:.3f} |"
+        )
+    if serving.get("grid"):
+        lines += [
+            "",
+            "Backend x batching x mode (`benchmarks/serving.py`, closed loop, synthetic PNGs, so "
+            "compute fractions differ from the labelled run):",
+            "",
+            "| mode | backend | batching | budget | clients | requests | images/s | p50 ms | p99 ms "
+            "| compute |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in serving["grid"]:
+            lines.append(
+                f"| {r['mode']} | {r['backend']} | {r['batching']} | {r['budget']} | "
+                f"{r['concurrency']} | "
+                f"{r['requests']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                f"{r['mean_compute_fraction']:.3f} |"
+            )
+    return lines
+
+
+def render(results: dict[str, Any], out_dir: Path, repo: Path) -> str:
+    """The whole BENCHMARKS.md text for ``results`` (written by :func:`benchmarks.pipeline.main`)."""
+    meta = results["meta"]
+    rel = (
+        out_dir.resolve().relative_to(repo.resolve())
+        if out_dir.resolve().is_relative_to(repo.resolve())
+        else out_dir
+    )
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python -m benchmarks` (`make bench`); do not edit by hand.",
+        "",
+    ]
+    if meta["quick"]:
+        lines += [
+            "> **Quick smoke run.** Tiny epochs and data subset: these numbers only show that the "
+            "pipeline runs end to end. They are not evidence for or against any IMTA gain or serving "
+            "target. The full command is below.",
+            "",
+        ]
+    lines += [
+        f"- command: `{meta['command']}`",
+        f"- machine: {meta['machine']}",
+        f"- date (UTC): {meta['date']}; git commit: `{meta['commit']}`",
+        f"- results: `{rel}/results.json`; plots: `{rel}/ablation.png`, `{rel}/serving.png`",
+        f"- full run: `{meta['full_command']}`",
+        "",
+    ]
+    if results.get("ablation"):
+        lines += ["## IMTA ablation", "", meta["ablation_note"], ""]
+        lines += [*ablation_tables(results["ablation"]), "", f"![ablation]({rel}/ablation.png)", ""]
+    if results.get("serving"):
+        lines += ["## Serving", "", *serving_tables(results["serving"]), ""]
+        lines += [f"![serving]({rel}/serving.png)", "", "### Targets (issue 6)", ""]
+        for k, v in results["serving"]["headline"].items():
+            lines.append(f"- {k}: `{v}`")
+        lines.append("")
+    if results.get("findings"):
+        lines += ["## Findings", "", *[f"- {f}" for f in results["findings"]], ""]
+    if ENGINE_MODES.is_file():
+        lines += [
+            "## Engine modes (from `benchmarks/results/engine_modes.md`)",
+            "",
+            ENGINE_MODES.read_text(),
+        ]
+    return "\n".join(lines).rstrip() + "\n"
