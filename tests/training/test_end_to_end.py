@@ -19,7 +19,7 @@ from .helpers import TINY_MODEL, tiny_config, write_config
 
 def test_train_calibrate_export_serve_semantics(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    cfg = tiny_config(run, ge=True, kd=True, model={**TINY_MODEL, "isc": True})
+    cfg = tiny_config(run, ge=True, kd=True, model={**TINY_MODEL, "isc": True}, epochs=2, stop_after=1)
     path = write_config(tmp_path / "c.yaml", cfg)
     assert main(["train", "--config", str(path)]) == 0
     assert (run / "last.pt").is_file() and len((run / "log.jsonl").read_text().splitlines()) == 1
@@ -62,3 +62,10 @@ def test_train_calibrate_export_serve_semantics(tmp_path: Path) -> None:
         assert torch.allclose(fractions, torch.tensor(row.exit_fractions, dtype=torch.float64))
     full = m.budget_entry(1.0)
     assert full.thresholds == [2.0] * m.num_exits and full.exit_fractions == [0.0, 0.0, 1.0]
+
+    # Training on makes the saved logits stale: calibrate must evaluate the new weights.
+    assert torch.load(run / "logits.pt")["source"][:2] == ["joint", 1]
+    write_config(path, {**cfg, "stop_after": None})
+    assert main(["train", "--config", str(path), "--resume"]) == 0
+    assert main(["calibrate", "--run-dir", str(run), "--budgets", "0.5,1.0"]) == 0
+    assert torch.load(run / "logits.pt")["source"][:2] == ["joint", 2]
