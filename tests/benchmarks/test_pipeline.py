@@ -1,0 +1,78 @@
+"""``python -m benchmarks`` end to end on synthetic data: five arms, a package, real HTTP loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.ablation import ARMS
+from benchmarks.pipeline import main
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:  # type: ignore[type-arg]
+    root = tmp_path_factory.mktemp("runs")
+    out = tmp_path_factory.mktemp("out")
+    argv = [
+        "--synthetic", "--runs-root", str(root), "--out", str(out), "--threads", "1",
+        "--no-grid", "--concurrency", "4", "--requests", "40", "--max-seconds", "3",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    return root, out, json.loads((out / "results.json").read_text())
+
+
+def test_every_arm_has_per_exit_accuracy_and_flops(bench: tuple[Path, Path, dict]) -> None:  # type: ignore[type-arg]
+    _, _, results = bench
+    arms = results["ablation"]
+    assert [a["arm"] for a in arms] == [a.name for a in ARMS]
+    flops = arms[0]["exit_mult_adds_millions"]
+    assert len(flops) == 5 and all(b > a for a, b in zip(flops, flops[1:], strict=False))
+    for a in arms:
+        # Same architecture for every arm (the ISC link adds a few multiply-adds per exit).
+        assert a["exit_mult_adds_millions"] == pytest.approx(flops, rel=1e-3)
+        assert all(0.0 <= v <= 1.0 for v in a["test_exit_accuracy"])
+        assert a["epochs"] == (2 if a["arm"] == "two_stage" else 1)
+        # Budget 1.0 runs every image to the last exit: its accuracy is the last exit's.
+        full = next(r for r in a["budgets"] if r["budget"] == 1.0)
+        assert full["optimised"]["compute"] == pytest.approx(1.0)
+        assert full["optimised"]["accuracy"] == pytest.approx(a["test_exit_accuracy"][-1])
+    assert len(results["findings"]) == 3
+
+
+def test_serving_measures_labelled_loads(bench: tuple[Path, Path, dict]) -> None:  # type: ignore[type-arg]
+    _, _, results = bench
+    loads = results["serving"]["loads"]
+    closed = {r["budget"]: r for r in loads["closed_loop"]}
+    assert 1.0 in closed and len(closed) >= 2
+    for r in loads["closed_loop"] + loads["open_loop"]:
+        assert r["requests"] > 0 and r["errors"] == 0
+        assert 0.0 <= r["accuracy"] <= 1.0
+        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+    assert closed[1.0]["mean_compute_fraction"] == pytest.approx(1.0)
+    cheapest = closed[min(closed)]
+    assert cheapest["mean_compute_fraction"] < 1.0  # a budget below 1 really exits early
+    assert {r["budget"] for r in loads["open_loop"]} == set(closed)
+    assert "speedup_within_half_point" in results["serving"]["headline"]
+
+
+def test_outputs_written(bench: tuple[Path, Path, dict]) -> None:  # type: ignore[type-arg]
+    _, out, results = bench
+    md = (out / "BENCHMARKS.md").read_text()
+    assert "Quick smoke run" in md and results["meta"]["commit"] in md
+    assert "| + GE + ISC + KD (joint) |" in md and "| closed | 1.0 |" in md
+    for png in ("ablation.png", "serving.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rerun_resumes_instead_of_retraining(bench: tuple[Path, Path, dict]) -> None:  # type: ignore[type-arg]
+    root, out, _ = bench
+    runs = root / "synthetic"
+    before = {a.name: (runs / a.name / "last.pt").stat().st_mtime_ns for a in ARMS}
+    argv = ["--synthetic", "--runs-root", str(root), "--out", str(out / "again"), "--skip-serving"]
+    assert main(argv) == 0
+    after = {a.name: (runs / a.name / "last.pt").stat().st_mtime_ns for a in ARMS}
+    assert after == before
+    again = json.loads((out / "again" / "results.json").read_text())
+    assert [a["epochs"] for a in again["ablation"]] == [1, 1, 1, 1, 2]
