@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def test_every_arm_has_per_exit_accuracy_and_flops(bench: tuple[Path, Path, dict
     arms = results["ablation"]
     assert [a["arm"] for a in arms] == [a.name for a in ARMS]
     flops = arms[0]["exit_mult_adds_millions"]
-    assert len(flops) == 5 and all(b > a for a, b in zip(flops, flops[1:], strict=False))
+    assert len(flops) == 5 and all(b > a for a, b in itertools.pairwise(flops))
     for a in arms:
         # Same architecture for every arm (the ISC link adds a few multiply-adds per exit).
         assert a["exit_mult_adds_millions"] == pytest.approx(flops, rel=1e-3)
