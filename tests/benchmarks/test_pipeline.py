@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from benchmarks.pipeline import main
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:  # type: ignore[type-arg]
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
     root = tmp_path_factory.mktemp("runs")
     out = tmp_path_factory.mktemp("out")
     argv = [
@@ -24,7 +25,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]: 
     return root, out, json.loads((out / "results.json").read_text())
 
 
-def test_every_arm_has_per_exit_accuracy_and_flops(bench: tuple[Path, Path, dict]) -> None:  # type: ignore[type-arg]
+def test_every_arm_has_per_exit_accuracy_and_flops(bench: tuple[Path, Path, dict[str, Any]]) -> None:
     _, _, results = bench
     arms = results["ablation"]
     assert [a["arm"] for a in arms] == [a.name for a in ARMS]
@@ -42,7 +43,7 @@ def test_every_arm_has_per_exit_accuracy_and_flops(bench: tuple[Path, Path, dict
     assert len(results["findings"]) == 3
 
 
-def test_serving_measures_labelled_loads(bench: tuple[Path, Path, dict]) -> None:  # type: ignore[type-arg]
+def test_serving_measures_labelled_loads(bench: tuple[Path, Path, dict[str, Any]]) -> None:
     _, _, results = bench
     loads = results["serving"]["loads"]
     closed = {r["budget"]: r for r in loads["closed_loop"]}
@@ -58,7 +59,7 @@ def test_serving_measures_labelled_loads(bench: tuple[Path, Path, dict]) -> None
     assert "speedup_within_half_point" in results["serving"]["headline"]
 
 
-def test_outputs_written(bench: tuple[Path, Path, dict]) -> None:  # type: ignore[type-arg]
+def test_outputs_written(bench: tuple[Path, Path, dict[str, Any]]) -> None:
     _, out, results = bench
     md = (out / "BENCHMARKS.md").read_text()
     assert "Quick smoke run" in md and results["meta"]["commit"] in md
@@ -67,7 +68,7 @@ def test_outputs_written(bench: tuple[Path, Path, dict]) -> None:  # type: ignor
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_rerun_resumes_instead_of_retraining(bench: tuple[Path, Path, dict]) -> None:  # type: ignore[type-arg]
+def test_rerun_resumes_instead_of_retraining(bench: tuple[Path, Path, dict[str, Any]]) -> None:
     root, out, _ = bench
     runs = root / "synthetic"
     before = {a.name: (runs / a.name / "last.pt").stat().st_mtime_ns for a in ARMS}
