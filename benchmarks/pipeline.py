@@ -82,6 +82,31 @@ def points_over(a: dict[str, Any], b: dict[str, Any]) -> list[float]:
     return [100 * (x - y) for x, y in pairs]
 
 
+def full_run_estimate(arms: list[dict[str, Any]]) -> str:
+    """Hours the full ablation takes, from the measured images/s of this run's epochs."""
+    from benchmarks.ablation import CONFIG
+    from training.config import load_config
+
+    cfg = load_config(CONFIG)
+    n_train = 50_000 - cfg.data.n_val - cfg.data.n_test  # the CIFAR-10 JPEG training archive
+    total = 0.0
+    for a in arms:
+        log = [json.loads(x) for x in (Path(a["run_dir"]) / "log.jsonl").read_text().splitlines() if x]
+        for stage, epochs in (
+            ("joint", cfg.epochs),
+            ("stage1", cfg.epochs),
+            ("stage2", cfg.stage2_epochs),
+        ):
+            ips = [h["images_per_s"] for h in log if h["stage"] == stage]
+            if ips:
+                total += epochs * n_train / (sum(ips) / len(ips))
+    return (
+        f"Full-run estimate from this run's measured images/s: {total / 3600:.1f} h of training for "
+        f"the {len(arms)} arms ({cfg.epochs} epochs on {n_train} images; threads and machine load as in "
+        "this run), plus evaluation and the serving part."
+    )
+
+
 def findings(arms: list[dict[str, Any]]) -> list[str]:
     """The issue's ablation target, checked on the measured numbers (IMTA Table 1/2 direction:
     every exit better, most at the earliest)."""
@@ -133,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         "ablation_note": ablation_note(quick, args.synthetic),
     }
     results["findings"] = findings(results["ablation"])
+    if args.quick and not args.synthetic:
+        results["findings"].append(full_run_estimate(results["ablation"]))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot_ablation(results["ablation"], out / "ablation.png")
     if "serving" in results:
