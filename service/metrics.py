@@ -67,6 +67,31 @@ class ServiceMetrics:
             ["model", "reason"],
             registry=r,
         )
+        # Issue 7: anytime deadlines, the SLO controller and the accuracy guard.
+        self.deadline_exits = Counter(
+            "anytime_deadline_exits",
+            "Images answered at an earlier exit because the next stage would miss their deadline.",
+            ["model"],
+            registry=r,
+        )
+        self.effective_budget = Gauge(
+            "anytime_effective_budget",
+            "Budget given to requests that pin none (the SLO controller lowers it under load).",
+            ["model"],
+            registry=r,
+        )
+        self.exit_threshold = Gauge(
+            "anytime_exit_threshold",
+            "Confidence threshold of each exit at the effective budget (guard tightening included).",
+            ["model", "exit"],
+            registry=r,
+        )
+        self.exit_agreement = Gauge(
+            "anytime_exit_agreement_ratio",
+            "Share of audited early answers that agree with the final exit (sliding window).",
+            ["model", "exit"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "anytime_model_info",
             "Loaded model packages (value 1).",

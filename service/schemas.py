@@ -60,6 +60,12 @@ class ClassifyOptions(_Request):
         None, ge=0, le=1, description="one confidence for every exit; overrides the budget"
     )
     top_k: int = Field(1, ge=1, le=1000, description="how many classes to list per image")
+    deadline_ms: float | None = Field(
+        None,
+        gt=0,
+        description="answer within this many ms of arrival: an image that would miss it by "
+        "running its next stage gets its latest exit's answer (deadline_exit: true)",
+    )
 
 
 class ClassifyJSON(ClassifyOptions):
@@ -81,6 +87,9 @@ class Prediction(BaseModel):
     exit: int = Field(description="0-based index of the exit that answered")
     compute_fraction: float = Field(description="FLOPs this image used over the full network's")
     top_k: list[TopK]
+    deadline_exit: bool = Field(
+        False, description="answered early because its next stage would have missed deadline_ms"
+    )
 
 
 class ClassifyResponse(BaseModel):

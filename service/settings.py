@@ -45,6 +45,39 @@ class BatchingSettings(_Part):
         256, ge=1, description="most images waiting per model; beyond it requests get 429"
     )
     workers: int = Field(1, ge=1, le=64, description="inference worker threads per model")
+    mode: Literal["run_to_end", "shrink", "rebatch"] = Field(
+        "shrink",
+        description="run_to_end: every image runs every stage (answers still leave early); "
+        "shrink: a batch shrinks at each exit; rebatch: survivors of several batches wait in "
+        "each stage's queue and run together (docs/engine.md)",
+    )
+    rebatch_max_wait_ms: float = Field(
+        20.0, ge=0, le=10_000, description="cap of a stage queue's adaptive wait in rebatch mode"
+    )
+
+
+class SloSettings(_Part):
+    """Optional SLO controller: lowers the budget of requests that pin none as load grows."""
+
+    p99_target_ms: float | None = Field(
+        None, gt=0, description="p99 latency target per model; None = controller off"
+    )
+    window_s: float = Field(2.0, gt=0, description="sliding window of the p99")
+    interval_ms: float = Field(100.0, ge=0, description="shortest time between two budget steps")
+
+
+class GuardSettings(_Part):
+    """Accuracy guard: audit a fraction of early answers against the final exit."""
+
+    fraction: float = Field(
+        0.0, ge=0, le=1, description="share of early answers also run to the final exit (0 = off)"
+    )
+    window: int = Field(200, ge=1, description="audits per exit in the agreement window")
+    floor: float | None = Field(
+        None, ge=0, le=1, description="agreement below which the exit's threshold is raised"
+    )
+    step: float = Field(0.02, gt=0, le=1, description="threshold increase per tightening")
+    min_samples: int = Field(50, ge=1, description="audits needed before the floor is acted on")
 
 
 class LimitSettings(_Part):
@@ -117,6 +150,8 @@ class ServiceSettings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     torch: TorchSettings = Field(default_factory=TorchSettings)
+    slo: SloSettings = Field(default_factory=SloSettings)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     json_logs: bool = Field(False, description="log one JSON object per line")
 

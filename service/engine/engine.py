@@ -1,10 +1,11 @@
 """One model's engine: a queue per stage, dynamic batching at stage 0, worker threads.
 
 Images enter stage 0's queue; a worker takes a batch when it is full or its oldest image has
-waited ``max_delay``; after each stage the survivors go to the next stage's queue. The policy
-here is **shrink** (issue 4): a stage ``k > 0`` batch runs as soon as a worker is free, alone,
-deepest stage first, so a batch simply shrinks at each exit. Cross-request rebatching at exits
-(issue 7) is then a different choice of *when* to take from queues ``k > 0``, not a rewrite.
+waited ``max_delay``; after each stage the survivors go to the next stage's queue. What happens
+there is the batching mode (``scheduler.py``): ``shrink`` (issue 4) runs each survivor batch
+alone, deepest stage first, so a batch shrinks at each exit; ``rebatch`` (issue 7) lets the
+survivors of several batches gather in stage ``k``'s queue and run together; ``run_to_end`` keeps
+every image in its batch to the last stage (answers still leave early; the baseline).
 
 The engine knows nothing of HTTP: callers get a ``concurrent.futures.Future`` per request.
 """
@@ -15,17 +16,25 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from models.package import Manifest
 from service.engine.backends import StageBackend
-from service.engine.executor import Pending, RequestWork, StageBatch, run_stage
+from service.engine.controller import ControllerConfig, SloController
+from service.engine.costs import StageCosts
+from service.engine.executor import ImageResult, Pending, RequestWork, StageBatch
+from service.engine.guard import AccuracyGuard, GuardConfig
+from service.engine.scheduler import next_batch, wait_timeout
+from service.engine.stage import Job, StageRules, deadline_answers, run_stage
 from service.errors import EngineStoppedError, QueueFullError
 from service.metrics import ServiceMetrics
-from service.policy import ExitPlan
+from service.policy import ExitPlan, budget_thresholds
+
+Mode = Literal["run_to_end", "shrink", "rebatch"]
 
 log = logging.getLogger("service.engine")
 
@@ -40,6 +49,13 @@ class EngineConfig:
     retry_after_s: int = 1
     intra_op_threads: int = 0
     """torch intra-op threads, set in each worker thread too (OpenMP's setting is per thread)."""
+    mode: Mode = "shrink"
+    rebatch_max_wait_s: float = 0.02
+    """Cap of the adaptive wait of a stage ``k > 0`` queue in ``rebatch`` mode."""
+    controller: ControllerConfig | None = None
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    default_budget: float | None = None
+    """The service's default budget (else the package's): where the controller starts."""
 
 
 class ModelEngine:
@@ -67,7 +83,18 @@ class ModelEngine:
         self._cond = threading.Condition()
         self._stopping = False
         self._threads: list[threading.Thread] = []
+        self.running = [0] * self.num_exits  # stage runs in progress (several workers)
+        self.costs = StageCosts(self.num_exits)
+        self.guard = AccuracyGuard(self.num_exits, config.guard)
+        default = config.default_budget or manifest.default_budget or 1.0
+        self.controller = (
+            None
+            if config.controller is None
+            else SloController([b.budget for b in manifest.budgets], default, config.controller)
+        )
+        self._base_budget = default
         self.ready = False
+        self._publish_budget()
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -80,9 +107,14 @@ class ModelEngine:
         """Run every stage at batch 1 and at the largest batch so first requests are not slow."""
         h, w = self.manifest.preprocessing.input_size
         for n in sorted({1, self.config.max_batch_size}):
-            state: tuple[Tensor, ...] = (torch.randn(n, 3, h, w),)
-            for k in range(self.num_exits):
-                state, _ = self.backend.run_stage(k, state)
+            for rep in range(2):  # the second pass seeds the stage cost model (the first is lazy)
+                state: tuple[Tensor, ...] = (torch.randn(n, 3, h, w),)
+                for k in range(self.num_exits):
+                    t0 = time.perf_counter()
+                    state, logits = self.backend.run_stage(k, state)
+                    logits.cpu()
+                    if rep:
+                        self.costs.observe(k, n, time.perf_counter() - t0)
         self.ready = True
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -99,6 +131,20 @@ class ModelEngine:
     def queue_depth(self) -> int:
         return self._waiting
 
+    def default_budget(self) -> float:
+        """Budget of a request that pins neither a budget nor a threshold (the controller's)."""
+        return self.controller.budget if self.controller is not None else self._base_budget
+
+    def _publish_budget(self) -> None:
+        budget = self.default_budget()
+        self.metrics.effective_budget.labels(self.name).set(budget)
+        try:
+            thresholds = budget_thresholds(self.manifest, budget)
+        except Exception:  # a package without a budget table: nothing to export
+            return
+        for k, (t, shift) in enumerate(zip(thresholds, self.guard.shift, strict=True)):
+            self.metrics.exit_threshold.labels(self.name, str(k)).set(min(t + shift, 1e9))
+
     def submit(self, images: Tensor, plan: ExitPlan, deadline: float) -> RequestWork:
         """Queue ``images [N, 3, H, W]`` under ``plan``; the returned work's future gets the answers.
 
@@ -110,8 +156,12 @@ class ModelEngine:
         work = RequestWork(n=n, deadline=deadline)
         # A request larger than a batch is split so that no batch exceeds max_batch_size.
         step = self.config.max_batch_size
+        thresholds = plan.thresholds
+        if plan.budget is not None and any(self.guard.shift):
+            # The guard tightens budget-derived thresholds only; a pinned threshold is the client's.
+            thresholds = tuple(t + d for t, d in zip(thresholds, self.guard.shift, strict=True))
         chunks = [
-            Pending(work, images, s, min(s + step, n), plan.thresholds, plan.max_exit)
+            Pending(work, images, s, min(s + step, n), thresholds, plan.max_exit)
             for s in range(0, n, step)
         ]
         with self._cond:
@@ -137,34 +187,15 @@ class ModelEngine:
             self.metrics.rejections.labels(self.name, reason).inc()
         work.future.cancel()
 
-    # -- scheduling (the policy lives here) --------------------------------------------------------
+    # -- scheduling (the policy lives in scheduler.py) -------------------------------------------
     def _next_batch(self) -> tuple[int, StageBatch | list[Pending]] | None:
-        """Under the lock: the stage and work to run now, or None to wait. Deepest stage first."""
-        for k in range(self.num_exits - 1, 0, -1):
-            if self.queues[k]:
-                return k, self.queues[k].popleft()
-        q = self.pending
-        if not q:
-            return None
-        cfg = self.config
-        full = self._waiting >= cfg.max_batch_size
-        waited = time.monotonic() - q[0].enqueued >= cfg.max_delay_s
-        if cfg.batching and not (full or waited or self._stopping):
-            return None
-        taken = [q.popleft()]
-        if cfg.batching:
-            size = len(taken[0])
-            while q and size + len(q[0]) <= cfg.max_batch_size:
-                size += len(q[0])
-                taken.append(q.popleft())
-        self._waiting -= sum(len(p) for p in taken)
-        self.metrics.queue_depth.labels(self.name).set(self._waiting)
-        return 0, taken
+        picked = next_batch(self)
+        if picked is not None:
+            self.running[picked[0]] += 1
+        return picked
 
     def _wait_timeout(self) -> float | None:
-        if not self.pending:
-            return None
-        return max(0.0, self.pending[0].enqueued + self.config.max_delay_s - time.monotonic())
+        return wait_timeout(self)
 
     def _idle(self) -> bool:
         return not self.pending and not any(self.queues)
@@ -195,32 +226,93 @@ class ModelEngine:
                 )
                 for w in {id(w): w for w in owners}.values():
                     w.fail(e)
+            finally:
+                with self._cond:
+                    self.running[k] -= 1
+                    self._cond.notify_all()  # a waiting deeper queue may now have no upstream
 
     def _run(self, k: int, batch: StageBatch) -> None:
-        keep = torch.tensor([not w.dropped for w, _ in batch.jobs], dtype=torch.bool)
+        # Answered images still here (run_to_end, guard shadows) run on even when nobody waits.
+        keep = torch.tensor(
+            [
+                not w.dropped or bool(a >= 0)
+                for (w, _), a in zip(batch.jobs, batch.answered_exit, strict=True)
+            ],
+            dtype=torch.bool,
+        )
         if not bool(keep.any()):
             return
         if not bool(keep.all()):
             batch = batch.select(keep)  # dropped requests cost nothing from here on
         m, name = self.metrics, self.name
-        if k == 0:
+        late: list[tuple[Job, ImageResult]] = []
+        if k > 0:
+            late, rest = deadline_answers(k, batch, self.costs.estimate(k, len(batch)), self.fractions)
+            self._answer(k - 1, late)
+            if rest is None:
+                return
+            batch = rest
+        else:
             now = time.monotonic()
             for w, _ in batch.jobs:
                 m.queue_wait.labels(name).observe(now - w.arrived)
         m.batch_size.labels(name, str(k)).observe(len(batch))
-        outcome = run_stage(self.backend, k, batch, self.fractions)
+        cfg = self.config
+        rules = StageRules(
+            run_to_end=cfg.mode == "run_to_end",
+            shadow_fraction=cfg.guard.fraction,
+            next_cost_s=self.costs.estimate(k + 1, len(batch)) if k + 1 < self.num_exits else None,
+        )
+        t0 = time.perf_counter()
+        outcome = run_stage(self.backend, k, batch, self.fractions, rules)
+        self.costs.observe(k, len(batch), time.perf_counter() - t0)
         if outcome.survivors is not None:
             with self._cond:
                 outcome.survivors.enqueued = time.monotonic()
                 self.queues[k + 1].append(outcome.survivors)
                 self._cond.notify()
-        if outcome.answered:
-            spent = self.flops[k] * len(outcome.answered)  # every answer here left at exit k
-            m.exit_images.labels(name, str(k)).inc(len(outcome.answered))
-            m.flops.labels(name).inc(spent)
-            m.flops_saved.labels(name).inc(self.flops[-1] * len(outcome.answered) - spent)
-            fraction = m.compute_fraction.labels(name)
-            for _ in outcome.answered:
-                fraction.observe(self.fractions[k])
-        for (work, i), result in outcome.answered:
+        self._answer(k, outcome.answered)
+        if outcome.agreements:
+            self._audit(outcome.agreements)
+        self._control()
+
+    def _answer(self, k: int, answered: list[tuple[Job, ImageResult]]) -> None:
+        """Deliver answers of exit ``k`` and count them (metrics, the controller's latencies)."""
+        if not answered:
+            return
+        m, name = self.metrics, self.name
+        spent = self.flops[k] * len(answered)  # every answer here left at exit k
+        m.exit_images.labels(name, str(k)).inc(len(answered))
+        m.flops.labels(name).inc(spent)
+        m.flops_saved.labels(name).inc(self.flops[-1] * len(answered) - spent)
+        fraction = m.compute_fraction.labels(name)
+        late = sum(r.deadline_exit for _, r in answered)
+        if late:
+            m.deadline_exits.labels(name).inc(late)
+        now = time.monotonic()
+        for (work, i), result in answered:
+            fraction.observe(self.fractions[k])
+            if self.controller is not None:
+                self.controller.observe(now - work.arrived)
             work.answer(i, result)
+
+    def _audit(self, agreements: list[tuple[int, bool]]) -> None:
+        tightened = self.guard.record(agreements)
+        for k in {k for k, _ in agreements}:
+            ratio = self.guard.agreement(k)
+            if ratio is not None:
+                self.metrics.exit_agreement.labels(self.name, str(k)).set(ratio)
+        if tightened:
+            log.warning("model %s: agreement below the floor, tightened exits %s", self.name, tightened)
+            self._publish_budget()
+
+    def queued_seconds(self) -> float:
+        """Estimated seconds to run everything queued (full passes at the largest batch)."""
+        b = self.config.max_batch_size
+        per_image = self.costs.remaining(0, b) / b
+        return (self._waiting + sum(len(x) for q in self.queues for x in q)) * per_image
+
+    def _control(self) -> None:
+        if self.controller is not None and self.controller.update(self.queued_seconds()):
+            log.info("model %s: effective budget %.3f", self.name, self.controller.budget)
+            self._publish_budget()

@@ -20,10 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.exit_policy import confidences
 from models.multi_exit import State
-from service.engine.backends import StageBackend
-from service.policy import leaving_now
 
 
 @dataclass(frozen=True)
@@ -37,6 +34,8 @@ class ImageResult:
     probs: np.ndarray
     exit: int
     compute_fraction: float
+    deadline_exit: bool = False
+    """Answered early because running the next stage would have missed the request's deadline."""
 
 
 @dataclass(eq=False)
@@ -56,6 +55,11 @@ class RequestWork:
     def __post_init__(self) -> None:
         self.results = [None] * self.n
         self.remaining = self.n
+
+    @property
+    def gone(self) -> bool:
+        """Cancelled or already settled (deadline reached on the route's side, disconnect)."""
+        return self.cancel_reason is not None or self.future.done()
 
     @property
     def dropped(self) -> bool:
@@ -89,6 +93,11 @@ class StageBatch:
         state: the stage input; every tensor ``[n, ...]``.
         thresholds: ``[n, K]`` per-image thresholds.
         max_exit: ``[n]`` per-image deepest exit.
+        answered_exit: ``[n]`` exit that already answered the image (-1: not yet). An answered
+            image still in a batch is a ``run_to_end`` image or an accuracy-guard shadow.
+        answered_class: ``[n]`` class of that answer (for the guard's agreement).
+        last_probs: ``[n, C]`` softmax of the image's latest exit (its anytime answer for a
+            deadline exit); None before stage 0.
         enqueued: ``time.monotonic()`` when it entered its current queue.
     """
 
@@ -96,7 +105,16 @@ class StageBatch:
     state: State
     thresholds: Tensor
     max_exit: Tensor
+    answered_exit: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    answered_class: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    last_probs: np.ndarray | None = None
     enqueued: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        n = len(self.jobs)
+        if self.answered_exit.shape[0] != n:
+            self.answered_exit = torch.full((n,), -1, dtype=torch.int64)
+            self.answered_class = torch.full((n,), -1, dtype=torch.int64)
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -106,7 +124,17 @@ class StageBatch:
         idx = keep.nonzero().flatten()
         jobs = [self.jobs[i] for i in idx.tolist()]
         state = tuple(t[idx.to(t.device)] for t in self.state)
-        return StageBatch(jobs, state, self.thresholds[idx], self.max_exit[idx])
+        probs = None if self.last_probs is None else self.last_probs[idx.numpy()]
+        return StageBatch(
+            jobs,
+            state,
+            self.thresholds[idx],
+            self.max_exit[idx],
+            self.answered_exit[idx],
+            self.answered_class[idx],
+            probs,
+            self.enqueued,
+        )
 
     @staticmethod
     def concat(batches: list[StageBatch]) -> StageBatch:
@@ -114,11 +142,15 @@ class StageBatch:
         if len(batches) == 1:
             return batches[0]
         state = tuple(torch.cat(ts) for ts in zip(*(b.state for b in batches), strict=True))
+        probs = [b.last_probs for b in batches]
         return StageBatch(
             [j for b in batches for j in b.jobs],
             state,
             torch.cat([b.thresholds for b in batches]),
             torch.cat([b.max_exit for b in batches]),
+            torch.cat([b.answered_exit for b in batches]),
+            torch.cat([b.answered_class for b in batches]),
+            None if any(p is None for p in probs) else np.concatenate(probs),  # type: ignore[arg-type]
             enqueued=min(b.enqueued for b in batches),
         )
 
@@ -151,38 +183,3 @@ class Pending:
             torch.full((n,), self.max_exit, dtype=torch.int64),
             enqueued=self.enqueued,
         )
-
-
-@dataclass(frozen=True)
-class StageOutcome:
-    """What one stage run produced: answered ``(job, result)`` pairs and the survivors."""
-
-    answered: list[tuple[tuple[RequestWork, int], ImageResult]]
-    survivors: StageBatch | None
-
-
-def run_stage(
-    backend: StageBackend, k: int, batch: StageBatch, compute_fractions: list[float]
-) -> StageOutcome:
-    """Run stage ``k`` on ``batch`` and split it at exit ``k``.
-
-    Args:
-        compute_fractions: ``[K]`` cumulative FLOPs of each exit over the full network's.
-    Returns:
-        The answered images and the (smaller) batch that goes on to stage ``k + 1``.
-    """
-    num_exits = len(compute_fractions)
-    next_state, logits = backend.run_stage(k, batch.state)
-    logits = logits.cpu()
-    conf, _ = confidences(logits)
-    leave = leaving_now(conf, batch.thresholds[:, k], batch.max_exit, k, num_exits)
-    probs = torch.softmax(logits.float(), dim=-1).numpy()
-    answered = [
-        (batch.jobs[i], ImageResult(probs[i].copy(), k, compute_fractions[k]))
-        for i in leave.nonzero().flatten().tolist()
-    ]
-    survivors = None
-    if not bool(leave.all()):
-        rest = StageBatch(batch.jobs, next_state, batch.thresholds, batch.max_exit)
-        survivors = rest.select(~leave)
-    return StageOutcome(answered, survivors)

@@ -10,7 +10,9 @@ import torch
 
 from models.package import ModelPackage, load_package
 from service.engine.backends import build_backend, resolve_device
+from service.engine.controller import ControllerConfig
 from service.engine.engine import EngineConfig, ModelEngine
+from service.engine.guard import GuardConfig
 from service.metrics import ServiceMetrics
 from service.settings import ServiceSettings
 
@@ -36,7 +38,14 @@ def torch_threads(settings: ServiceSettings) -> int:
 
 
 def engine_config(settings: ServiceSettings) -> EngineConfig:
-    b = settings.batching
+    b, slo, g = settings.batching, settings.slo, settings.guard
+    controller = None
+    if slo.p99_target_ms is not None:
+        controller = ControllerConfig(
+            p99_target_s=slo.p99_target_ms / 1000.0,
+            window_s=slo.window_s,
+            interval_s=slo.interval_ms / 1000.0,
+        )
     return EngineConfig(
         max_batch_size=b.max_batch_size,
         max_delay_s=b.max_delay_ms / 1000.0,
@@ -45,6 +54,11 @@ def engine_config(settings: ServiceSettings) -> EngineConfig:
         batching=b.enabled,
         retry_after_s=settings.retry_after_s,
         intra_op_threads=torch_threads(settings),
+        mode=b.mode,
+        rebatch_max_wait_s=b.rebatch_max_wait_ms / 1000.0,
+        controller=controller,
+        guard=GuardConfig(g.fraction, g.window, g.floor, g.step, g.min_samples),
+        default_budget=settings.default_budget,
     )
 
 

@@ -135,9 +135,17 @@ async def _wait_disconnect(request: Request) -> None:
 
 
 async def infer(
-    request: Request, loaded: LoadedModel, images: Tensor, plan: ExitPlan
+    request: Request,
+    loaded: LoadedModel,
+    images: Tensor,
+    plan: ExitPlan,
+    deadline_ms: float | None = None,
 ) -> list[ImageResult]:
     """Queue ``images [N, 3, H, W]`` on the model's engine and await the answers.
+
+    ``deadline_ms`` (the client's, from arrival) tightens the service's request timeout: an
+    image that would miss it by running its next stage gets its latest exit's answer, marked
+    ``deadline_exit``; only an image that cannot reach even exit 0 in time makes a 504.
 
     Raises:
         QueueFullError (429), DeadlineExceededError (504); a client that disconnects has its
@@ -145,6 +153,8 @@ async def infer(
     """
     state = app_state(request)
     timeout = state.settings.request_timeout_s
+    if deadline_ms is not None:
+        timeout = min(timeout, deadline_ms / 1000.0)
     arrived = getattr(request.state, "arrived", time.monotonic())
     deadline = arrived + timeout
     engine = loaded.engine

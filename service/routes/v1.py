@@ -112,10 +112,10 @@ async def classify(name: str, request: Request) -> Response:
         budget=options.budget,
         threshold=options.threshold,
         max_exit=options.max_exit,
-        default_budget=state.settings.default_budget,
+        default_budget=loaded.engine.default_budget(),
     )
     images = await decode_images(blobs, loaded, state)
-    results = await infer(request, loaded, images, plan)
+    results = await infer(request, loaded, images, plan, options.deadline_ms)
     classes = loaded.package.manifest.classes
     body = ClassifyResponse(
         model=name,
@@ -140,6 +140,7 @@ def to_prediction(result: ImageResult, classes: list[str], top_k: int) -> Predic
         exit=result.exit,
         compute_fraction=result.compute_fraction,
         top_k=top,
+        deadline_exit=result.deadline_exit,
     )
 
 

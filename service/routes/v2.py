@@ -47,7 +47,9 @@ health = APIRouter(prefix="/v2", tags=["v2"])
 router = APIRouter(prefix="/v2", tags=["v2"], dependencies=[Depends(require_api_key)])
 
 OUTPUTS = ("probabilities", "class_index", "exit", "confidence", "compute_fraction")
-_OPTIONS = {"budget": float, "max_exit": int, "threshold": float}
+_OPTIONS = {"budget": float, "max_exit": int, "threshold": float, "deadline_ms": float}
+# Output only on request, or by default when the request carries a deadline_ms (issue 7).
+DEADLINE_OUTPUT = "deadline_exit"
 
 
 @health.get("/health/live")
@@ -87,6 +89,7 @@ async def model_metadata(name: str, request: Request) -> V2ModelMetadata:
             V2TensorMetadata(name="exit", datatype="INT64", shape=[-1]),
             V2TensorMetadata(name="confidence", datatype="FP32", shape=[-1]),
             V2TensorMetadata(name="compute_fraction", datatype="FP32", shape=[-1]),
+            V2TensorMetadata(name=DEADLINE_OUTPUT, datatype="BOOL", shape=[-1]),
         ],
         parameters={
             "note": "send exactly one input: 'image' (encoded images) or 'input' (preprocessed)",
@@ -113,7 +116,12 @@ async def model_infer(name: str, request: Request) -> Response:
     req, binary = parse_infer_body(body, request.headers.get(HEADER))
     params = req.parameters or {}
     options = _options(params)
-    plan = resolve_plan(loaded.package.manifest, default_budget=state.settings.default_budget, **options)
+    deadline_ms = options.pop("deadline_ms", None)
+    if deadline_ms is not None and deadline_ms <= 0:
+        raise InvalidOptionError(f"parameter 'deadline_ms' must be > 0, got {deadline_ms}")
+    plan = resolve_plan(
+        loaded.package.manifest, default_budget=loaded.engine.default_budget(), **options
+    )
     if len(req.inputs) != 1:
         raise BadRequestError(f"expected exactly one input tensor, got {len(req.inputs)}")
     t = req.inputs[0]
@@ -125,8 +133,8 @@ async def model_infer(name: str, request: Request) -> Response:
         check_image_count(images.shape[0], state)
     else:
         raise BadRequestError(f"input {t.name!r}: datatype {t.datatype} unsupported; use BYTES or FP32")
-    results = await infer(request, loaded, images, plan)
-    wanted, binary_out = _requested_outputs(req.outputs, params)
+    results = await infer(request, loaded, images, plan, deadline_ms)
+    wanted, binary_out = _requested_outputs(req.outputs, params, deadline_ms is not None)
     arrays = _output_arrays(results)
     tensors, blob = encode_outputs([(n, *arrays[n]) for n in wanted], binary_out)
     resp = V2InferResponse(
@@ -160,14 +168,18 @@ def _check_fp32(x: torch.Tensor, loaded: LoadedModel) -> torch.Tensor:
     return x
 
 
-def _requested_outputs(outputs: Any, params: dict[str, Any]) -> tuple[list[str], set[str]]:
+def _requested_outputs(
+    outputs: Any, params: dict[str, Any], with_deadline: bool = False
+) -> tuple[list[str], set[str]]:
     all_binary = bool(params.get("binary_data_output", False))
     if not outputs:
-        return list(OUTPUTS), set(OUTPUTS) if all_binary else set()
+        names = [*OUTPUTS, DEADLINE_OUTPUT] if with_deadline else list(OUTPUTS)
+        return names, set(names) if all_binary else set()
     names, binary = [], set()
+    known = [*OUTPUTS, DEADLINE_OUTPUT]
     for o in outputs:
-        if o.name not in OUTPUTS:
-            raise BadRequestError(f"unknown output {o.name!r}; outputs are {list(OUTPUTS)}")
+        if o.name not in known:
+            raise BadRequestError(f"unknown output {o.name!r}; outputs are {known}")
         names.append(o.name)
         if (o.parameters or {}).get("binary_data", all_binary):
             binary.add(o.name)
@@ -182,4 +194,5 @@ def _output_arrays(results: list[ImageResult]) -> dict[str, tuple[str, np.ndarra
         "exit": ("INT64", np.array([r.exit for r in results], dtype=np.int64)),
         "confidence": ("FP32", probs.max(axis=1).astype(np.float32)),
         "compute_fraction": ("FP32", np.array([r.compute_fraction for r in results], dtype=np.float32)),
+        DEADLINE_OUTPUT: ("BOOL", np.array([r.deadline_exit for r in results], dtype=np.bool_)),
     }

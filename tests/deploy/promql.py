@@ -33,6 +33,11 @@ CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "anytime_flops_saved_total": ("counter", ("model",)),
     "anytime_rejections_total": ("counter", ("model", "reason")),
     "anytime_model_info": ("gauge", ("model", "version", "backend", "device", "num_exits")),
+    # Issue 7: deadline exits, the SLO controller and the accuracy guard.
+    "anytime_deadline_exits_total": ("counter", ("model",)),
+    "anytime_effective_budget": ("gauge", ("model",)),
+    "anytime_exit_threshold": ("gauge", ("model", "exit")),
+    "anytime_exit_agreement_ratio": ("gauge", ("model", "exit")),
 }
 # Series Prometheus adds to every scrape target, and the labels it attaches.
 PROMETHEUS_SERIES = {"up"}

@@ -26,7 +26,7 @@ def test_server_and_model_metadata(client: TestClient) -> None:
     assert meta["name"] == NAME and meta["versions"] == ["1"]
     assert {i["datatype"] for i in meta["inputs"]} == {"BYTES", "FP32"}
     assert [o["name"] for o in meta["outputs"]] == [
-        "probabilities", "class_index", "exit", "confidence", "compute_fraction"
+        "probabilities", "class_index", "exit", "confidence", "compute_fraction", "deadline_exit"
     ]  # fmt: skip
     assert client.get(f"/v2/models/{NAME}/ready").json() == {"name": NAME, "ready": True}
     assert client.get("/v2/models/nope/ready").status_code == 404
