@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-DTYPES = {"FP32": "<f4", "INT64": "<i8"}
+DTYPES = {"FP32": "<f4", "INT64": "<i8", "BOOL": "?"}
 
 
 def bytes_request(blobs: list[bytes], binary: bool, **params: Any) -> tuple[bytes, dict[str, str]]:

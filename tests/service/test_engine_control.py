@@ -1,0 +1,114 @@
+"""The stage cost model, the SLO controller and the accuracy guard, alone and in the engine."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from models.package import ModelPackage
+from service.engine.controller import ControllerConfig, SloController
+from service.engine.costs import StageCosts
+from service.engine.guard import AccuracyGuard, GuardConfig
+from service.engine.images import images_to_batch
+from service.policy import resolve_plan
+from tests.service.fixtures import LIMITS
+from tests.service.test_engine import FAR, make_engine, sample
+from tests.service.test_engine_modes import check_answers
+
+
+def test_stage_costs_fit_fixed_and_per_image_parts() -> None:
+    costs = StageCosts(2)
+    for n in (1, 8, 32):
+        costs.observe(1, n, 0.002 + 0.0005 * n)
+    assert costs.fixed(1) == pytest.approx(0.002)
+    assert costs.estimate(1, 16) == pytest.approx(0.010)
+    assert costs.estimate(0, 16) == 0.0  # never measured
+    costs.observe(0, 4, 0.004)  # one size only: all of it per image
+    assert costs.estimate(0, 8) == pytest.approx(0.008)
+    for _ in range(50):  # the moving average follows a slower machine
+        costs.observe(1, 32, 0.1)
+    assert costs.estimate(1, 32) > 0.05
+
+
+def test_controller_steps_down_under_pressure_and_back_when_it_eases() -> None:
+    c = SloController([0.6, 0.8, 1.0], 0.8, ControllerConfig(p99_target_s=0.1, interval_s=0.0))
+    assert c.rows == [0.6, 0.8] and c.budget == 0.8  # never above the default
+    assert not c.update(drain_s=0.05)  # between low and high: hold
+    for _ in range(3):
+        c.observe(0.09)
+    assert c.update(drain_s=0.0) and c.budget == 0.6
+    assert not c.update(drain_s=0.5)  # already at the cheapest row
+    assert c.p99() == 0.0  # the old budget's latencies were dropped
+    assert c.update(drain_s=0.01) and c.budget == 0.8
+
+
+def test_guard_measures_agreement_and_tightens_below_the_floor() -> None:
+    g = AccuracyGuard(3, GuardConfig(fraction=0.1, window=10, floor=0.9, step=0.05, min_samples=4))
+    assert g.record([(0, True)] * 3 + [(0, False)]) == [0]  # 3/4 < 0.9 after 4 samples
+    assert g.shift == (0.05, 0.0, 0.0) and g.agreement(0) is None  # judged afresh
+    assert g.record([(1, True)] * 10) == [] and g.agreement(1) == 1.0
+    measuring = AccuracyGuard(3, GuardConfig(fraction=0.1, floor=None, min_samples=1))
+    assert measuring.record([(0, False)] * 5) == [] and measuring.shift == (0.0, 0.0, 0.0)
+
+
+def test_guard_shadows_audit_without_changing_answers(
+    reference_package: ModelPackage, images: list[bytes]
+) -> None:
+    pkg = reference_package
+    guard = GuardConfig(fraction=1.0, window=100, floor=1.01, step=0.01, min_samples=2)
+    engine = make_engine(pkg, guard=guard)
+    x = images_to_batch(images, pkg.manifest.preprocessing, LIMITS)
+    plan = resolve_plan(pkg.manifest, budget=0.6)
+    engine.start()
+    try:
+        got = engine.submit(x, plan, time.monotonic() + FAR).future.result(timeout=60)
+        check_answers(pkg, images, plan, got)  # shadows never answer twice or change an answer
+        early = sum(r.exit < 2 for r in got)
+        # Every early answer ran on to exit 2: stage 2 saw all 24 images.
+        deadline = time.monotonic() + 10
+        while sample(engine, "anytime_batch_size_sum", stage="2") < len(images):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        engine.stop()
+    assert early > 0
+    # A floor above 1 is always missed: every audited exit was tightened once and exported.
+    assert all(engine.guard.shift[k] > 0 for k in {r.exit for r in got if r.exit < 2})
+    th = sample(engine, "anytime_exit_threshold", exit="0")
+    assert th == pytest.approx(plan.thresholds[0] + engine.guard.shift[0], abs=1e-6)
+
+
+def test_tightened_thresholds_apply_to_budgets_not_to_pinned_thresholds(
+    reference_package: ModelPackage,
+) -> None:
+    m = reference_package.manifest
+    guard = GuardConfig(fraction=0.5, floor=0.9, step=0.05, min_samples=1)
+    engine = make_engine(reference_package, guard=guard)
+    engine.guard.record([(0, False)])
+    budget, pinned = resolve_plan(m, budget=0.6), resolve_plan(m, threshold=0.5)
+    engine.submit(torch.zeros(1, 3, 32, 32), budget, FAR)
+    engine.submit(torch.zeros(1, 3, 32, 32), pinned, FAR)
+    assert engine.pending[0].thresholds[0] == pytest.approx(budget.thresholds[0] + 0.05)
+    assert engine.pending[0].thresholds[1:] == budget.thresholds[1:]
+    assert engine.pending[1].thresholds == pinned.thresholds
+
+
+def test_controller_lowers_the_budget_of_unpinned_requests(reference_package: ModelPackage) -> None:
+    pkg = reference_package
+    ctl = ControllerConfig(p99_target_s=1e-6, interval_s=0.0)  # any latency is over the target
+    engine = make_engine(pkg, controller=ctl, default_budget=0.8)
+    assert engine.default_budget() == 0.8
+    assert sample(engine, "anytime_effective_budget") == 0.8
+    plan = resolve_plan(pkg.manifest, budget=1.0)
+    engine.start()
+    try:
+        for _ in range(3):
+            engine.submit(torch.randn(2, 3, 32, 32), plan, time.monotonic() + FAR).future.result(
+                timeout=30
+            )
+    finally:
+        engine.stop()
+    assert engine.default_budget() == 0.6
+    assert sample(engine, "anytime_effective_budget") == 0.6
