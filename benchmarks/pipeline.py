@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--markdown", type=Path, help="BENCHMARKS.md to regenerate (default: see README)")
     p.add_argument("--threads", type=int, help="torch threads for training (default: the config's 2)")
     p.add_argument("--arms", default=",".join(a.name for a in ARMS), help="ablation arms to run")
+    p.add_argument(
+        "--report-only", action="store_true", help="re-render plots and BENCHMARKS.md from results.json"
+    )
     p.add_argument("--skip-serving", action="store_true", help="ablation only")
     p.add_argument("--no-grid", action="store_true", help="skip the backend x batching x mode grid")
     p.add_argument("--concurrency", type=int, help="closed-loop clients (default 16, quick 8)")
@@ -69,7 +72,10 @@ def commit() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "benchmarks"], cwd=REPO, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "benchmarks", "configs"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
         )
         return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except OSError:
@@ -142,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides += ("--set", "data.n_val=500", "--set", "data.n_test=500")
     settings = AblationSettings(root, overrides, args.threads, args.data_dir)
     arms = tuple(a for a in ARMS if a.name in args.arms.split(","))
+    if args.report_only:
+        return write_report(json.loads((out / "results.json").read_text()), out, args, quick)
     t0 = time.time()
     results: dict[str, Any] = {"ablation": run_ablation(settings, arms)}
     if not args.skip_serving and any(a.name == BEST for a in arms):
@@ -157,9 +165,25 @@ def main(argv: list[str] | None = None) -> int:
         "full_command": FULL_COMMAND,
         "ablation_note": ablation_note(quick, args.synthetic),
     }
+    return write_report(results, out, args, quick)
+
+
+def write_report(results: dict[str, Any], out: Path, args: argparse.Namespace, quick: bool) -> int:
+    """Findings, ``results.json``, the plots and the markdown, from measured ``results``."""
+    from benchmarks.serving_suite import headline
+
     results["findings"] = findings(results["ablation"])
+    if quick:
+        results["findings"].append(
+            "This is a quick run (1 epoch on a small subset): whether or not a gain shows here, it is "
+            "not evidence either way; the full run decides."
+        )
     if args.quick and not args.synthetic:
         results["findings"].append(full_run_estimate(results["ablation"]))
+    if "serving" in results:
+        results["serving"]["headline"] = headline(
+            results["serving"]["loads"], results["serving"]["grid"]
+        )
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot_ablation(results["ablation"], out / "ablation.png")
     if "serving" in results:
@@ -177,7 +201,7 @@ def ablation_note(quick: bool, synthetic: bool) -> str:
     scale = (
         "1 epoch" + ("" if synthetic else " on 2,000 training images")
         if quick
-        else "15 epochs on the 45,000-image train part"
+        else "10 epochs on the 45,000-image train part"
     )
     return (
         f"`configs/ablation/msdnet_small.yaml`: MSDNet 5 exits, step 1, base 2, 12 stem channels, "

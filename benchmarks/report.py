@@ -148,6 +148,34 @@ def serving_tables(serving: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def target_lines(h: dict[str, Any]) -> list[str]:
+    """The serving targets of issue 6 as sentences with their measured values."""
+    out = []
+    if s := h.get("speedup_within_half_point"):
+        out.append(
+            f"- Cheapest budget within 0.5 point of the full model's accuracy: {s['budget']} "
+            f"({s['accuracy_delta_points']:+.2f} points), {s['throughput_ratio']:.2f}x the full "
+            f"model's HTTP throughput; target >= 2x: {_verdict(s['throughput_ratio'] >= 2.0)}."
+        )
+    if p := h.get("p99_over_p50_at_half_load"):
+        vals = {k: v for k, v in p.items() if k != "target"}
+        cells = ", ".join(f"budget {k}: {v:.2f}" for k, v in vals.items())
+        out.append(f"- p99 / p50 at half of saturation (open loop): {cells}; target < 3: "
+                   f"{_verdict(all(v < 3 for v in vals.values()))}.")  # fmt: skip
+    if r := h.get("http_over_engine"):
+        vals = {k: v for k, v in r.items() if k != "target"}
+        cells = ", ".join(f"{k}: {v:.2f}" for k, v in vals.items())
+        out.append(f"- HTTP / in-process engine throughput: {cells}; target >= 0.8: "
+                   f"{_verdict(all(v >= 0.8 for v in vals.values()))}.")  # fmt: skip
+    if skipped := h.get("budgets_not_served"):
+        out.append(f"- Budgets not served: {skipped}")
+    return out
+
+
 def render(results: dict[str, Any], out_dir: Path, repo: Path) -> str:
     """The whole BENCHMARKS.md text for ``results`` (written by :func:`benchmarks.pipeline.main`)."""
     meta = results["meta"]
@@ -183,9 +211,7 @@ def render(results: dict[str, Any], out_dir: Path, repo: Path) -> str:
     if results.get("serving"):
         lines += ["## Serving", "", *serving_tables(results["serving"]), ""]
         lines += [f"![serving]({rel}/serving.png)", "", "### Targets (issue 6)", ""]
-        for k, v in results["serving"]["headline"].items():
-            lines.append(f"- {k}: `{v}`")
-        lines.append("")
+        lines += [*target_lines(results["serving"]["headline"]), ""]
     if results.get("findings"):
         lines += ["## Findings", "", *[f"- {f}" for f in results["findings"]], ""]
     if ENGINE_MODES.is_file():

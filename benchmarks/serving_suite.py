@@ -102,6 +102,14 @@ def headline(loads: dict[str, Any], grid: list[dict[str, Any]]) -> dict[str, Any
     closed = {r["budget"]: r for r in loads["closed_loop"]}
     full = closed.get(1.0)
     out: dict[str, Any] = {}
+    missing = sorted(set(WANTED_BUDGETS) - set(closed))
+    if missing:
+        # Calibration only writes rows it can reach: a budget below the first exit's own cost
+        # (every image pays at least stage 0) has no thresholds.
+        out["budgets_not_served"] = (
+            f"{missing}: the package's budget table has no row at or below them (calibration writes "
+            "only the budgets it can reach; every image pays at least the first exit)."
+        )
     if full:
         # Cheapest budget whose accuracy is within 0.5 point of the full model's (issue 6 target).
         ok = [r for r in closed.values() if r["accuracy"] >= full["accuracy"] - 0.005]

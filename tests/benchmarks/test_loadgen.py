@@ -1,0 +1,66 @@
+"""Load generator edges and the serving targets computed from hand-made rows."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks.loadgen import Labelled, LoadError, check_loopback, encode_pngs, open_loop
+from benchmarks.serving_suite import headline
+
+
+def test_only_loopback_targets() -> None:
+    check_loopback("http://127.0.0.1:8000")
+    with pytest.raises(LoadError, match=r"only targets 127\.0\.0\.1"):
+        check_loopback("http://10.1.2.3:8000")
+
+
+def test_open_loop_rejects_a_non_positive_rate() -> None:
+    data = Labelled([b""], [0])
+    with pytest.raises(LoadError, match="rate must be positive"):
+        asyncio.run(open_loop("http://127.0.0.1:1", "m", 1.0, data, 0.0, 10, 1.0))
+
+
+def test_encoded_pngs_decode_to_the_same_pixels() -> None:
+    x = torch.randint(0, 256, (3, 3, 8, 6), dtype=torch.uint8)
+    y = torch.tensor([4, 1, 7])
+    out = encode_pngs(x, y, 2)
+    assert out.labels == [4, 1]
+    back = np.asarray(Image.open(io.BytesIO(out.blobs[1])))
+    assert back.shape == (8, 6, 3) and np.array_equal(back, x[1].permute(1, 2, 0).numpy())
+
+
+def _row(budget: float, acc: float, ips: float, p50: float = 10.0, p99: float = 20.0) -> dict[str, Any]:
+    return {
+        "budget": budget,
+        "accuracy": acc,
+        "images_per_s": ips,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "requests": 9,
+    }
+
+
+def test_headline_picks_the_fastest_budget_within_half_a_point() -> None:
+    loads = {
+        "closed_loop": [_row(1.0, 0.900, 100), _row(0.5, 0.896, 250), _row(0.25, 0.850, 400)],
+        "open_loop": [_row(1.0, 0.9, 50, 10, 25), _row(0.5, 0.9, 125, 8, 40)],
+    }
+    grid = [
+        {"mode": m, "backend": "torch", "batching": "on", "budget": 1.0, "images_per_s": v}
+        for m, v in (("engine", 200.0), ("http", 170.0))
+    ]
+    h = headline(loads, grid)
+    s = h["speedup_within_half_point"]
+    assert s["budget"] == 0.5 and s["throughput_ratio"] == pytest.approx(2.5)
+    assert s["accuracy_delta_points"] == pytest.approx(-0.4)
+    assert h["p99_over_p50_at_half_load"]["1.0"] == pytest.approx(2.5)
+    assert h["p99_over_p50_at_half_load"]["0.5"] == pytest.approx(5.0)
+    assert h["http_over_engine"]["torch/batching on/budget 1.0"] == pytest.approx(0.85)
+    assert "0.75" in h["budgets_not_served"]
