@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--report-only", action="store_true", help="re-render plots and BENCHMARKS.md from results.json"
     )
     p.add_argument("--skip-serving", action="store_true", help="ablation only")
+    p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the server")
     p.add_argument("--no-grid", action="store_true", help="skip the backend x batching x mode grid")
     p.add_argument("--concurrency", type=int, help="closed-loop clients (default 16, quick 8)")
     p.add_argument("--requests", type=int, help="requests per configuration (default 2000, quick 150)")
@@ -237,6 +238,6 @@ def serve(run_dir: Path, out: Path, args: argparse.Namespace, quick: bool) -> di
         max_seconds=args.max_seconds or (4.0 if quick else 20.0),
         grid=not args.no_grid,
     )
-    loads = run_http_loads(package, labelled, s)
+    loads = run_http_loads(package, labelled, s, None if args.no_profile else out)
     grid = run_grid(package, s, out / "serving_grid.json") if s.grid else []
     return {"package": str(package), "loads": loads, "grid": grid, "headline": headline(loads, grid)}

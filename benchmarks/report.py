@@ -128,6 +128,24 @@ def serving_tables(serving: dict[str, Any]) -> list[str]:
             f"{r['errors']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
             f"{r['p99_ms']:.1f} | {_pct(r['accuracy'])} | {r['mean_compute_fraction']:.3f} |"
         )
+    prof = loads.get("profile")
+    if prof and "top_frames" in prof:
+        lines += [
+            "",
+            f"Where the saturated server runs (py-spy, {prof['seconds']:.0f} s at budget 1.0, "
+            f"{prof['images_per_s']:.1f} images/s during the profile; raw stacks: `{prof['raw']}`). "
+            "Share of non-idle samples per thread, then per leaf frame:",
+            "",
+            "| thread | share |",
+            "|---|---|",
+            *[f"| `{t}` | {100 * v:.1f}% |" for t, v in prof["threads"]],
+            "",
+            "| leaf frame | share |",
+            "|---|---|",
+            *[f"| `{f}` | {100 * v:.1f}% |" for f, v in prof["top_frames"]],
+        ]
+    elif prof:
+        lines += ["", f"Profile failed: {prof.get('error')}"]
     if serving.get("grid"):
         lines += [
             "",

@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmarks import serving
 from benchmarks.loadgen import Labelled, closed_loop, open_loop
+from benchmarks.profile import start_profile, top_frames, top_threads
 from models.package import load_package
 
 WANTED_BUDGETS = (1.0, 0.75, 0.5, 0.25)
@@ -48,12 +49,16 @@ def _server_args(s: ServingSettings) -> argparse.Namespace:
     )
 
 
-def run_http_loads(package: Path, data: Labelled, s: ServingSettings) -> dict[str, Any]:
-    """Closed loop per budget, then open loop at half of each budget's closed-loop throughput."""
+def run_http_loads(
+    package: Path, data: Labelled, s: ServingSettings, profile_dir: Path | None = None
+) -> dict[str, Any]:
+    """Closed loop per budget, then open loop at half of each budget's closed-loop throughput;
+    with ``profile_dir``, a last closed loop at budget 1.0 under py-spy (:mod:`benchmarks.profile`)."""
     budgets, default = served_budgets(package)
     name = load_package(package).manifest.name
     server = serving.HttpServer(package, "torch", True, _server_args(s))
     closed, opened = [], []
+    profile: dict[str, Any] | None = None
     try:
         warm = closed_loop(server.url, name, 1.0, data, s.concurrency, 4 * s.concurrency, 30)
         asyncio.run(warm)
@@ -70,6 +75,8 @@ def run_http_loads(package: Path, data: Labelled, s: ServingSettings) -> dict[st
             o = asyncio.run(open_loop(server.url, name, r.budget, data, rate, s.requests, s.max_seconds))
             print(f"open loop budget {r.budget} at {rate:.1f}/s: p50 {o.p50_ms:.1f} p99 {o.p99_ms:.1f}")
             opened.append(o)
+        if profile_dir is not None:
+            profile = profile_server(server, name, data, s, profile_dir)
     finally:
         server.close()
     return {
@@ -78,6 +85,31 @@ def run_http_loads(package: Path, data: Labelled, s: ServingSettings) -> dict[st
         "closed_loop": [asdict(r) for r in closed],
         "open_loop": [asdict(r) for r in opened],
         "images": len(data.blobs),
+        "profile": profile,
+    }
+
+
+def profile_server(
+    server: serving.HttpServer, name: str, data: Labelled, s: ServingSettings, out: Path
+) -> dict[str, Any] | None:
+    """py-spy on the server during a closed loop at budget 1.0 (saturation); top frames/threads."""
+    seconds = min(s.max_seconds, 10.0)
+    raw = out / "profile_http_raw.txt"
+    proc = start_profile(server.proc.pid, seconds, raw)
+    if proc is None:
+        return None
+    load = closed_loop(server.url, name, 1.0, data, s.concurrency, 10**6, seconds)
+    r = asyncio.run(load)
+    _, err = proc.communicate(timeout=seconds + 60)
+    if proc.returncode != 0 or not raw.is_file():
+        return {"error": f"py-spy exited {proc.returncode}: {err.decode(errors='replace')[-300:]}"}
+    return {
+        "seconds": seconds,
+        "budget": 1.0,
+        "images_per_s": r.images_per_s,
+        "raw": raw.name,
+        "top_frames": top_frames(raw),
+        "threads": top_threads(raw),
     }
 
 
