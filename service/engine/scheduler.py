@@ -3,11 +3,14 @@
 - ``shrink`` and ``run_to_end``: a stage ``k > 0`` batch runs as soon as a worker is free, alone,
   deepest stage first; the batch that left stage 0 goes through to its end.
 - ``rebatch``: the survivors of any number of batches wait together in stage ``k``'s queue (DREX,
-  arXiv 2512.15705). The queue runs when it holds a full batch, when nothing upstream can add to
-  it, when an image's deadline needs it, or when its oldest image has waited its limit. The limit
-  adapts from the measured cost of the stage: one run of the stage at the current batch size
-  (ski rental: waiting at most what a separate run would cost bounds the loss at 2x, while a
-  merged run saves the stage's fixed per-batch cost), capped by ``rebatch_max_wait_s``.
+  arXiv 2512.15705). A queue is *due* when it holds a full batch, when an image's deadline needs
+  it, or when its oldest image has waited its limit; the deepest due queue runs first. With none
+  due, the worker runs the queue holding the most images (the largest batch amortises a run's
+  fixed cost best), so a small queue keeps gathering survivors from later batches meanwhile.
+  Nothing idles: a lone queue runs at once. The limit adapts from the measured cost of the stage:
+  one run of it at a full batch (ski rental: waiting at most what a run costs bounds the latency
+  added, while each merge saves the stage's fixed per-batch cost), capped by
+  ``rebatch_max_wait_s``.
 """
 
 from __future__ import annotations
@@ -26,9 +29,7 @@ Picked = tuple[int, StageBatch | list[Pending]]
 def next_batch(engine: ModelEngine) -> Picked | None:
     """The stage and work to run now, or None to wait."""
     if engine.config.mode == "rebatch":
-        for k in range(engine.num_exits - 1, 0, -1):
-            if engine.queues[k] and _rebatch_ready(engine, k):
-                return k, _take(engine, k)
+        return _rebatch(engine)
     else:
         for k in range(engine.num_exits - 1, 0, -1):
             if engine.queues[k]:
@@ -51,19 +52,31 @@ def wait_timeout(engine: ModelEngine) -> float | None:
 
 def stage_limit(engine: ModelEngine, k: int) -> float:
     """How long the oldest image of stage ``k``'s queue may wait for more (adaptive, see above)."""
-    n = sum(len(b) for b in engine.queues[k])
-    return min(engine.config.rebatch_max_wait_s, engine.costs.estimate(k, n))
+    return min(engine.config.rebatch_max_wait_s, engine.costs.estimate(k, engine.config.max_batch_size))
 
 
-def _rebatch_ready(engine: ModelEngine, k: int) -> bool:
-    q = engine.queues[k]
-    n = sum(len(b) for b in q)
+def _rebatch(engine: ModelEngine) -> Picked | None:
+    sizes = {k: sum(len(b) for b in engine.queues[k]) for k in range(1, engine.num_exits)}
+    due = [k for k, n in sizes.items() if n and _due(engine, k, n)]
+    if due:
+        k = max(due)
+        return k, _take(engine, k)
+    cap = engine.config.max_batch_size
+    waiting = {k: min(n, cap) for k, n in sizes.items() if n}
+    if engine.pending and (not waiting or min(engine._waiting, cap) > max(waiting.values())):
+        picked = _stage0(engine)
+        if picked is not None or not waiting:
+            return picked
+    if not waiting:
+        return None
+    k = max(waiting, key=lambda j: (waiting[j], j))  # the largest batch; ties: the deepest
+    return k, _take(engine, k)
+
+
+def _due(engine: ModelEngine, k: int, n: int) -> bool:
     if n >= engine.config.max_batch_size or engine._stopping:
         return True
-    upstream = bool(engine.pending) or any(engine.queues[j] or engine.running[j] for j in range(k))
-    if not upstream:
-        return True  # nothing can join: waiting only adds latency
-    now = time.monotonic()
+    q, now = engine.queues[k], time.monotonic()
     if now - q[0].enqueued >= stage_limit(engine, k):
         return True
     # An image whose deadline would be missed after the wait runs (or gets its anytime answer) now.

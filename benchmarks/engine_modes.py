@@ -1,0 +1,314 @@
+"""Engine modes and the SLO controller under one load: ``python -m benchmarks.engine_modes``.
+
+Part 1: ``run_to_end`` vs ``shrink`` vs ``rebatch`` on the same closed-loop, mixed-budget load
+(throughput, p50/p99, mean batch size per stage, FLOPs per image). Part 2: the controller off/on
+under open-loop (Poisson) load at 1x, 1.5x and 2x what the full-budget server sustains (goodput
+within the SLO, 429s, agreement with the final exit). The load drives the engine in-process (no
+HTTP: the scheduler is what differs), bounded by ``--seconds`` per run.
+
+Uses ``packages/default`` when it exists, else an untrained 5-exit ``msdnet`` whose budget table
+is fitted on synthetic images (``benchmarks/workload.py``): its confidences carry no meaning, so
+"accuracy" is reported as agreement with the final exit's class on the same image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.workload import calibrated_package, sample_pngs
+from models.package import ModelPackage, load_package
+from service.engine import EngineConfig, ModelEngine
+from service.engine.backends import TorchBackend, resolve_device
+from service.engine.controller import ControllerConfig
+from service.engine.images import ImageLimits, images_to_batch
+from service.errors import QueueFullError
+from service.metrics import ServiceMetrics
+from service.policy import resolve_plan
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass
+class Run:
+    """What one load run measured."""
+
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    images: int = 0
+    agree: int = 0
+    rejected: int = 0
+    timed_out: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def done(self, latency: float, n: int, agree: int) -> None:
+        with self.lock:
+            self.latencies.append(latency)
+            self.images += n
+            self.agree += agree
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1e3 if values else float("nan")
+
+
+def make_engine(pkg: ModelPackage, mode: str, device: str, **cfg: Any) -> ModelEngine:
+    config = EngineConfig(mode=mode, **cfg)  # type: ignore[arg-type]
+    backend = TorchBackend(pkg.model, device)
+    engine = ModelEngine(pkg.manifest.name, pkg.manifest, backend, config, ServiceMetrics())
+    engine.warmup()
+    engine.start()
+    return engine
+
+
+def stage_stats(engine: ModelEngine, answered: int) -> tuple[list[float], float]:
+    """Mean batch size per stage and FLOPs per answered image (from the stage-run counts)."""
+    reg, name = engine.metrics.registry, engine.name
+    flops = [0, *engine.flops]
+    sizes, spent = [], 0.0
+    for k in range(engine.num_exits):
+        labels = {"model": name, "stage": str(k)}
+        total = reg.get_sample_value("anytime_batch_size_sum", labels) or 0.0
+        runs = reg.get_sample_value("anytime_batch_size_count", labels) or 0.0
+        sizes.append(total / runs if runs else 0.0)
+        spent += total * (flops[k + 1] - flops[k])
+    return sizes, spent / max(answered, 1)
+
+
+class Load:
+    """A pool of preprocessed images and the final exit's class of each (the agreement key)."""
+
+    def __init__(self, pkg: ModelPackage, n: int = 256) -> None:
+        pre = pkg.manifest.preprocessing
+        size = tuple(pre.input_size)
+        self.x = images_to_batch(sample_pngs(n, seed=1, size=size), pre, ImageLimits(2**30, 2**30))  # type: ignore[arg-type]
+        with torch.no_grad():
+            self.final = pkg.model.eval()(self.x)[-1].argmax(1).numpy()
+        self.pkg = pkg
+
+    def submit(self, engine: ModelEngine, run: Run, budget: float | None, rng: random.Random) -> Any:
+        n = rng.randint(1, 4)
+        idx = [rng.randrange(len(self.x)) for _ in range(n)]
+        plan = resolve_plan(self.pkg.manifest, budget=budget, default_budget=engine.default_budget())
+        t0 = time.monotonic()
+        try:
+            work = engine.submit(self.x[idx], plan, t0 + 30.0)
+        except QueueFullError:
+            with run.lock:
+                run.rejected += 1
+            return None
+
+        def finish(f: Any) -> None:
+            if f.cancelled() or f.exception() is not None:
+                with run.lock:
+                    run.timed_out += 1
+                return
+            got = np.array([r.probs.argmax() for r in f.result()])
+            run.done(time.monotonic() - t0, n, int((got == self.final[idx]).sum()))
+
+        work.future.add_done_callback(finish)
+        return work.future
+
+
+def closed_loop(
+    load: Load, engine: ModelEngine, seconds: float, clients: int, budgets: list[float | None]
+) -> Run:
+    run = Run(seconds)
+    stop = time.monotonic() + seconds
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        while time.monotonic() < stop:
+            fut = load.submit(engine, run, rng.choice(budgets), rng)
+            if fut is not None:
+                fut.result(timeout=60)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return run
+
+
+def open_loop(load: Load, engine: ModelEngine, seconds: float, rate: float) -> Run:
+    """Poisson arrivals of ``rate`` requests/s, none pinning a budget."""
+    run, rng = Run(seconds), random.Random(7)
+    t, end, futures = time.monotonic(), time.monotonic() + seconds, []
+    while t < end:
+        t += rng.expovariate(rate)
+        time.sleep(max(0.0, t - time.monotonic()))
+        futures.append(load.submit(engine, run, None, rng))
+    for f in futures:
+        if f is not None:
+            with contextlib.suppress(Exception):  # timeouts are counted by the callback
+                f.result(timeout=60)
+    time.sleep(0.05)  # the last done-callbacks
+    return run
+
+
+def modes_part(
+    load: Load, device: str, seconds: float, clients: int, repeat: int
+) -> list[dict[str, Any]]:
+    """Each mode ``repeat`` times, interleaved (a shared machine drifts); the median run is kept."""
+    budgets: list[float | None] = sorted({b.budget for b in load.pkg.manifest.budgets})  # type: ignore[assignment]
+    modes = ("run_to_end", "shrink", "rebatch")
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    for _ in range(repeat):
+        for mode in modes:
+            engine = make_engine(load.pkg, mode, device, max_batch_size=32, queue_size=4096)
+            run = closed_loop(load, engine, seconds, clients, budgets)
+            engine.stop()
+            sizes, flops = stage_stats(engine, run.images)
+            runs[mode].append(
+                dict(
+                    mode=mode,
+                    images_per_s=run.images / seconds,
+                    p50_ms=pct(run.latencies, 50),
+                    p99_ms=pct(run.latencies, 99),
+                    mean_batch_per_stage=[round(s, 2) for s in sizes],
+                    mflops_per_image=flops / 1e6,
+                    agreement_with_final=run.agree / max(run.images, 1),
+                )
+            )
+            print(json.dumps(runs[mode][-1]), flush=True)
+    rows = []
+    for mode in modes:
+        ordered = sorted(runs[mode], key=lambda r: r["images_per_s"])
+        median = dict(ordered[len(ordered) // 2])
+        median["images_per_s_all"] = [round(r["images_per_s"], 1) for r in runs[mode]]
+        rows.append(median)
+    return rows
+
+
+def controller_part(
+    load: Load, device: str, seconds: float, slo_s: float, queue: int
+) -> tuple[float, list[dict[str, Any]]]:
+    mode = "rebatch"
+    engine = make_engine(load.pkg, mode, device, queue_size=4096, default_budget=1.0)
+    capacity = closed_loop(load, engine, seconds, 8, [1.0]).images / seconds
+    engine.stop()
+    print(f"full-budget capacity: {capacity:.1f} images/s", flush=True)
+    rows = []
+    for mult in (1.0, 1.5, 2.0):
+        rate = mult * capacity / 2.5  # requests of 1..4 images: 2.5 on average
+        for on in (False, True):
+            ctl = ControllerConfig(p99_target_s=slo_s, window_s=1.0, interval_s=0.1) if on else None
+            engine = make_engine(
+                load.pkg, mode, device, queue_size=queue, default_budget=1.0, controller=ctl
+            )
+            run = open_loop(load, engine, seconds, rate)
+            engine.stop()
+            offered = run.images + run.rejected * 2.5
+            rows.append(
+                dict(
+                    load=mult,
+                    controller=on,
+                    offered_requests=len(run.latencies) + run.rejected + run.timed_out,
+                    goodput_per_s=sum(v <= slo_s for v in run.latencies) / seconds,
+                    p99_ms=pct(run.latencies, 99),
+                    rejections_429=run.rejected,
+                    agreement_with_final=run.agree / max(run.images, 1),
+                    final_budget=engine.default_budget(),
+                    offered_images_est=round(offered),
+                )
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return capacity, rows
+
+
+def markdown(meta: dict[str, Any], modes: list[dict[str, Any]], ctl: list[dict[str, Any]]) -> str:
+    lines = [
+        "### Engine modes (issue 7)",
+        "",
+        f"Model: {meta['model']}; device {meta['device']}; {meta['seconds']} s per run; "
+        f"{meta['note']}. Reproduce: `{meta['command']}`.",
+        "",
+        f"Closed loop, {meta['clients']} clients, requests of 1-4 images with budgets mixed over the "
+        f"package's table; median of {meta['repeat']} interleaved runs (all runs' images/s listed).",
+        "",
+        "| mode | images/s (median; all) | p50 ms | p99 ms | mean batch per stage | MFLOPs/image "
+        "| agreement w/ final |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in modes:
+        lines.append(
+            f"| {r['mode']} | {r['images_per_s']:.1f}; {r['images_per_s_all']} | "
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{' / '.join(str(s) for s in r['mean_batch_per_stage'])} | {r['mflops_per_image']:.2f} | "
+            f"{r['agreement_with_final']:.3f} |"
+        )
+    lines += [
+        "",
+        f"SLO controller (p99 target {meta['slo_ms']} ms, queue {meta['queue']} images, full-budget "
+        f"capacity {meta['capacity']:.1f} images/s, requests pin no budget):",
+        "",
+        "| load | controller | goodput req/s within SLO | p99 ms | 429s | agreement w/ final "
+        "| budget at end |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in ctl:
+        lines.append(
+            f"| {r['load']}x | {'on' if r['controller'] else 'off'} | {r['goodput_per_s']:.1f} | "
+            f"{r['p99_ms']:.0f} | {r['rejections_429']} | {r['agreement_with_final']:.3f} | "
+            f"{r['final_budget']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=6.0, help="length of each load run")
+    ap.add_argument("--clients", type=int, default=32, help="closed-loop clients (modes part)")
+    ap.add_argument("--slo-ms", type=float, default=300.0, help="p99 target of the controller")
+    ap.add_argument("--queue", type=int, default=128, help="queue bound (images), controller part")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per mode (median kept)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where the .json and .md go")
+    ap.add_argument("--note", default="2-core CPU shared with a background training job")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = resolve_device("auto")
+    default = Path("packages/default")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = default if default.exists() else calibrated_package(Path(tmp), "msdnet", [0.3, 0.5, 0.7])
+        pkg = load_package(path)
+        load = Load(pkg)
+        modes = modes_part(load, device, args.seconds, args.clients, args.repeat)
+        capacity, ctl = controller_part(load, device, args.seconds, args.slo_ms / 1e3, args.queue)
+    meta = dict(
+        model=f"{pkg.manifest.name} ({pkg.manifest.num_exits} exits, "
+        f"{'trained' if path == default else 'untrained, budget table fitted on synthetic images'})",
+        device=device,
+        seconds=args.seconds,
+        note=args.note,
+        slo_ms=args.slo_ms,
+        queue=args.queue,
+        clients=args.clients,
+        repeat=args.repeat,
+        capacity=capacity,
+        command="python -m benchmarks.engine_modes " + " ".join(argv or []),
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "engine_modes" if device == "cpu" else f"engine_modes_{device}"
+    (args.out / f"{stem}.json").write_text(
+        json.dumps(dict(meta=meta, modes=modes, controller=ctl), indent=2)
+    )
+    md = markdown(meta, modes, ctl)
+    (args.out / f"{stem}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
