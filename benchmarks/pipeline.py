@@ -25,7 +25,10 @@ from benchmarks.loadgen import encode_pngs
 from benchmarks.report import plot_ablation, plot_serving, render
 
 REPO = Path(__file__).resolve().parent.parent
-FULL_COMMAND = "make bench  # = .venv/bin/python -m benchmarks --runs-root /work/runs/ablation"
+FULL_COMMAND = (
+    "make bench  # = .venv/bin/python -m benchmarks --runs-root /work/runs/ablation; "
+    "rerunning resumes every arm from <runs-root>/<arm>/last.pt"
+)
 QUICK_TRAIN = ("--epochs", "1", "--set", "stage2_epochs=1", "--set", "data.limit_train=2000")
 SYNTHETIC_DATA = (
     "--set", "data.source=synthetic", "--set", "data.synthetic_size=360",
@@ -127,12 +130,10 @@ def findings(arms: list[dict[str, Any]]) -> list[str]:
         f"GE + ISC + KD (joint) minus plain, per exit (points): {', '.join(f'{v:+.2f}' for v in d)}.",
         f"Target 'at least as good at every exit': {'met' if every else 'missed'}; "
         f"'+2 points at the first exit': {'met' if first else 'missed'} ({d[0]:+.2f}).",
-        "The IMTA paper reports gains at every exit, largest at the earliest ones; "
-        + (
-            "this run shows that direction."
-            if every and d[0] >= max(d)
-            else "this run does not show it fully."
-        ),
+        "The IMTA paper reports gains at every exit, largest at the earliest ones; here the largest "
+        f"gain is at exit {d.index(max(d))} ({max(d):+.2f}) and the smallest at exit "
+        f"{d.index(min(d))} ({min(d):+.2f}): "
+        + ("the same direction." if every and d[0] >= max(d) else "not the paper's pattern."),
     ]
 
 
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         return write_report(json.loads((out / "results.json").read_text()), out, args, quick)
     t0 = time.time()
+    load_at_start = os.getloadavg()[0]  # the cores may be shared (another training run): say so
     results: dict[str, Any] = {"ablation": run_ablation(settings, arms)}
     if not args.skip_serving and any(a.name == BEST for a in arms):
         results["serving"] = serve(root / BEST, out, args, quick)
@@ -163,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "commit": commit(),
         "wall_seconds": time.time() - t0,
+        "loadavg_1m": [load_at_start, os.getloadavg()[0]],
         "full_command": FULL_COMMAND,
         "ablation_note": ablation_note(quick, args.synthetic),
     }
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_report(results: dict[str, Any], out: Path, args: argparse.Namespace, quick: bool) -> int:
     """Findings, ``results.json``, the plots and the markdown, from measured ``results``."""
+    from benchmarks.profile import top_frames, top_threads
     from benchmarks.serving_suite import headline
 
     results["findings"] = findings(results["ablation"])
@@ -181,6 +185,12 @@ def write_report(results: dict[str, Any], out: Path, args: argparse.Namespace, q
         )
     if args.quick and not args.synthetic:
         results["findings"].append(full_run_estimate(results["ablation"]))
+    prof = results.get("serving", {}).get("loads", {}).get("profile") or {}
+    if prof.get("raw") and (out / prof["raw"]).is_file():  # re-read: --report-only after a change
+        prof["top_frames"], prof["threads"] = (
+            top_frames(out / prof["raw"]),
+            top_threads(out / prof["raw"]),
+        )
     if "serving" in results:
         results["serving"]["headline"] = headline(
             results["serving"]["loads"], results["serving"]["grid"]

@@ -7,6 +7,7 @@ and the inference worker are all seen without changing the server.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,7 @@ def top_threads(raw: Path) -> list[tuple[str, float]]:
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if stack and count.isdigit():
-            threads[stack.split(";")[0].strip()] += int(count)
+            # "thread (27541): AnyIO worker thread" -> one row per thread name, not per id.
+            threads[re.sub(r"\s*\(\d+\)", "", stack.split(";")[0]).strip()] += int(count)
     total = sum(threads.values()) or 1
     return [(t, c / total) for t, c in threads.most_common(6)]

@@ -64,6 +64,14 @@ def plot_serving(loads: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _load(meta: dict[str, Any]) -> str:
+    if "loadavg_1m" not in meta:
+        return ""
+    a, b = meta["loadavg_1m"]
+    busy = " (the cores were shared with other work: timings are noisy)" if a > 1.5 else ""
+    return f"; 1-minute load average {a:.1f} at the start, {b:.1f} at the end{busy}"
+
+
 def _pct(v: float) -> str:
     return f"{100 * v:.2f}"
 
@@ -114,7 +122,8 @@ def ablation_tables(arms: list[dict[str, Any]]) -> list[str]:
 def serving_tables(serving: dict[str, Any]) -> list[str]:
     loads = serving["loads"]
     lines = [
-        f"HTTP (uvicorn on 127.0.0.1, torch backend, batching on), {loads['images']} real labelled "
+        f"HTTP (uvicorn on 127.0.0.1, torch backend, batching on, 1 intra-op thread), "
+        f"{loads['images']} real labelled "
         "test images, one image per request.",
         "",
         "| loop | budget | clients / peak in flight | offered rate/s | requests | errors | images/s "
@@ -217,7 +226,7 @@ def render(results: dict[str, Any], out_dir: Path, repo: Path) -> str:
         ]
     lines += [
         f"- command: `{meta['command']}`",
-        f"- machine: {meta['machine']}",
+        f"- machine: {meta['machine']}" + _load(meta),
         f"- date (UTC): {meta['date']}; git commit: `{meta['commit']}`",
         f"- results: `{rel}/results.json`; plots: `{rel}/ablation.png`, `{rel}/serving.png`",
         f"- full run: `{meta['full_command']}`",

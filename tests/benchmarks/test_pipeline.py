@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks.ablation import ARMS
 from benchmarks.pipeline import main
+from benchmarks.profile import py_spy
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,10 @@ def test_serving_measures_labelled_loads(bench: tuple[Path, Path, dict[str, Any]
     assert cheapest["mean_compute_fraction"] < 1.0  # a budget below 1 really exits early
     assert {r["budget"] for r in loads["open_loop"]} == set(closed)
     assert "speedup_within_half_point" in results["serving"]["headline"]
+    if py_spy() is not None:  # the test extra installs it; the profile names the engine's thread
+        prof = loads["profile"]
+        assert prof["top_frames"] and sum(v for _, v in prof["top_frames"]) <= 1.0 + 1e-9
+        assert any("engine-" in t for t, _ in prof["threads"])
 
 
 def test_outputs_written(bench: tuple[Path, Path, dict[str, Any]]) -> None:
