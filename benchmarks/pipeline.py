@@ -249,5 +249,5 @@ def serve(run_dir: Path, out: Path, args: argparse.Namespace, quick: bool) -> di
         grid=not args.no_grid,
     )
     loads = run_http_loads(package, labelled, s, None if args.no_profile else out)
-    grid = run_grid(package, s, out / "serving_grid.json") if s.grid else []
+    grid = run_grid(package, s, out / "serving_grid.json", labelled.blobs) if s.grid else []
     return {"package": str(package), "loads": loads, "grid": grid, "headline": headline(loads, grid)}

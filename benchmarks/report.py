@@ -158,8 +158,8 @@ def serving_tables(serving: dict[str, Any]) -> list[str]:
     if serving.get("grid"):
         lines += [
             "",
-            "Backend x batching x mode (`benchmarks/serving.py`, closed loop, synthetic PNGs, so "
-            "compute fractions differ from the labelled run):",
+            "Backend x batching x mode (`benchmarks/serving.py` on the same package and test "
+            "images, closed loop; `engine` = in-process, no HTTP):",
             "",
             "| mode | backend | batching | budget | clients | requests | images/s | p50 ms | p99 ms "
             "| compute |",

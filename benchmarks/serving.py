@@ -130,7 +130,7 @@ def run_engine(
         work = engine.submit(x, plan, time.monotonic() + 60)
         return [r.compute_fraction for r in await asyncio.wrap_future(work.future)]
 
-    blobs = sample_pngs(64, seed=1)
+    blobs = args.blobs or sample_pngs(64, seed=1)
     try:
         asyncio.run(closed_loop(send, blobs, conc, args.warmup_requests, 30))
         out = asyncio.run(closed_loop(send, blobs, conc, args.requests, args.max_seconds))
@@ -183,7 +183,7 @@ def run_http(
     args: argparse.Namespace,
 ) -> Result:
     url = f"/v1/models/{name}/classify"
-    blobs = sample_pngs(64, seed=1)
+    blobs = args.blobs or sample_pngs(64, seed=1)
 
     async def main(requests: int, seconds: float) -> Measured:
         free = [Connection(server.url) for _ in range(conc)]  # one keep-alive connection per client
@@ -247,8 +247,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, blobs: list[bytes] | None = None) -> int:
+    """Run the grid; ``blobs`` (encoded images) replace the synthetic PNGs when given."""
     args = parse_args(argv)
+    args.blobs = blobs
     if args.threads:
         torch.set_num_threads(args.threads)
     lists = {k: getattr(args, k).split(",") for k in ("modes", "backends", "batching")}

@@ -113,8 +113,11 @@ def profile_server(
     }
 
 
-def run_grid(package: Path, s: ServingSettings, out_json: Path) -> list[dict[str, Any]]:
-    """``benchmarks.serving`` on ``package``: backends x batching x {engine, http}."""
+def run_grid(
+    package: Path, s: ServingSettings, out_json: Path, blobs: list[bytes] | None = None
+) -> list[dict[str, Any]]:
+    """``benchmarks.serving`` on ``package``: backends x batching x {engine, http}, sending
+    ``blobs`` (the labelled test images, so exits match the labelled run) when given."""
     budgets, default = served_budgets(package)
     grid_budgets = sorted({1.0, default or min(budgets)})
     argv = [
@@ -124,7 +127,7 @@ def run_grid(package: Path, s: ServingSettings, out_json: Path) -> list[dict[str
         "--max-batch-size", str(s.max_batch_size), "--warmup-requests", str(2 * s.concurrency),
         "--json", str(out_json),
     ]  # fmt: skip
-    serving.main(argv)
+    serving.main(argv, blobs)
     rows: list[dict[str, Any]] = json.loads(out_json.read_text())
     return rows
 
