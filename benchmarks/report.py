@@ -232,6 +232,15 @@ def render(results: dict[str, Any], out_dir: Path, repo: Path) -> str:
         f"- full run: `{meta['full_command']}`",
         "",
     ]
+    lines += [
+        "How: `benchmarks/ablation.py` trains each arm with `python -m training train --resume` "
+        "(arms differ only in `--ge/--isc/--kd/--recipe`), then `calibrate` (thresholds fitted on "
+        "the validation part, scored on the test part). The best-recipe arm (GE + ISC + KD, joint) is "
+        "exported and served by `python -m service` on 127.0.0.1; `benchmarks/loadgen.py` sends its "
+        "held-out test images one per request, closed loop (fixed clients) and open loop (Poisson "
+        "arrivals, latency from the scheduled arrival), bounded by requests and seconds.",
+        "",
+    ]
     if results.get("ablation"):
         lines += ["## IMTA ablation", "", meta["ablation_note"], ""]
         lines += [*ablation_tables(results["ablation"]), "", f"![ablation]({rel}/ablation.png)", ""]
