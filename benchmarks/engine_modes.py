@@ -267,6 +267,25 @@ def markdown(meta: dict[str, Any], modes: list[dict[str, Any]], ctl: list[dict[s
     return "\n".join(lines) + "\n"
 
 
+def stage_costs(pkg: ModelPackage, device: str, sizes: tuple[int, ...] = (4, 8, 12, 16, 20, 32)) -> None:
+    """Print ms per image of each stage at each batch size (median of 7): where batching pays."""
+    backend = TorchBackend(pkg.model, device)
+    h, w = pkg.manifest.preprocessing.input_size
+    for n in sizes:
+        state: tuple[torch.Tensor, ...] = (torch.randn(n, 3, h, w),)
+        row = []
+        for k in range(pkg.manifest.num_exits):
+            times = []
+            for _ in range(7):
+                t0 = time.perf_counter()
+                out, logits = backend.run_stage(k, state)
+                logits.cpu()
+                times.append(time.perf_counter() - t0)
+            row.append(sorted(times)[3] / n * 1e3)
+            state = out
+        print(f"batch {n:3d}: ms/image per stage " + " ".join(f"{v:.2f}" for v in row), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=6.0, help="length of each load run")
@@ -276,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per mode (median kept)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the .json and .md go")
+    ap.add_argument("--stage-costs", action="store_true", help="only time each stage per batch size")
     ap.add_argument("--note", default="2-core CPU shared with a background training job")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -284,6 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = default if default.exists() else calibrated_package(Path(tmp), "msdnet", [0.3, 0.5, 0.7])
         pkg = load_package(path)
+        if args.stage_costs:
+            stage_costs(pkg, device)
+            return
         load = Load(pkg)
         modes = modes_part(load, device, args.seconds, args.clients, args.repeat)
         capacity, ctl = controller_part(load, device, args.seconds, args.slo_ms / 1e3, args.queue)
