@@ -76,7 +76,16 @@ def commit() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "benchmarks", "configs"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "benchmarks",
+                "configs",
+                ":(exclude)benchmarks/results",
+            ],
             cwd=REPO,
             capture_output=True,
             text=True,
