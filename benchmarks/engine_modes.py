@@ -295,6 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per mode (median kept)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the .json and .md go")
+    ap.add_argument(
+        "--package", type=Path, help="package to serve (default: packages/default or msdnet)"
+    )
     ap.add_argument("--stage-costs", action="store_true", help="only time each stage per batch size")
     ap.add_argument("--note", default="2-core CPU shared with a background training job")
     args = ap.parse_args(argv)
@@ -302,7 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device("auto")
     default = Path("packages/default")
     with tempfile.TemporaryDirectory() as tmp:
-        path = default if default.exists() else calibrated_package(Path(tmp), "msdnet", [0.3, 0.5, 0.7])
+        path = args.package or (
+            default if default.exists() else calibrated_package(Path(tmp), "msdnet", [0.3, 0.5, 0.7])
+        )
         pkg = load_package(path)
         if args.stage_costs:
             stage_costs(pkg, device)
@@ -310,9 +315,9 @@ def main(argv: list[str] | None = None) -> None:
         load = Load(pkg)
         modes = modes_part(load, device, args.seconds, args.clients, args.repeat)
         capacity, ctl = controller_part(load, device, args.seconds, args.slo_ms / 1e3, args.queue)
+    origin = "untrained, budget table fitted on synthetic images" if path != default else str(path)
     meta = dict(
-        model=f"{pkg.manifest.name} ({pkg.manifest.num_exits} exits, "
-        f"{'trained' if path == default else 'untrained, budget table fitted on synthetic images'})",
+        model=f"{pkg.manifest.name} ({pkg.manifest.num_exits} exits, {origin})",
         device=device,
         seconds=args.seconds,
         note=args.note,
