@@ -40,10 +40,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="1 epoch on 2,000 images, short loads")
     p.add_argument("--synthetic", action="store_true", help="synthetic images (tests; no ../shared)")
-    p.add_argument("--runs-root", type=Path, default=Path("/work/runs/ablation"), help="arm run dirs")
+    p.add_argument(
+        "--runs-root",
+        type=Path,
+        default=Path("/work/runs/ablation"),
+        help="parent of the arms' run dirs (default /work/runs/ablation)",
+    )
     p.add_argument("--data-dir", help="CIFAR-10 JPEG archive or tree (default: the config's)")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results[/quick])")
-    p.add_argument("--markdown", type=Path, help="BENCHMARKS.md to regenerate (default: see README)")
+    p.add_argument(
+        "--markdown",
+        type=Path,
+        help="markdown to regenerate (default BENCHMARKS.md; a quick run writes it only while no "
+        "full results exist, else into its --out folder)",
+    )
     p.add_argument("--threads", type=int, help="torch threads for training (default: the config's 2)")
     p.add_argument("--arms", default=",".join(a.name for a in ARMS), help="ablation arms to run")
     p.add_argument(
@@ -148,6 +158,11 @@ def findings(arms: list[dict[str, Any]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    known = [a.name for a in ARMS]
+    unknown = sorted(set(args.arms.split(",")) - set(known))
+    if unknown:
+        print(f"error: unknown arm(s) {unknown}; known: {known}", file=sys.stderr)
+        return 2
     quick = args.quick or args.synthetic
     out = args.out or REPO / "benchmarks" / "results" / ("quick" if quick else "")
     out.mkdir(parents=True, exist_ok=True)

@@ -83,3 +83,12 @@ def test_rerun_resumes_instead_of_retraining(bench: tuple[Path, Path, dict[str, 
     assert after == before
     again = json.loads((out / "again" / "results.json").read_text())
     assert [a["epochs"] for a in again["ablation"]] == [1, 1, 1, 1, 2]
+
+
+def test_unknown_arm_is_an_error_naming_the_known_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--synthetic", "--runs-root", str(tmp_path), "--arms", "ge,nope"]) == 2
+    err = capsys.readouterr().err
+    assert "['nope']" in err and "ge_isc_kd" in err
+    assert not (tmp_path / "synthetic").exists()  # nothing was trained
