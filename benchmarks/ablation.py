@@ -66,7 +66,7 @@ def train_command(arm: Arm, s: AblationSettings) -> list[str]:
     return cmd
 
 
-def _run(arm: Arm, step: str, argv: list[str]) -> None:
+def _run(arm: Arm, argv: list[str]) -> None:
     code = training_main(argv)
     if code != 0:
         raise AblationError(f"arm {arm.name}: `python -m training {' '.join(argv)}` exited {code}")
@@ -76,7 +76,7 @@ def run_arm(arm: Arm, s: AblationSettings) -> dict[str, Any]:
     """Train (resuming), calibrate if the checkpoint is newer, and return the arm's figures."""
     run_dir = s.root / arm.name
     t0 = time.perf_counter()
-    _run(arm, "train", train_command(arm, s))
+    _run(arm, train_command(arm, s))
     cal = run_dir / "calibration.json"
     last = run_dir / "last.pt"
     if not cal.is_file() or cal.stat().st_mtime < last.stat().st_mtime:
@@ -85,7 +85,7 @@ def run_arm(arm: Arm, s: AblationSettings) -> dict[str, Any]:
             argv += ["--threads", str(s.threads)]
         if s.data_dir:
             argv += ["--data-dir", s.data_dir]
-        _run(arm, "calibrate", argv)
+        _run(arm, argv)
     return arm_result(arm, run_dir, time.perf_counter() - t0)
 
 

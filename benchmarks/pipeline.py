@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.ablation import ARMS, BEST, AblationSettings, run_ablation
+from benchmarks.ablation import ARMS, BEST, AblationError, AblationSettings, run_ablation
 from benchmarks.loadgen import encode_pngs
 from benchmarks.report import plot_ablation, plot_serving, render
 
@@ -178,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         return write_report(json.loads((out / "results.json").read_text()), out, args, quick)
     t0 = time.time()
     load_at_start = os.getloadavg()[0]  # the cores may be shared (another training run): say so
-    results: dict[str, Any] = {"ablation": run_ablation(settings, arms)}
+    try:
+        results: dict[str, Any] = {"ablation": run_ablation(settings, arms)}
+    except AblationError as e:  # the training CLI has already printed the cause
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if not args.skip_serving and any(a.name == BEST for a in arms):
         results["serving"] = serve(root / BEST, out, args, quick)
     command = "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:])

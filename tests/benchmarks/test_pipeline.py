@@ -92,3 +92,10 @@ def test_unknown_arm_is_an_error_naming_the_known_ones(
     err = capsys.readouterr().err
     assert "['nope']" in err and "ge_isc_kd" in err
     assert not (tmp_path / "synthetic").exists()  # nothing was trained
+
+
+def test_missing_data_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--quick", "--runs-root", str(tmp_path), "--arms", "plain", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--data-dir", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err
+    assert "data not found" in err and "arm plain" in err and "exited 3" in err
