@@ -41,7 +41,7 @@ def test_every_arm_has_per_exit_accuracy_and_flops(bench: tuple[Path, Path, dict
         full = next(r for r in a["budgets"] if r["budget"] == 1.0)
         assert full["optimised"]["compute"] == pytest.approx(1.0)
         assert full["optimised"]["accuracy"] == pytest.approx(a["test_exit_accuracy"][-1])
-    assert len(results["findings"]) == 4
+    assert len(results["findings"]) == 6
 
 
 def test_serving_measures_labelled_loads(bench: tuple[Path, Path, dict[str, Any]]) -> None:
