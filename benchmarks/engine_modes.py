@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
         load = Load(pkg)
         modes = modes_part(load, device, args.seconds, args.clients, args.repeat)
         capacity, ctl = controller_part(load, device, args.seconds, args.slo_ms / 1e3, args.queue)
-    origin = "untrained, budget table fitted on synthetic images" if path != default else str(path)
+    fitted = args.package is None and path != default
+    origin = "untrained, budget table fitted on synthetic images" if fitted else str(path)
     meta = dict(
         model=f"{pkg.manifest.name} ({pkg.manifest.num_exits} exits, {origin})",
         device=device,

@@ -36,6 +36,17 @@ class StageCosts:
         """The per-batch part of stage ``k``'s cost: what merging two batches saves."""
         return self._line[k][0]
 
+    def efficient_batch(self, k: int, fixed_share: float = 0.25) -> float:
+        """Smallest batch whose run spends at most ``fixed_share`` of its time on the fixed part.
+
+        ``fixed / (fixed + per_image * n) <= share``
+        <=> ``n >= fixed * (1 - share) / (share * per_image)``.
+        """
+        fixed, per_image = self._line[k]
+        if per_image <= 0.0:
+            return 1.0
+        return fixed * (1 - fixed_share) / (fixed_share * per_image)
+
     def remaining(self, k: int, n: int) -> float:
         """Seconds of stages ``k..K-1`` at batch ``n`` (an upper bound for a shrinking batch)."""
         return sum(self.estimate(j, n) for j in range(k, len(self._line)))

@@ -3,8 +3,10 @@
 - ``shrink`` and ``run_to_end``: a stage ``k > 0`` batch runs as soon as a worker is free, alone,
   deepest stage first; the batch that left stage 0 goes through to its end.
 - ``rebatch``: the survivors of any number of batches wait together in stage ``k``'s queue (DREX,
-  arXiv 2512.15705). A queue is *due* when it holds a full batch, when an image's deadline needs
-  it, or when its oldest image has waited its limit; the deepest due queue runs first. With none
+  arXiv 2512.15705). A queue is *due* when it holds an efficient batch (one whose run spends at
+  most a quarter of its time on the stage's fixed per-batch cost, from the measured cost line;
+  a full batch at most), when an image's deadline needs it, or when its oldest image has waited
+  its limit; the deepest due queue runs first. With none
   due, the worker runs the queue holding the most images (the largest batch amortises a run's
   fixed cost best), so a small queue keeps gathering survivors from later batches meanwhile.
   Nothing idles: a lone queue runs at once. The limit adapts from the measured cost of the stage:
@@ -74,7 +76,8 @@ def _rebatch(engine: ModelEngine) -> Picked | None:
 
 
 def _due(engine: ModelEngine, k: int, n: int) -> bool:
-    if n >= engine.config.max_batch_size or engine._stopping:
+    cap = engine.config.max_batch_size
+    if n >= min(cap, engine.costs.efficient_batch(k)) or engine._stopping:
         return True
     q, now = engine.queues[k], time.monotonic()
     if now - q[0].enqueued >= stage_limit(engine, k):

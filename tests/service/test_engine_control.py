@@ -24,6 +24,8 @@ def test_stage_costs_fit_fixed_and_per_image_parts() -> None:
         costs.observe(1, n, 0.002 + 0.0005 * n)
     assert costs.fixed(1) == pytest.approx(0.002)
     assert costs.estimate(1, 16) == pytest.approx(0.010)
+    # A quarter of the run on the fixed part: 0.002 <= 0.25 * (0.002 + 0.0005 n) <=> n >= 12.
+    assert costs.efficient_batch(1) == pytest.approx(12.0)
     assert costs.estimate(0, 16) == 0.0  # never measured
     costs.observe(0, 4, 0.004)  # one size only: all of it per image
     assert costs.estimate(0, 8) == pytest.approx(0.008)

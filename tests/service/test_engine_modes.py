@@ -81,8 +81,9 @@ def test_rebatch_merges_survivors_of_several_batches(
     counts = {}
     for mode in ("shrink", "rebatch"):
         engine = make_engine(pkg, max_batch_size=6, mode=mode, rebatch_max_wait_s=30.0)
-        for k in range(engine.num_exits):  # a slow stage: waiting for upstream always pays
+        for k in range(engine.num_exits):  # all fixed cost: only a full batch is efficient
             engine.costs.observe(k, 1, 10.0)
+            engine.costs.observe(k, 6, 10.0)
         works = [engine.submit(x[i : i + 6], plan, time.monotonic() + FAR) for i in range(0, 24, 6)]
         engine.start()
         try:
@@ -146,7 +147,8 @@ def test_no_image_lost_or_answered_twice_under_load(
 def test_stop_drains_every_stage_queue(reference_package: ModelPackage) -> None:
     engine = make_engine(reference_package, max_batch_size=4, mode="rebatch", rebatch_max_wait_s=60.0)
     for k in range(engine.num_exits):
-        engine.costs.observe(k, 1, 60.0)  # queues k > 0 would wait a minute for more
+        engine.costs.observe(k, 1, 60.0)  # queues k > 0 would wait a minute for a full batch
+        engine.costs.observe(k, 4, 60.0)
     plan = resolve_plan(reference_package.manifest, budget=1.0)
     works = [engine.submit(torch.randn(3, 3, 32, 32), plan, time.monotonic() + FAR) for _ in range(5)]
     engine.start()
