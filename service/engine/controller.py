@@ -26,7 +26,11 @@ class ControllerConfig:
     high: float = 0.7
     """Step down when p99 or the queue's estimated drain time passes ``high * target``."""
     low: float = 0.35
-    """Step up when both are below ``low * target``."""
+    """Step up when both are below ``low * target`` ..."""
+    up_after: int = 5
+    """... at ``up_after`` decisions in a row (restoring too early refills the queue)."""
+    queue_high: float = 0.5
+    """Step down, too, when the queue is fuller than this share of its bound (before any 429)."""
 
 
 class SloController:
@@ -38,6 +42,7 @@ class SloController:
         self.level = len(self.rows) - 1  # index of the effective budget; top = the default
         self._latencies: deque[tuple[float, float]] = deque()
         self._last_step = 0.0
+        self._calm = 0  # low-pressure decisions in a row
         self._lock = threading.Lock()
 
     @property
@@ -59,20 +64,27 @@ class SloController:
             return 0.0
         return values[min(len(values) - 1, int(0.99 * len(values)))]
 
-    def update(self, drain_s: float) -> bool:
-        """Re-decide from p99 and ``drain_s`` (queued work's estimated seconds); True if changed."""
+    def update(self, drain_s: float, queue_fill: float = 0.0) -> bool:
+        """Re-decide from p99, ``drain_s`` (queued work's estimated seconds) and ``queue_fill``
+        (queued images over the queue bound); True if the budget changed."""
         now = time.monotonic()
         cfg = self.config
         if now - self._last_step < cfg.interval_s:
             return False
+        self._last_step = now
         pressure = max(self.p99(), drain_s) / cfg.p99_target_s
         old = self.level
-        if pressure > cfg.high and self.level > 0:
-            self.level -= 1
-        elif pressure < cfg.low and self.level < len(self.rows) - 1:
-            self.level += 1
+        if pressure > cfg.high or queue_fill > cfg.queue_high:
+            self._calm = 0
+            self.level = max(0, self.level - 1)
+        elif pressure < cfg.low:
+            self._calm += 1
+            if self._calm >= cfg.up_after and self.level < len(self.rows) - 1:
+                self.level += 1
+                self._calm = 0
+        else:
+            self._calm = 0
         if self.level != old:
-            self._last_step = now
             with self._lock:
                 self._latencies.clear()  # the old budget's latencies say nothing of the new one
         return self.level != old

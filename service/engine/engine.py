@@ -83,7 +83,6 @@ class ModelEngine:
         self._cond = threading.Condition()
         self._stopping = False
         self._threads: list[threading.Thread] = []
-        self.running = [0] * self.num_exits  # stage runs in progress (several workers)
         self.costs = StageCosts(self.num_exits)
         self.guard = AccuracyGuard(self.num_exits, config.guard)
         default = config.default_budget or manifest.default_budget or 1.0
@@ -189,10 +188,7 @@ class ModelEngine:
 
     # -- scheduling (the policy lives in scheduler.py) -------------------------------------------
     def _next_batch(self) -> tuple[int, StageBatch | list[Pending]] | None:
-        picked = next_batch(self)
-        if picked is not None:
-            self.running[picked[0]] += 1
-        return picked
+        return next_batch(self)
 
     def _wait_timeout(self) -> float | None:
         return wait_timeout(self)
@@ -226,10 +222,6 @@ class ModelEngine:
                 )
                 for w in {id(w): w for w in owners}.values():
                     w.fail(e)
-            finally:
-                with self._cond:
-                    self.running[k] -= 1
-                    self._cond.notify_all()  # a waiting deeper queue may now have no upstream
 
     def _run(self, k: int, batch: StageBatch) -> None:
         # Answered images still here (run_to_end, guard shadows) run on even when nobody waits.
@@ -313,6 +305,9 @@ class ModelEngine:
         return (self._waiting + sum(len(x) for q in self.queues for x in q)) * per_image
 
     def _control(self) -> None:
-        if self.controller is not None and self.controller.update(self.queued_seconds()):
+        if self.controller is None:
+            return
+        fill = self._waiting / self.config.queue_size
+        if self.controller.update(self.queued_seconds(), fill):
             log.info("model %s: effective budget %.3f", self.name, self.controller.budget)
             self._publish_budget()

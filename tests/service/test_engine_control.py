@@ -35,7 +35,8 @@ def test_stage_costs_fit_fixed_and_per_image_parts() -> None:
 
 
 def test_controller_steps_down_under_pressure_and_back_when_it_eases() -> None:
-    c = SloController([0.6, 0.8, 1.0], 0.8, ControllerConfig(p99_target_s=0.1, interval_s=0.0))
+    cfg = ControllerConfig(p99_target_s=0.1, interval_s=0.0, up_after=2)
+    c = SloController([0.6, 0.8, 1.0], 0.8, cfg)
     assert c.rows == [0.6, 0.8] and c.budget == 0.8  # never above the default
     assert not c.update(drain_s=0.05)  # between low and high: hold
     for _ in range(3):
@@ -43,7 +44,10 @@ def test_controller_steps_down_under_pressure_and_back_when_it_eases() -> None:
     assert c.update(drain_s=0.0) and c.budget == 0.6
     assert not c.update(drain_s=0.5)  # already at the cheapest row
     assert c.p99() == 0.0  # the old budget's latencies were dropped
-    assert c.update(drain_s=0.01) and c.budget == 0.8
+    assert not c.update(drain_s=0.01)  # calm once: not yet
+    assert c.update(drain_s=0.01) and c.budget == 0.8  # calm twice in a row: restore
+    # A filling queue steps down before any latency shows it.
+    assert c.update(drain_s=0.0, queue_fill=0.9) and c.budget == 0.6
 
 
 def test_guard_measures_agreement_and_tightens_below_the_floor() -> None:
