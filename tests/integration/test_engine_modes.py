@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,7 +55,13 @@ def test_rebatch_server_answers_like_the_model_alone(
         assert [(p["exit"], p["class_index"], p["deadline_exit"]) for p in got] == [
             (w.exit, w.class_index, False) for w in want
         ]
+    deadline = time.monotonic() + 20  # shadows reach exit 2 after the answers left
     m = rebatch_server.metrics()
+    while (
+        not any(name == "anytime_exit_agreement_ratio" for name, _ in m) and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+        m = rebatch_server.metrics()
     answered = sum(v for (name, _), v in m.items() if name == "anytime_exit_images_total")
     assert answered == 60  # none lost, none twice
     assert m[("anytime_effective_budget", (("model", NAME),))] == 0.6  # the package's default

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,18 @@ def test_controller_and_guard_gauges_are_exported(calibrated_package: Path, imag
         r = client.post(URL, params={"budget": 0.6}, files=_files(images))
         assert r.status_code == 200
         exits = [p["exit"] for p in r.json()["predictions"]]
-        metrics = client.get("/metrics").text
+        # Shadows reach exit 2 after the answers left: wait (bounded) for their audits.
+        deadline = time.monotonic() + 20
+        while True:
+            metrics = client.get("/metrics").text
+            audited = {
+                x.split('exit="')[1][0]
+                for x in metrics.splitlines()
+                if x.startswith("anytime_exit_agreement_ratio{")
+            }
+            if audited >= {str(e) for e in exits if e < 2} or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
     assert f'anytime_effective_budget{{model="{NAME}"}} 0.6' in metrics
     assert f'anytime_exit_threshold{{exit="0",model="{NAME}"}}' in metrics
     # Every early answer was audited against exit 2 (guard fraction 1.0).
