@@ -178,14 +178,14 @@ def test_a_deadline_gives_the_latest_exit_instead_of_nothing(
     reference_package: ModelPackage, images: list[bytes], mode: str
 ) -> None:
     pkg = reference_package
-    slow = _SlowBackend(TorchBackend(pkg.model, "cpu"), delay=0.15)
-    engine = make_engine(pkg, slow, mode=mode)
-    engine.warmup()  # measures the slow stages: the engine knows stage 1 costs 0.15 s
+    slow = _SlowBackend(TorchBackend(pkg.model, "cpu"), delay=0.3)
+    engine = make_engine(pkg, slow, mode=mode, max_batch_size=32)
+    engine.warmup()  # measures the slow stages: the engine knows stage 1 costs 0.3 s
     x = images_to_batch(images, pkg.manifest.preprocessing, LIMITS)
     plan = resolve_plan(pkg.manifest, budget=1.0)  # would run every image to exit 2
     engine.start()
     try:
-        got = engine.submit(x, plan, time.monotonic() + 0.1).future.result(timeout=30)
+        got = engine.submit(x, plan, time.monotonic() + 0.25).future.result(timeout=30)
         relaxed = engine.submit(x[:2], plan, time.monotonic() + FAR).future.result(timeout=30)
     finally:
         engine.stop()
