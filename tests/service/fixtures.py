@@ -19,7 +19,9 @@ from PIL import Image
 
 from models.exit_policy import NEVER_EXIT, confidences, first_exit
 from models.package import BudgetEntry, ModelPackage, load_package, new_manifest, save_package
+from service.engine.executor import ImageResult
 from service.engine.images import ImageLimits, images_to_batch
+from service.policy import ExitPlan
 from tests.conftest import CIFAR_PREPROCESSING, randomize_batchnorm, tiny_model
 
 NAME = "tiny-calibrated"
@@ -130,3 +132,17 @@ def session_package(factory: object) -> Path:
         assert isinstance(factory, pytest.TempPathFactory)
         _CACHE["pkg"] = make_calibrated_package(factory.mktemp("service-pkg"), sample_images(24))
     return _CACHE["pkg"]
+
+
+def check_answers(
+    pkg: ModelPackage, images: list[bytes], plan: ExitPlan, got: list[ImageResult]
+) -> None:
+    """Each image's answer is what the stage-wise model gives it alone."""
+    thresholds = list(plan.thresholds)
+    thresholds[plan.max_exit] = 0.0  # the deepest allowed exit takes everything left
+    want = reference_answers(pkg, images, thresholds)
+    assert [r.exit for r in got] == [min(w.exit, plan.max_exit) for w in want]
+    for r, w in zip(got, want, strict=True):
+        torch.testing.assert_close(torch.from_numpy(r.probs), w.probs, atol=1e-4, rtol=0)
+        assert not r.deadline_exit
+        assert r.compute_fraction == pkg.manifest.exits[r.exit].compute_fraction

@@ -14,7 +14,7 @@ from service.engine.backends import StageBackend, TorchBackend
 from service.engine.executor import RequestWork
 from service.engine.images import images_to_batch
 from service.policy import ExitPlan, resolve_plan
-from tests.service.fixtures import LIMITS, reference_answers
+from tests.service.fixtures import LIMITS, check_answers, reference_answers
 from tests.service.test_engine import FAR, make_engine, sample
 
 MODES = ["run_to_end", "shrink", "rebatch"]
@@ -28,18 +28,6 @@ def plans_of(pkg: ModelPackage) -> list[ExitPlan]:
         resolve_plan(m, budget=0.8, max_exit=1),
         resolve_plan(m, threshold=0.0),  # everything leaves at exit 0
     ]
-
-
-def check_answers(pkg: ModelPackage, images: list[bytes], plan: ExitPlan, got: list) -> None:  # type: ignore[type-arg]
-    """Each image's answer is what the stage-wise model gives it alone."""
-    thresholds = list(plan.thresholds)
-    thresholds[plan.max_exit] = 0.0  # the deepest allowed exit takes everything left
-    want = reference_answers(pkg, images, thresholds)
-    assert [r.exit for r in got] == [min(w.exit, plan.max_exit) for w in want]
-    for r, w in zip(got, want, strict=True):
-        torch.testing.assert_close(torch.from_numpy(r.probs), w.probs, atol=1e-4, rtol=0)
-        assert not r.deadline_exit
-        assert r.compute_fraction == pkg.manifest.exits[r.exit].compute_fraction
 
 
 @pytest.mark.parametrize("mode", MODES)
