@@ -37,7 +37,7 @@ serve: $(STAMP)
 	  echo "  or serve another package: make serve PACKAGE=path/to/package" >&2; exit 1; }
 	ANYTIME_MODELS='["$(PACKAGE)"]' $(PY) -m service --host $(HOST) --port $(PORT)
 
-# IMTA ablation (resumable runs under /work/runs/ablation) + serving figures -> BENCHMARKS.md.
+# IMTA ablation (resumable runs under runs/ablation) + serving figures -> BENCHMARKS.md.
 # Smoke run in minutes: make bench ARGS=--quick   (options: .venv/bin/python -m benchmarks --help)
 bench: $(STAMP)
 	$(PY) -m benchmarks $(ARGS)

@@ -7,8 +7,10 @@ within the SLO, 429s, agreement with the final exit). The load drives the engine
 HTTP: the scheduler is what differs), bounded by ``--seconds`` per run.
 
 Uses ``packages/default`` when it exists, else an untrained 5-exit ``msdnet`` whose budget table
-is fitted on synthetic images (``benchmarks/workload.py``): its confidences carry no meaning, so
-"accuracy" is reported as agreement with the final exit's class on the same image.
+is fitted on synthetic images (``benchmarks/workload.py``). Images: the held test part of the
+package's own training split (from its provenance) when that data is on disk, so accuracy is
+measured against the labels; otherwise synthetic images, where only the agreement with the final
+exit's class on the same image means anything.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.loadgen import Labelled, encode_pngs
 from benchmarks.workload import calibrated_package, sample_pngs
 from models.package import ModelPackage, load_package
 from service.engine import EngineConfig, ModelEngine
@@ -48,15 +51,22 @@ class Run:
     latencies: list[float] = field(default_factory=list)
     images: int = 0
     agree: int = 0
+    correct: int = 0
     rejected: int = 0
     timed_out: int = 0
+    labelled: bool = False  # images carry true classes: accuracy is measured
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def done(self, latency: float, n: int, agree: int) -> None:
+    def done(self, latency: float, n: int, agree: int, correct: int) -> None:
         with self.lock:
             self.latencies.append(latency)
             self.images += n
             self.agree += agree
+            self.correct += correct
+
+    def accuracy(self) -> float | None:
+        """Share of answered images whose class is the label (None without labels)."""
+        return self.correct / max(self.images, 1) if self.labelled else None
 
 
 def pct(values: list[float], q: float) -> float:
@@ -86,16 +96,43 @@ def stage_stats(engine: ModelEngine, answered: int) -> tuple[list[float], float]
     return sizes, spent / max(answered, 1)
 
 
-class Load:
-    """A pool of preprocessed images and the final exit's class of each (the agreement key)."""
+def held_test_images(pkg: ModelPackage, data_dir: str | None = None) -> Labelled | None:
+    """The held test part of the split ``pkg`` was trained on, as PNGs with labels; ``None`` when
+    the package has no training config (untrained, tests) or its data is not on disk."""
+    from training.config import validate_config
+    from training.data import DataError, load_dataset
 
-    def __init__(self, pkg: ModelPackage, n: int = 256) -> None:
+    raw = pkg.manifest.provenance.training_config
+    if raw is None:
+        return None
+    data = validate_config(raw).data
+    if data_dir is not None:
+        data = data.model_copy(update={"path": data_dir})
+    try:
+        test = load_dataset(data).test
+    except DataError as e:
+        print(f"no labelled test images ({e}); using synthetic images", flush=True)
+        return None
+    return encode_pngs(test.x, test.y, len(test))
+
+
+class Load:
+    """A pool of preprocessed images, the final exit's class of each (the agreement key) and,
+    when the images are labelled, their true classes."""
+
+    def __init__(self, pkg: ModelPackage, labelled: Labelled | None = None, n: int = 256) -> None:
         pre = pkg.manifest.preprocessing
         size = tuple(pre.input_size)
-        self.x = images_to_batch(sample_pngs(n, seed=1, size=size), pre, ImageLimits(2**30, 2**30))  # type: ignore[arg-type]
+        blobs = labelled.blobs if labelled else sample_pngs(n, seed=1, size=size)  # type: ignore[arg-type]
+        self.x = images_to_batch(blobs, pre, ImageLimits(2**30, 2**30))
+        self.labels = np.array(labelled.labels) if labelled else None
         with torch.no_grad():
-            self.final = pkg.model.eval()(self.x)[-1].argmax(1).numpy()
+            model = pkg.model.eval()
+            self.final = np.concatenate([model(b)[-1].argmax(1).numpy() for b in self.x.split(500)])
         self.pkg = pkg
+
+    def run(self, seconds: float) -> Run:
+        return Run(seconds, labelled=self.labels is not None)
 
     def submit(self, engine: ModelEngine, run: Run, budget: float | None, rng: random.Random) -> Any:
         n = rng.randint(1, 4)
@@ -115,7 +152,8 @@ class Load:
                     run.timed_out += 1
                 return
             got = np.array([r.probs.argmax() for r in f.result()])
-            run.done(time.monotonic() - t0, n, int((got == self.final[idx]).sum()))
+            right = int((got == self.labels[idx]).sum()) if self.labels is not None else 0
+            run.done(time.monotonic() - t0, n, int((got == self.final[idx]).sum()), right)
 
         work.future.add_done_callback(finish)
         return work.future
@@ -124,7 +162,7 @@ class Load:
 def closed_loop(
     load: Load, engine: ModelEngine, seconds: float, clients: int, budgets: list[float | None]
 ) -> Run:
-    run = Run(seconds)
+    run = load.run(seconds)
     stop = time.monotonic() + seconds
 
     def client(seed: int) -> None:
@@ -144,7 +182,7 @@ def closed_loop(
 
 def open_loop(load: Load, engine: ModelEngine, seconds: float, rate: float) -> Run:
     """Poisson arrivals of ``rate`` requests/s, none pinning a budget."""
-    run, rng = Run(seconds), random.Random(7)
+    run, rng = load.run(seconds), random.Random(7)
     t, end, futures = time.monotonic(), time.monotonic() + seconds, []
     while t < end:
         t += rng.expovariate(rate)
@@ -180,6 +218,7 @@ def modes_part(
                     mean_batch_per_stage=[round(s, 2) for s in sizes],
                     mflops_per_image=flops / 1e6,
                     agreement_with_final=run.agree / max(run.images, 1),
+                    accuracy=run.accuracy(),
                 )
             )
             print(json.dumps(runs[mode][-1]), flush=True)
@@ -220,6 +259,7 @@ def controller_part(
                     p99_ms=pct(run.latencies, 99),
                     rejections_429=run.rejected,
                     agreement_with_final=run.agree / max(run.images, 1),
+                    accuracy=run.accuracy(),
                     final_budget=engine.default_budget(),
                     offered_images_est=round(offered),
                 )
@@ -228,41 +268,45 @@ def controller_part(
     return capacity, rows
 
 
+def _acc(row: dict[str, Any]) -> str:
+    return "n/a" if row.get("accuracy") is None else f"{100 * row['accuracy']:.2f}%"
+
+
 def markdown(meta: dict[str, Any], modes: list[dict[str, Any]], ctl: list[dict[str, Any]]) -> str:
     lines = [
         "### Engine modes (issue 7)",
         "",
         f"Model: {meta['model']}; device {meta['device']}; {meta['seconds']} s per run; "
-        f"{meta['note']}. Reproduce: `{meta['command']}`.",
+        f"{meta['note']}. Images: {meta['images']}. Reproduce: `{meta['command']}`.",
         "",
         f"Closed loop, {meta['clients']} clients, requests of 1-4 images with budgets mixed over the "
         f"package's table; median of {meta['repeat']} interleaved runs (all runs' images/s listed).",
         "",
         "| mode | images/s (median; all) | p50 ms | p99 ms | mean batch per stage | MFLOPs/image "
-        "| agreement w/ final |",
-        "|---|---|---|---|---|---|---|",
+        "| accuracy | agreement w/ final |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in modes:
         lines.append(
             f"| {r['mode']} | {r['images_per_s']:.1f}; {r['images_per_s_all']} | "
             f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
             f"{' / '.join(str(s) for s in r['mean_batch_per_stage'])} | {r['mflops_per_image']:.2f} | "
-            f"{r['agreement_with_final']:.3f} |"
+            f"{_acc(r)} | {r['agreement_with_final']:.3f} |"
         )
     lines += [
         "",
         f"SLO controller (p99 target {meta['slo_ms']} ms, queue {meta['queue']} images, full-budget "
         f"capacity {meta['capacity']:.1f} images/s, requests pin no budget):",
         "",
-        "| load | controller | goodput req/s within SLO | p99 ms | 429s | agreement w/ final "
-        "| budget at end |",
-        "|---|---|---|---|---|---|---|",
+        "| load | controller | goodput req/s within SLO | p99 ms | 429s | accuracy "
+        "| agreement w/ final | budget at end |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in ctl:
         lines.append(
             f"| {r['load']}x | {'on' if r['controller'] else 'off'} | {r['goodput_per_s']:.1f} | "
-            f"{r['p99_ms']:.0f} | {r['rejections_429']} | {r['agreement_with_final']:.3f} | "
-            f"{r['final_budget']} |"
+            f"{r['p99_ms']:.0f} | {r['rejections_429']} | {_acc(r)} | "
+            f"{r['agreement_with_final']:.3f} | {r['final_budget']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -298,6 +342,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--package", type=Path, help="package to serve (default: packages/default or msdnet)"
     )
+    ap.add_argument("--data-dir", help="where the package's training data is (default: its config's)")
+    ap.add_argument(
+        "--synthetic-images", action="store_true", help="synthetic images even if test data exists"
+    )
     ap.add_argument("--stage-costs", action="store_true", help="only time each stage per batch size")
     ap.add_argument("--note", default="2-core CPU shared with a background training job")
     args = ap.parse_args(argv)
@@ -312,7 +360,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.stage_costs:
             stage_costs(pkg, device)
             return
-        load = Load(pkg)
+        labelled = None if args.synthetic_images else held_test_images(pkg, args.data_dir)
+        load = Load(pkg, labelled)
         modes = modes_part(load, device, args.seconds, args.clients, args.repeat)
         capacity, ctl = controller_part(load, device, args.seconds, args.slo_ms / 1e3, args.queue)
     fitted = args.package is None and path != default
@@ -326,6 +375,11 @@ def main(argv: list[str] | None = None) -> None:
         queue=args.queue,
         clients=args.clients,
         repeat=args.repeat,
+        images=(
+            f"the package's held test part ({len(labelled.labels)} labelled images)"
+            if labelled
+            else "synthetic (no labels: accuracy n/a)"
+        ),
         capacity=capacity,
         command="python -m benchmarks.engine_modes " + " ".join(argv or []),
     )

@@ -26,7 +26,7 @@ from benchmarks.report import plot_ablation, plot_serving, render
 
 REPO = Path(__file__).resolve().parent.parent
 FULL_COMMAND = (
-    "make bench  # = .venv/bin/python -m benchmarks --runs-root /work/runs/ablation; "
+    "make bench  # = .venv/bin/python -m benchmarks --runs-root runs/ablation; "
     "rerunning resumes every arm from <runs-root>/<arm>/last.pt"
 )
 QUICK_TRAIN = ("--epochs", "1", "--set", "stage2_epochs=1", "--set", "data.limit_train=2000")
@@ -43,8 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--runs-root",
         type=Path,
-        default=Path("/work/runs/ablation"),
-        help="parent of the arms' run dirs (default /work/runs/ablation)",
+        default=REPO / "runs" / "ablation",
+        help="parent of the arms' run dirs (default runs/ablation in the repository)",
     )
     p.add_argument("--data-dir", help="CIFAR-10 JPEG archive or tree (default: the config's)")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results[/quick])")
