@@ -232,7 +232,7 @@ def modes_part(
 
 
 def controller_part(
-    load: Load, device: str, seconds: float, slo_s: float, queue: int
+    load: Load, device: str, seconds: float, slo_s: float, queue: int, max_loss: float | None
 ) -> tuple[float, list[dict[str, Any]]]:
     mode = "rebatch"
     engine = make_engine(load.pkg, mode, device, queue_size=4096, default_budget=1.0)
@@ -243,7 +243,11 @@ def controller_part(
     for mult in (1.0, 1.5, 2.0):
         rate = mult * capacity / 2.5  # requests of 1..4 images: 2.5 on average
         for on in (False, True):
-            ctl = ControllerConfig(p99_target_s=slo_s, window_s=1.0, interval_s=0.1) if on else None
+            ctl = None
+            if on:
+                ctl = ControllerConfig(
+                    p99_target_s=slo_s, window_s=1.0, interval_s=0.1, max_accuracy_loss=max_loss
+                )
             engine = make_engine(
                 load.pkg, mode, device, queue_size=queue, default_budget=1.0, controller=ctl
             )
@@ -295,7 +299,8 @@ def markdown(meta: dict[str, Any], modes: list[dict[str, Any]], ctl: list[dict[s
         )
     lines += [
         "",
-        f"SLO controller (p99 target {meta['slo_ms']} ms, queue {meta['queue']} images, full-budget "
+        f"SLO controller (p99 target {meta['slo_ms']} ms, accuracy-loss cap "
+        f"{meta.get('max_accuracy_loss')}, queue {meta['queue']} images, full-budget "
         f"capacity {meta['capacity']:.1f} images/s, requests pin no budget):",
         "",
         "| load | controller | goodput req/s within SLO | p99 ms | 429s | accuracy "
@@ -336,6 +341,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clients", type=int, default=32, help="closed-loop clients (modes part)")
     ap.add_argument("--slo-ms", type=float, default=300.0, help="p99 target of the controller")
     ap.add_argument("--queue", type=int, default=128, help="queue bound (images), controller part")
+    ap.add_argument(
+        "--max-accuracy-loss",
+        type=lambda v: None if v == "none" else float(v),
+        default=0.01,
+        help="controller floor: budget rows at most this below the full budget's test accuracy "
+        "(default 0.01 = 1 point; 'none': every row, e.g. for a package without measured accuracy)",
+    )
     ap.add_argument("--repeat", type=int, default=3, help="runs per mode (median kept)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the .json and .md go")
@@ -363,7 +375,9 @@ def main(argv: list[str] | None = None) -> None:
         labelled = None if args.synthetic_images else held_test_images(pkg, args.data_dir)
         load = Load(pkg, labelled)
         modes = modes_part(load, device, args.seconds, args.clients, args.repeat)
-        capacity, ctl = controller_part(load, device, args.seconds, args.slo_ms / 1e3, args.queue)
+        capacity, ctl = controller_part(
+            load, device, args.seconds, args.slo_ms / 1e3, args.queue, args.max_accuracy_loss
+        )
     fitted = args.package is None and path != default
     origin = "untrained, budget table fitted on synthetic images" if fitted else str(path)
     meta = dict(
@@ -372,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
         seconds=args.seconds,
         note=args.note,
         slo_ms=args.slo_ms,
+        max_accuracy_loss=args.max_accuracy_loss,
         queue=args.queue,
         clients=args.clients,
         repeat=args.repeat,

@@ -64,6 +64,13 @@ class SloSettings(_Part):
     )
     window_s: float = Field(2.0, gt=0, description="sliding window of the p99")
     interval_ms: float = Field(100.0, ge=0, description="shortest time between two budget steps")
+    max_accuracy_loss: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="lowest budget the controller may choose: test accuracy (budget table) at most "
+        "this below the default budget's (0.01 = 1 point); None = any row of the table",
+    )
 
 
 class GuardSettings(_Part):

@@ -4,7 +4,10 @@ An anytime network answers a cheaper budget faster, so under overload spending l
 better than refusing images (429) or missing the latency target: the controller steps down the
 rows of the package's budget table (thresholds calibrated per budget, MSDNet section 5) while
 p99 latency nears the target or the queue grows, and steps back up once both are well below.
-Requests that pinned a budget or a threshold are never touched.
+Requests that pinned a budget or a threshold are never touched. With ``max_accuracy_loss`` set,
+only rows whose measured test accuracy is within that much of the default row's are eligible
+(Apparate-style accuracy-loss budget, about 1%): the controller may trade latency for compute but
+never more accuracy than the operator allowed.
 """
 
 from __future__ import annotations
@@ -31,14 +34,38 @@ class ControllerConfig:
     """... at ``up_after`` decisions in a row (restoring too early refills the queue)."""
     queue_high: float = 0.5
     """Step down, too, when the queue is fuller than this share of its bound (before any 429)."""
+    max_accuracy_loss: float | None = None
+    """Lowest eligible row: test accuracy at most this below the default row's (0.01 = 1 point);
+    rows without a measured accuracy are then not eligible. None: every row down to the lowest."""
+
+
+def eligible_budgets(
+    rows: list[tuple[float, float | None]], default: float, max_accuracy_loss: float | None
+) -> list[float]:
+    """The budgets (ascending) the controller may choose among: the table's ``(budget, test
+    accuracy)`` rows below ``default``, then ``default`` itself (always eligible, the top).
+
+    With ``max_accuracy_loss``, a row is eligible only if its accuracy is at most that far below
+    the default row's; without a measured accuracy for both, it is not."""
+    below = sorted((b, a) for b, a in rows if b < default)
+    if max_accuracy_loss is not None:
+        ref = next((a for b, a in rows if b == default), None)
+        below = [
+            (b, a)
+            for b, a in below
+            if ref is not None and a is not None and a >= ref - max_accuracy_loss
+        ]
+    return [b for b, _ in below] + [default]
 
 
 class SloController:
-    """Chooses the effective budget from the budget table ``budgets`` (ascending rows)."""
+    """Chooses the effective budget among the budget table's rows ``(budget, test accuracy)``."""
 
-    def __init__(self, budgets: list[float], default: float, config: ControllerConfig) -> None:
+    def __init__(
+        self, rows: list[tuple[float, float | None]], default: float, config: ControllerConfig
+    ) -> None:
         self.config = config
-        self.rows = sorted(b for b in budgets if b <= default) or [default]
+        self.rows = eligible_budgets(rows, default, config.max_accuracy_loss)
         self.level = len(self.rows) - 1  # index of the effective budget; top = the default
         self._latencies: deque[tuple[float, float]] = deque()
         self._last_step = 0.0

@@ -89,7 +89,9 @@ class ModelEngine:
         self.controller = (
             None
             if config.controller is None
-            else SloController([b.budget for b in manifest.budgets], default, config.controller)
+            else SloController(
+                [(b.budget, b.accuracy) for b in manifest.budgets], default, config.controller
+            )
         )
         self._base_budget = default
         self.ready = False

@@ -45,6 +45,7 @@ def engine_config(settings: ServiceSettings) -> EngineConfig:
             p99_target_s=slo.p99_target_ms / 1000.0,
             window_s=slo.window_s,
             interval_s=slo.interval_ms / 1000.0,
+            max_accuracy_loss=slo.max_accuracy_loss,
         )
     return EngineConfig(
         max_batch_size=b.max_batch_size,

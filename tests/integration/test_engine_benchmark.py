@@ -10,6 +10,7 @@ from benchmarks.engine_modes import main
 
 def test_engine_modes_benchmark_smoke(calibrated_package: Path, tmp_path: Path) -> None:
     main(["--package", str(calibrated_package), "--seconds", "0.4", "--repeat", "1", "--clients", "4",
+          "--max-accuracy-loss", "none",
           "--out", str(tmp_path)])  # fmt: skip
     data = json.loads((tmp_path / "engine_modes.json").read_text())
     modes = {r["mode"]: r for r in data["modes"]}

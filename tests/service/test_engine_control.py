@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.package import ModelPackage
-from service.engine.controller import ControllerConfig, SloController
+from service.engine.controller import ControllerConfig, SloController, eligible_budgets
 from service.engine.costs import StageCosts
 from service.engine.guard import AccuracyGuard, GuardConfig
 from service.engine.images import images_to_batch
@@ -36,7 +36,7 @@ def test_stage_costs_fit_fixed_and_per_image_parts() -> None:
 
 def test_controller_steps_down_under_pressure_and_back_when_it_eases() -> None:
     cfg = ControllerConfig(p99_target_s=0.1, interval_s=0.0, up_after=2)
-    c = SloController([0.6, 0.8, 1.0], 0.8, cfg)
+    c = SloController([(0.6, None), (0.8, None), (1.0, None)], 0.8, cfg)
     assert c.rows == [0.6, 0.8] and c.budget == 0.8  # never above the default
     assert not c.update(drain_s=0.05)  # between low and high: hold
     for _ in range(3):
@@ -48,6 +48,21 @@ def test_controller_steps_down_under_pressure_and_back_when_it_eases() -> None:
     assert c.update(drain_s=0.01) and c.budget == 0.8  # calm twice in a row: restore
     # A filling queue steps down before any latency shows it.
     assert c.update(drain_s=0.0, queue_fill=0.9) and c.budget == 0.6
+
+
+def test_accuracy_loss_cap_sets_the_controllers_floor() -> None:
+    table = [(0.3, 0.80), (0.4, 0.895), (0.5, 0.905), (0.7, 0.91), (1.0, 0.912)]
+    assert eligible_budgets(table, 1.0, None) == [0.3, 0.4, 0.5, 0.7, 1.0]
+    assert eligible_budgets(table, 1.0, 0.01) == [0.5, 0.7, 1.0]  # 0.4 is 1.7 points below
+    assert eligible_budgets(table, 0.7, 0.02) == [0.4, 0.5, 0.7]  # measured from the default row
+    # Without measured accuracies nothing below the default can be vouched for.
+    assert eligible_budgets([(0.5, None), (1.0, 0.9)], 1.0, 0.05) == [1.0]
+    assert eligible_budgets([(0.5, 0.9), (0.9, 0.9)], 0.8, 0.05) == [0.8]  # no row to compare with
+    cfg = ControllerConfig(p99_target_s=0.1, interval_s=0.0, max_accuracy_loss=0.01)
+    c = SloController(table, 1.0, cfg)
+    for _ in range(5):
+        c.update(drain_s=1.0)  # far over the target
+    assert c.budget == 0.5  # the floor, not the table's cheapest row
 
 
 def test_guard_measures_agreement_and_tightens_below_the_floor() -> None:
