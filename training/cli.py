@@ -34,6 +34,11 @@ def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--run-dir", help="where checkpoints, logs and plots go")
     p.add_argument("--data-dir", help="data.path: archive, ImageFolder root or torchvision root")
     p.add_argument("--resume", action="store_true", help="continue exactly from run-dir/last.pt")
+    p.add_argument(
+        "--init-from",
+        help="warm restart: start from this checkpoint's weights (same model and split), fresh "
+        "optimiser and schedule",
+    )
     p.add_argument("--recipe", choices=["joint", "two-stage"], help="IMTA recipe")
     p.add_argument("--epochs", type=int, help="epochs (of stage 1 for two-stage)")
     p.add_argument("--stop-after", type=int, help="stop after N epochs in total; --resume later")
@@ -57,6 +62,7 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
     pairs = {
         "run_dir": args.run_dir,
         "data.path": args.data_dir,
+        "init_from": args.init_from,
         "recipe": args.recipe,
         "epochs": args.epochs,
         "stop_after": args.stop_after,

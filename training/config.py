@@ -96,6 +96,11 @@ class TrainConfig(_Frozen):
     max_bad_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
     deterministic: bool = False
     progress: bool = True
+    init_from: str | None = Field(
+        None,
+        description="a checkpoint (last.pt) whose weights start the first stage: a warm restart "
+        "with a fresh optimiser and schedule (SGDR); its data split must be this run's",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)

@@ -165,6 +165,28 @@ def check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
         raise ConfigError(f"cannot resume: the config differs from the checkpoint's ({detail})")
 
 
+SPLIT_KEYS = ("source", "n_val", "n_test", "split_seed", "synthetic_size", "synthetic_classes")
+
+
+def initial_weights(cfg: TrainConfig) -> dict[str, Tensor]:
+    """The model state of ``cfg.init_from``, after checking that it was trained on this run's split
+    (another split would put this run's validation or test images in its training set)."""
+    assert cfg.init_from is not None
+    blob = load_checkpoint(Path(cfg.init_from).expanduser())
+    theirs, ours = blob["config"]["data"], config_to_dict(cfg)["data"]
+    diff = [k for k in SPLIT_KEYS if k in theirs and theirs[k] != ours.get(k)]
+    if diff:
+        detail = ", ".join(f"data.{k}: {theirs[k]!r} there, {ours.get(k)!r} here" for k in diff)
+        raise ConfigError(f"init_from {cfg.init_from} was trained on another split ({detail})")
+    if blob["config"]["model"] != config_to_dict(cfg)["model"]:
+        raise ConfigError(
+            f"init_from {cfg.init_from} holds another model ({blob['config']['model']}); "
+            f"this run's is {config_to_dict(cfg)['model']}"
+        )
+    state: dict[str, Tensor] = blob["model"]
+    return state
+
+
 def summarize(record: dict[str, Any]) -> str:
     """One human-readable line per epoch (the progress bar is gone once the epoch ends)."""
     val = " ".join(f"{100 * a:.1f}" for a in record["val_exit_acc"])
@@ -231,6 +253,8 @@ def run_training(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(o, epochs_of[stage], steps))
         scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         first = 0
+        if blob is None and si == 0 and cfg.init_from is not None:
+            plan.model.load_state_dict(initial_weights(cfg))
         if blob is not None and si == start_stage:
             plan.model.load_state_dict(blob["model"])
             optimizer.load_state_dict(blob["optimizer"])

@@ -67,3 +67,23 @@ def test_nan_guard_stops_and_keeps_the_last_checkpoint(
     assert "NaN/Inf for 3 steps in a row" in err and "Traceback" not in err
     assert len(calls) == 3
     assert hashlib.sha256((run / "last.pt").read_bytes()).hexdigest() == digest
+
+
+def test_init_from_starts_from_the_checkpoints_weights_on_the_same_split(tmp_path: Path) -> None:
+    assert run_training(validate_config(tiny_config(tmp_path / "a")))["complete"]
+    start = str(tmp_path / "a" / "last.pt")
+    # A learning rate of ~0 keeps the weights where they started: the checkpoint's.
+    still = {"optim": {"lr": 1e-12, "weight_decay": 0.0, "warmup_epochs": 0}}
+    run_training(validate_config(tiny_config(tmp_path / "b", init_from=start, **still)))
+    run_training(validate_config(tiny_config(tmp_path / "c", **still)))
+    a, b, c = (_weights(tmp_path / r) for r in "abc")
+    params = [k for k in a if "running" not in k and "num_batches" not in k]
+    for k in params:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0)
+    assert any(not torch.allclose(c[k], a[k]) for k in params)  # a fresh start is elsewhere
+    other_split = tiny_config(tmp_path / "d", init_from=start, data={"split_seed": 1})
+    with pytest.raises(ConfigError, match=r"another split \(data\.split_seed: 0 there, 1 here\)"):
+        run_training(validate_config(other_split))
+    other_model = tiny_config(tmp_path / "e", init_from=start, model={**TINY_MODEL, "isc": True})
+    with pytest.raises(ConfigError, match="holds another model"):
+        run_training(validate_config(other_model))
