@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from benchmarks.loadgen import Labelled, encode_pngs
+from benchmarks.pipeline import machine
 from benchmarks.workload import calibrated_package, sample_pngs
 from models.package import ModelPackage, load_package
 from service.engine import EngineConfig, ModelEngine
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
         "--synthetic-images", action="store_true", help="synthetic images even if test data exists"
     )
     ap.add_argument("--stage-costs", action="store_true", help="only time each stage per batch size")
-    ap.add_argument("--note", default="2-core CPU shared with a background training job")
+    ap.add_argument("--note", help="what else ran on the machine (default: the CPU and torch build)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = resolve_device("auto")
@@ -384,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
         model=f"{pkg.manifest.name} ({pkg.manifest.num_exits} exits, {origin})",
         device=device,
         seconds=args.seconds,
-        note=args.note,
+        note=args.note or machine(),
         slo_ms=args.slo_ms,
         max_accuracy_loss=args.max_accuracy_loss,
         queue=args.queue,
