@@ -46,6 +46,28 @@ def package_budgets(calibration: dict[str, Any]) -> list[BudgetEntry]:
     return out
 
 
+def warm_start_record(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """What a warm-restarted run (``init_from``) started from: the earlier run's config, epochs and
+    time, read from its checkpoint when it is still on disk, so the package tells the whole story."""
+    source = cfg.get("init_from")
+    if not source:
+        return None
+    record: dict[str, Any] = {"checkpoint": source}
+    path = Path(source).expanduser()
+    if path.is_file():
+        from training.checkpoint import load_checkpoint
+
+        earlier = load_checkpoint(path)
+        history = earlier.get("history", [])
+        record |= {
+            "training_config": earlier.get("config"),
+            "epochs": len(history),
+            "train_wall_seconds": sum(r.get("epoch_s", 0.0) for r in history),
+            "val_exit_accuracy": history[-1].get("val_exit_acc") if history else None,
+        }
+    return record
+
+
 def git_commit(repo: Path) -> str | None:
     try:
         out = subprocess.run(
@@ -80,7 +102,9 @@ def export_package(
     default = min((b.budget for b in budgets), key=lambda b: abs(b - target_default), default=None)
     info = checkpoint.get("data_info", {})
     history = checkpoint.get("history", [])
+    warm_start = warm_start_record(cfg)
     provenance = Provenance(
+        warm_start=warm_start,  # extra field: None unless the run started from another's weights
         training_config=cfg,
         dataset=f"{info.get('source')} ({info.get('location')})",
         split_seed=info.get("split_seed"),
@@ -108,6 +132,10 @@ def export_package(
         for extra in EXTRA_FILES:
             if (run_dir / extra).is_file():
                 shutil.copy2(run_dir / extra, path / extra)
+        if warm_start is not None:  # the earlier run's epoch log, next to this run's
+            earlier_log = Path(warm_start["checkpoint"]).expanduser().parent / "log.jsonl"
+            if earlier_log.is_file():
+                shutil.copy2(earlier_log, path / "warm_start_log.jsonl")
     return path
 
 

@@ -87,3 +87,18 @@ def test_init_from_starts_from_the_checkpoints_weights_on_the_same_split(tmp_pat
     other_model = tiny_config(tmp_path / "e", init_from=start, model={**TINY_MODEL, "isc": True})
     with pytest.raises(ConfigError, match="holds another model"):
         run_training(validate_config(other_model))
+
+
+def test_a_warm_restarted_package_records_the_run_it_started_from(tmp_path: Path) -> None:
+    from models.package import load_package
+
+    assert run_training(validate_config(tiny_config(tmp_path / "a")))["complete"]
+    start = str(tmp_path / "a" / "last.pt")
+    assert run_training(validate_config(tiny_config(tmp_path / "b", init_from=start)))["complete"]
+    assert main(["calibrate", "--run-dir", str(tmp_path / "b"), "--budgets", "0.7,1.0"]) == 0
+    pkg = tmp_path / "pkg"
+    assert main(["export", "--run-dir", str(tmp_path / "b"), "--out", str(pkg), "--name", "w"]) == 0
+    record = load_package(pkg).manifest.provenance.model_dump()["warm_start"]
+    assert record["checkpoint"] == start and record["epochs"] == 1
+    assert record["training_config"]["init_from"] is None
+    assert (pkg / "warm_start_log.jsonl").read_text() == (tmp_path / "a" / "log.jsonl").read_text()
