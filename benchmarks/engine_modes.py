@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.loadgen import Labelled, encode_pngs
+from benchmarks.loadgen import Labelled, labelled_test_split
 from benchmarks.pipeline import machine
 from benchmarks.workload import calibrated_package, sample_pngs
 from models.package import ModelPackage, load_package
@@ -100,21 +100,16 @@ def stage_stats(engine: ModelEngine, answered: int) -> tuple[list[float], float]
 def held_test_images(pkg: ModelPackage, data_dir: str | None = None) -> Labelled | None:
     """The held test part of the split ``pkg`` was trained on, as PNGs with labels; ``None`` when
     the package has no training config (untrained, tests) or its data is not on disk."""
-    from training.config import validate_config
-    from training.data import DataError, load_dataset
+    from training.data import DataError
 
     raw = pkg.manifest.provenance.training_config
     if raw is None:
         return None
-    data = validate_config(raw).data
-    if data_dir is not None:
-        data = data.model_copy(update={"path": data_dir})
     try:
-        test = load_dataset(data).test
+        return labelled_test_split(raw, data_dir)
     except DataError as e:
         print(f"no labelled test images ({e}); using synthetic images", flush=True)
         return None
-    return encode_pngs(test.x, test.y, len(test))
 
 
 class Load:

@@ -16,6 +16,7 @@ import random
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -63,6 +64,23 @@ def encode_pngs(x: Tensor, y: Tensor, n: int) -> Labelled:
         Image.fromarray(np.ascontiguousarray(img.permute(1, 2, 0).numpy())).save(buf, "PNG")
         blobs.append(buf.getvalue())
     return Labelled(blobs, [int(v) for v in y[:n]])
+
+
+def labelled_test_split(training_config: dict[str, Any], data_dir: str | None = None) -> Labelled:
+    """The held test part of the split a model was trained on (its ``training_config``), as PNGs
+    with labels; ``data_dir`` overrides where the data is.
+
+    Raises:
+        DataError: the data cannot be found or read.
+    """
+    from training.config import validate_config
+    from training.data import load_dataset
+
+    data = validate_config(training_config).data
+    if data_dir is not None:
+        data = data.model_copy(update={"path": data_dir})
+    test = load_dataset(data).test
+    return encode_pngs(test.x, test.y, len(test))
 
 
 def check_loopback(url: str) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from benchmarks.ablation import ARMS, BEST, AblationError, AblationSettings, run_ablation
-from benchmarks.loadgen import encode_pngs
+from benchmarks.loadgen import labelled_test_split
 from benchmarks.report import plot_ablation, plot_serving, render
 
 REPO = Path(__file__).resolve().parent.parent
@@ -263,8 +263,6 @@ def serve(run_dir: Path, out: Path, args: argparse.Namespace, quick: bool) -> di
     from benchmarks.serving_suite import ServingSettings, headline, run_grid, run_http_loads
     from training.checkpoint import load_checkpoint
     from training.cli import main as training_main
-    from training.config import validate_config
-    from training.data import load_dataset
 
     package = run_dir / "package"
     if not (package / "manifest.json").is_file():
@@ -273,11 +271,7 @@ def serve(run_dir: Path, out: Path, args: argparse.Namespace, quick: bool) -> di
         )
         if code != 0:
             raise RuntimeError(f"export of {run_dir} failed with exit code {code}")
-    cfg = validate_config(load_checkpoint(run_dir / "last.pt")["config"])
-    if args.data_dir:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": args.data_dir})})
-    test = load_dataset(cfg.data).test
-    labelled = encode_pngs(test.x, test.y, len(test))
+    labelled = labelled_test_split(load_checkpoint(run_dir / "last.pt")["config"], args.data_dir)
     s = ServingSettings(
         concurrency=args.concurrency or (8 if quick else 16),
         requests=args.requests or (150 if quick else 2000),

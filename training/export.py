@@ -46,6 +46,11 @@ def package_budgets(calibration: dict[str, Any]) -> list[BudgetEntry]:
     return out
 
 
+def wall_seconds(history: list[dict[str, Any]]) -> float:
+    """Training time of a run: the sum of its epochs' times."""
+    return sum(r.get("epoch_s", 0.0) for r in history)
+
+
 def warm_start_record(cfg: dict[str, Any]) -> dict[str, Any] | None:
     """What a warm-restarted run (``init_from``) started from: the earlier run's config, epochs and
     time, read from its checkpoint when it is still on disk, so the package tells the whole story."""
@@ -62,7 +67,7 @@ def warm_start_record(cfg: dict[str, Any]) -> dict[str, Any] | None:
         record |= {
             "training_config": earlier.get("config"),
             "epochs": len(history),
-            "train_wall_seconds": sum(r.get("epoch_s", 0.0) for r in history),
+            "train_wall_seconds": wall_seconds(history),
             "val_exit_accuracy": history[-1].get("val_exit_acc") if history else None,
         }
     return record
@@ -113,7 +118,7 @@ def export_package(
             "test_exit_accuracy": calibration.get("test_exit_accuracy"),
             "val_exit_accuracy": calibration.get("val_exit_accuracy"),
             "epochs": len(history),
-            "train_wall_seconds": sum(r.get("epoch_s", 0.0) for r in history),
+            "train_wall_seconds": wall_seconds(history),
         },
         code_version=git_commit(Path(__file__).resolve().parents[1]),
     )
