@@ -2,8 +2,9 @@
 
 torchvision's ``transforms.v2`` draws *one* set of random parameters per call, so applied to a
 batch tensor every image would get the same crop; a per-image loop would cost a Python call per
-image. These functions draw per-image parameters from an explicit ``torch.Generator`` (so a
-resumed run repeats them exactly) and apply them with vectorised indexing / ``roi_align``.
+image. These functions draw per-image parameters from an explicit CPU ``torch.Generator`` (so a
+resumed run repeats them exactly, on any device) and apply them with vectorised indexing /
+``roi_align`` on the images' own device: on a GPU the gather runs there, not on the host.
 """
 
 from __future__ import annotations
@@ -24,21 +25,22 @@ def random_crop_flip(x: Tensor, padding: int, generator: torch.Generator) -> Ten
         ``[N, C, H, W]``, same dtype.
     """
     n, _, h, w = x.shape
+    dev = x.device
     if padding > 0:
         padded = F.pad(x, (padding, padding, padding, padding))
-        oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # [N, 1, H, 1]
-        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]  # [N, 1, 1, W]
-        batch = torch.arange(n)[:, None, None, None]
-        chan = torch.arange(x.shape[1])[None, :, None, None]
+        oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
+        ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
+        rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # [N, 1, H, 1]
+        cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # [N, 1, 1, W]
+        batch = torch.arange(n, device=dev)[:, None, None, None]
+        chan = torch.arange(x.shape[1], device=dev)[None, :, None, None]
         x = padded[batch, chan, rows, cols]
     return random_flip(x, generator)
 
 
 def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
     """Horizontal flip of each image of ``[N, C, H, W]`` with probability 1/2."""
-    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
@@ -66,6 +68,7 @@ def random_resized_crop_flip(
     x0 = torch.rand(n, generator=generator) * (w - cw)
     y0 = torch.rand(n, generator=generator) * (h - ch)
     boxes = torch.stack([torch.arange(n, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], dim=1)
+    boxes = boxes.to(x.device)
     out = roi_align(
         x.float(), boxes, output_size=(h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True
     )

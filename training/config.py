@@ -93,6 +93,11 @@ class TrainConfig(_Frozen):
     amp: Literal["auto", "none", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU (bf16 there is opt-in)"
     )
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="NHWC weights: auto = on for CUDA (1.7-2.2x faster steps on an H200), off on "
+        "the CPU (slower there); docs/training.md",
+    )
     max_bad_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
     deterministic: bool = False
     progress: bool = True

@@ -117,6 +117,20 @@ def synthetic_images(
     return x, y, [f"class_{i}" for i in range(num_classes)]
 
 
+def on_device(split: Split, device: torch.device, max_share: float = 0.25) -> Split:
+    """``split`` moved to a CUDA ``device`` when its images fit in ``max_share`` of the free memory.
+
+    Then batches are gathered and augmented on the GPU: on the host the gather and crop cost a
+    few ms per batch while the GPU waits (docs/training.md, "On a GPU"). Else ``split`` itself.
+    """
+    if device.type != "cuda":
+        return split
+    free, _ = torch.cuda.mem_get_info(device)
+    if split.x.nbytes > free * max_share:
+        return split
+    return Split(split.x.to(device), split.y.to(device))
+
+
 def train_batches(
     split: Split,
     cfg: DataConfig,
@@ -144,7 +158,7 @@ def train_batches(
 
     def batches() -> Iterator[tuple[Tensor, Tensor]]:
         for i in range(num_batches):
-            idx = order[i * batch_size : (i + 1) * batch_size]
+            idx = order[i * batch_size : (i + 1) * batch_size].to(split.x.device)
             x = split.x[idx]
             if cfg.augment == "crop-flip":
                 x = random_crop_flip(x, cfg.crop_padding, gen)

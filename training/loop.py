@@ -43,6 +43,9 @@ class EpochStats:
         return self.images / max(self.seconds, 1e-9)
 
 
+PROGRESS_EVERY = 10  # steps between progress-bar figures (each reads the sums back from the device)
+
+
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager[None]:
     """Autocast for ``amp`` in {"none", "bf16", "fp16"} on ``device``."""
     if amp == "none":
@@ -78,7 +81,10 @@ def train_one_epoch(
     for m in frozen or []:
         m.eval()
     distributed = dist.is_available() and dist.is_initialized()
-    total_loss, seen, steps, bad_in_row, skipped = 0.0, 0, 0, 0, 0
+    seen, steps, bad_in_row, skipped = 0, 0, 0, 0
+    # Sums stay on the device: reading them back every step would stall a GPU's queue (one
+    # host sync per step remains, the NaN guard's, which must decide before the update).
+    total_loss = torch.zeros((), device=device)
     correct: Tensor | None = None
     start = time.perf_counter()
     bar = tqdm(
@@ -111,19 +117,21 @@ def train_one_epoch(
         steps += 1
         n = target.shape[0]
         seen += n
-        total_loss += float(loss.detach()) * n
-        hits = torch.stack([(z.detach().argmax(1) == target).sum() for z in all_logits]).cpu()
+        total_loss += loss.detach().float() * n
+        hits = torch.stack([(z.detach().argmax(1) == target).sum() for z in all_logits])
         correct = hits if correct is None else correct + hits
         if progress:
-            elapsed = time.perf_counter() - start
-            accs = " ".join(f"{100 * float(c) / seen:.0f}" for c in correct)
-            bar.set_postfix_str(f"{seen / elapsed:.0f} img/s loss {total_loss / seen:.3f} acc {accs}")
+            if steps % PROGRESS_EVERY == 0 or steps == num_batches:
+                elapsed = time.perf_counter() - start
+                accs = " ".join(f"{100 * float(c) / seen:.0f}" for c in correct.tolist())
+                rate = f"{seen / elapsed:.0f} img/s loss {float(total_loss) / seen:.3f} acc {accs}"
+                bar.set_postfix_str(rate, refresh=False)
             bar.update(1)
     bar.close()
     seconds = time.perf_counter() - start
-    acc = [float(c) / max(seen, 1) for c in correct] if correct is not None else []
+    acc = [float(c) / max(seen, 1) for c in correct.tolist()] if correct is not None else []
     return EpochStats(
-        loss=total_loss / max(seen, 1),
+        loss=float(total_loss) / max(seen, 1),
         exit_accuracy=acc,
         images=seen,
         seconds=seconds,

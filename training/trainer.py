@@ -40,7 +40,7 @@ from training.checkpoint import (
     set_rng_state,
 )
 from training.config import ConfigError, TrainConfig, config_to_dict
-from training.data import Dataset, load_dataset, train_batches
+from training.data import Dataset, load_dataset, on_device, train_batches
 from training.equilibrium import enable_gradient_equilibrium
 from training.loop import Criterion, collect_logits, exit_accuracy, train_one_epoch
 from training.losses import multi_exit_ce, ofa_kd_loss
@@ -80,6 +80,12 @@ def pick_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", info.local_rank)
     return torch.device("cpu")
+
+
+def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    # Measured (python -m training.speed): on an H200, batch 256 / 1024 bf16 steps ran 1.7x / 2.2x
+    # faster with NHWC weights; on this CPU they ran at 58% of the default layout's speed.
+    return cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
 
 
 def pick_amp(cfg: TrainConfig, device: torch.device) -> str:
@@ -239,11 +245,14 @@ def run_training(
     device = pick_device(cfg, info)
     amp = pick_amp(cfg, device)
     data: Dataset = load_dataset(cfg.data)
+    train_split = on_device(data.train, device)  # a GPU gathers and augments its own batches
     run_dir.mkdir(parents=True, exist_ok=True)
     for si in range(start_stage, len(stages)):
         stage = stages[si]
         seed_everything(cfg.seed + si, cfg.deterministic)
         plan = build_stage(cfg, stage, len(data.classes), run_dir, device)
+        if use_channels_last(cfg, device):  # convs then run NHWC (their inputs follow the weights)
+            plan.model.to(memory_format=torch.channels_last)
         params = [p for p in plan.model.parameters() if p.requires_grad]
         o = cfg.optim
         optimizer = torch.optim.SGD(
@@ -271,7 +280,7 @@ def run_training(
             if cfg.stop_after is not None and len(history) >= cfg.stop_after:
                 return {"complete": False, "history": history, "model": plan.model}
             batches, n = train_batches(
-                data.train, cfg.data, cfg.batch_size, epoch, cfg.seed + si, info.rank, info.world_size
+                train_split, cfg.data, cfg.batch_size, epoch, cfg.seed + si, info.rank, info.world_size
             )
             stats = train_one_epoch(
                 net, batches, n, plan.criterion, optimizer, scheduler, scaler,

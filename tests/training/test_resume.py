@@ -102,3 +102,18 @@ def test_a_warm_restarted_package_records_the_run_it_started_from(tmp_path: Path
     assert record["checkpoint"] == start and record["epochs"] == 1
     assert record["training_config"]["init_from"] is None
     assert (pkg / "warm_start_log.jsonl").read_text() == (tmp_path / "a" / "log.jsonl").read_text()
+
+
+def test_channels_last_training_checkpoints_plain_weights(tmp_path: Path) -> None:
+    """NHWC training (the CUDA default) leaves a checkpoint that rebuilds the same network."""
+    from training.checkpoint import rebuild_model
+
+    cfg = validate_config(tiny_config(tmp_path, channels_last="on"))
+    live = run_training(cfg)["model"].eval()
+    conv = next(m for m in live.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    rebuilt = rebuild_model(load_checkpoint(tmp_path / "last.pt"))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(live(x), rebuilt(x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
