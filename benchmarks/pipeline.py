@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--report-only", action="store_true", help="re-render plots and BENCHMARKS.md from results.json"
     )
     p.add_argument("--skip-serving", action="store_true", help="ablation only")
+    p.add_argument(
+        "--serve-package",
+        type=Path,
+        help="model package for the serving figures (default: packages/default, the shipped model, "
+        "in a full run; the GE + ISC + KD arm's own package in --quick / --synthetic runs)",
+    )
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the server")
     p.add_argument("--no-grid", action="store_true", help="skip the backend x batching x mode grid")
     p.add_argument("--concurrency", type=int, help="closed-loop clients (default 16, quick 8)")
@@ -189,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     except AblationError as e:  # the training CLI has already printed the cause
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if not args.skip_serving and any(a.name == BEST for a in arms):
-        results["serving"] = serve(root / BEST, out, args, quick)
+    shipped = REPO / "packages" / "default"
+    package = args.serve_package or (shipped if not quick and shipped.is_dir() else None)
+    if not args.skip_serving and (package is not None or any(a.name == BEST for a in arms)):
+        results["serving"] = serve(root / BEST, out, args, quick, package)
     command = "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:])
     results["meta"] = {
         "command": command.strip(),
@@ -258,20 +266,27 @@ def ablation_note(quick: bool, synthetic: bool) -> str:
     )
 
 
-def serve(run_dir: Path, out: Path, args: argparse.Namespace, quick: bool) -> dict[str, Any]:
-    """Export the best arm's package and measure it (HTTP loads with labels, then the grid)."""
+def serve(
+    run_dir: Path, out: Path, args: argparse.Namespace, quick: bool, package: Path | None = None
+) -> dict[str, Any]:
+    """Measure ``package`` (default: the best arm's, exported on first use): HTTP loads with
+    labels from the package's own held test part, then the grid."""
     from benchmarks.serving_suite import ServingSettings, headline, run_grid, run_http_loads
-    from training.checkpoint import load_checkpoint
+    from models.package import read_manifest
     from training.cli import main as training_main
 
-    package = run_dir / "package"
-    if not (package / "manifest.json").is_file():
-        code = training_main(
-            ["export", "--run-dir", str(run_dir), "--out", str(package), "--name", "ablation-imta"]
-        )
-        if code != 0:
-            raise RuntimeError(f"export of {run_dir} failed with exit code {code}")
-    labelled = labelled_test_split(load_checkpoint(run_dir / "last.pt")["config"], args.data_dir)
+    if package is None:
+        package = run_dir / "package"
+        if not (package / "manifest.json").is_file():
+            code = training_main(
+                ["export", "--run-dir", str(run_dir), "--out", str(package), "--name", "ablation-imta"]
+            )
+            if code != 0:
+                raise RuntimeError(f"export of {run_dir} failed with exit code {code}")
+    manifest = read_manifest(package)
+    if manifest.provenance.training_config is None:
+        raise RuntimeError(f"{package} records no training config: its test images are unknown")
+    labelled = labelled_test_split(manifest.provenance.training_config, args.data_dir)
     s = ServingSettings(
         concurrency=args.concurrency or (8 if quick else 16),
         requests=args.requests or (150 if quick else 2000),
@@ -280,4 +295,12 @@ def serve(run_dir: Path, out: Path, args: argparse.Namespace, quick: bool) -> di
     )
     loads = run_http_loads(package, labelled, s, None if args.no_profile else out)
     grid = run_grid(package, s, out / "serving_grid.json", labelled.blobs) if s.grid else []
-    return {"package": str(package), "loads": loads, "grid": grid, "headline": headline(loads, grid)}
+    served = {"path": _display(package), "name": manifest.name, "exits": manifest.num_exits,
+              "default_budget": manifest.default_budget}  # fmt: skip
+    return {"package": served, "loads": loads, "grid": grid, "headline": headline(loads, grid)}
+
+
+def _display(path: Path) -> str:
+    """``path`` relative to the repository when inside it (the report is read there)."""
+    p = path.resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)

@@ -121,8 +121,15 @@ def ablation_tables(arms: list[dict[str, Any]]) -> list[str]:
 
 def serving_tables(serving: dict[str, Any]) -> list[str]:
     loads = serving["loads"]
+    pkg = serving.get("package")
+    served = (
+        f"Package served: `{pkg['path']}` ({pkg['name']}, {pkg['exits']} exits, default budget "
+        f"{pkg['default_budget']}); its own held test part. "
+        if isinstance(pkg, dict)
+        else ""
+    )
     lines = [
-        f"HTTP (uvicorn on 127.0.0.1, torch backend, batching on, 1 intra-op thread), "
+        f"{served}HTTP (uvicorn on 127.0.0.1, torch backend, batching on, 1 intra-op thread), "
         f"{loads['images']} real labelled "
         "test images, one image per request.",
         "",
@@ -235,8 +242,9 @@ def render(results: dict[str, Any], out_dir: Path, repo: Path) -> str:
     lines += [
         "How: `benchmarks/ablation.py` trains each arm with `python -m training train --resume` "
         "(arms differ only in `--ge/--isc/--kd/--recipe`), then `calibrate` (thresholds fitted on "
-        "the validation part, scored on the test part). The best-recipe arm (GE + ISC + KD, joint) is "
-        "exported and served by `python -m service` on 127.0.0.1; `benchmarks/loadgen.py` sends its "
+        "the validation part, scored on the test part). The serving part serves the shipped model "
+        "(`packages/default`; a quick run: the GE + ISC + KD arm's package; `--serve-package`) with "
+        "`python -m service` on 127.0.0.1; `benchmarks/loadgen.py` sends its "
         "held-out test images one per request, closed loop (fixed clients) and open loop (Poisson "
         "arrivals, latency from the scheduled arrival), bounded by requests and seconds.",
         "",

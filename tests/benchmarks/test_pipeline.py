@@ -58,6 +58,7 @@ def test_serving_measures_labelled_loads(bench: tuple[Path, Path, dict[str, Any]
     assert cheapest["mean_compute_fraction"] < 1.0  # a budget below 1 really exits early
     assert {r["budget"] for r in loads["open_loop"]} == set(closed)
     assert "speedup_within_half_point" in results["serving"]["headline"]
+    assert results["serving"]["package"]["name"] == "ablation-imta"  # a quick run serves its arm
     if py_spy() is not None:  # the test extra installs it; the profile names the engine's thread
         prof = loads["profile"]
         assert prof["top_frames"] and sum(v for _, v in prof["top_frames"]) <= 1.0 + 1e-9
@@ -69,6 +70,7 @@ def test_outputs_written(bench: tuple[Path, Path, dict[str, Any]]) -> None:
     md = (out / "BENCHMARKS.md").read_text()
     assert "Quick smoke run" in md and results["meta"]["commit"] in md
     assert "| + GE + ISC + KD (joint) |" in md and "| closed | 1.0 |" in md
+    assert "Package served: `" in md
     for png in ("ablation.png", "serving.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
