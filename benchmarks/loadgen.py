@@ -15,7 +15,8 @@ import io
 import random
 import statistics
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,6 +55,7 @@ class LoadResult:
     p99_ms: float
     accuracy: float
     mean_compute_fraction: float
+    error_kinds: dict[str, int] = field(default_factory=dict)  # "HTTP 503", "ConnectionResetError"
 
 
 def encode_pngs(x: Tensor, y: Tensor, n: int) -> Labelled:
@@ -100,6 +102,11 @@ class _Tally:
         self.correct = 0
         self.fractions: list[float] = []
         self.errors = 0
+        self.kinds: Counter[str] = Counter()
+
+    def error(self, kind: str) -> None:
+        self.errors += 1
+        self.kinds[kind] += 1
 
     def result(
         self, loop: str, budget: float, conc: int, rate: float | None, elapsed: float
@@ -119,6 +126,7 @@ class _Tally:
             1e3 * _percentile(lat, 0.99),
             self.correct / n if n else float("nan"),
             sum(self.fractions) / len(self.fractions) if self.fractions else float("nan"),
+            dict(self.kinds),
         )
 
 
@@ -138,13 +146,13 @@ class _Client:
             status, body = await conn.post(
                 self.path, self.data.blobs[k], "image/png", {"budget": self.budget}
             )
-        except (OSError, HttpError, asyncio.IncompleteReadError):
-            self.tally.errors += 1
+        except (OSError, HttpError, asyncio.IncompleteReadError) as e:
+            self.tally.error(type(e).__name__)
             await conn.close()
             return
         self.pool.append(conn)
         if status != 200:
-            self.tally.errors += 1
+            self.tally.error(f"HTTP {status}")
             return
         self.tally.latencies.append(time.perf_counter() - started)
         pred = body["predictions"][0]
@@ -206,7 +214,7 @@ async def open_loop(
             break
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
         if len(tasks) >= max_in_flight:
-            tally.errors += 1
+            tally.error("client: max_in_flight reached")
             continue
         task = asyncio.create_task(client.send(i, due))
         tasks.add(task)

@@ -119,6 +119,13 @@ def ablation_tables(arms: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _errors(row: dict[str, Any]) -> str:
+    """``3 (HTTP 503: 2, ConnectionResetError: 1)``; older results have no kinds."""
+    kinds = row.get("error_kinds") or {}
+    detail = ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items()))
+    return f"{row['errors']} ({detail})" if detail else str(row["errors"])
+
+
 def serving_tables(serving: dict[str, Any]) -> list[str]:
     loads = serving["loads"]
     pkg = serving.get("package")
@@ -141,7 +148,7 @@ def serving_tables(serving: dict[str, Any]) -> list[str]:
         rate = f"{r['offered_rate']:.1f}" if r["offered_rate"] else "-"
         lines.append(
             f"| {r['loop']} | {r['budget']} | {r['concurrency']} | {rate} | {r['requests']} | "
-            f"{r['errors']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+            f"{_errors(r)} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
             f"{r['p99_ms']:.1f} | {_pct(r['accuracy'])} | {r['mean_compute_fraction']:.3f} |"
         )
     prof = loads.get("profile")

@@ -11,7 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.loadgen import Labelled, LoadError, check_loopback, encode_pngs, open_loop
+from benchmarks.loadgen import (
+    Labelled,
+    LoadError,
+    check_loopback,
+    closed_loop,
+    encode_pngs,
+    open_loop,
+)
 from benchmarks.serving_suite import headline
 
 
@@ -25,6 +32,14 @@ def test_open_loop_rejects_a_non_positive_rate() -> None:
     data = Labelled([b""], [0])
     with pytest.raises(LoadError, match="rate must be positive"):
         asyncio.run(open_loop("http://127.0.0.1:1", "m", 1.0, data, 0.0, 10, 1.0))
+
+
+def test_failed_requests_are_counted_by_kind() -> None:
+    # Port 1 on the loopback: nothing listens, every connection is refused.
+    data = Labelled([b"png"], [0])
+    r = asyncio.run(closed_loop("http://127.0.0.1:1", "m", 1.0, data, 2, 5, 5.0))
+    assert r.requests == 0 and r.errors == 5
+    assert r.error_kinds == {"ConnectionRefusedError": 5}
 
 
 def test_encoded_pngs_decode_to_the_same_pixels() -> None:
