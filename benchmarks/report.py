@@ -88,15 +88,17 @@ def ablation_tables(arms: list[dict[str, Any]]) -> list[str]:
     for a in arms:
         accs = " | ".join(_pct(v) for v in a["test_exit_accuracy"])
         lines.append(f"| {a['label']} | {accs} | {a['epochs']} | {a['train_seconds']:.0f} |")
-    plain = next((a for a in arms if a["arm"] == "plain"), None)
-    if plain:
-        lines += ["", "Difference to plain training (points):", "", "| arm | " + " | ".join(
-            f"exit {i}" for i in range(k)) + " |", "|---|" + "---|" * k]  # fmt: skip
-        for a in arms:
-            if a is not plain:
-                pairs = zip(a["test_exit_accuracy"], plain["test_exit_accuracy"], strict=True)
-                d = [100 * (x - y) for x, y in pairs]
-                lines.append(f"| {a['label']} | " + " | ".join(f"{v:+.2f}" for v in d) + " |")
+    by = {a["arm"]: a for a in arms}
+    compared = [(a, by[a.get("baseline", "plain")]) for a in arms if a.get("baseline", "plain") in by]
+    compared = [(a, b) for a, b in compared if a is not b]
+    if compared:
+        lines += ["", "Difference to the baseline arm (points; plain training unless named):", "",
+                  "| arm | baseline | " + " | ".join(f"exit {i}" for i in range(k)) + " |",
+                  "|---|---|" + "---|" * k]  # fmt: skip
+        for a, b in compared:
+            pairs = zip(a["test_exit_accuracy"], b["test_exit_accuracy"], strict=True)
+            d = [100 * (x - y) for x, y in pairs]
+            lines.append(f"| {a['label']} | {b['label']} | " + " | ".join(f"{v:+.2f}" for v in d) + " |")
     budgets = sorted({r["budget"] for a in arms for r in a["budgets"]})
     lines += [
         "",
