@@ -17,11 +17,12 @@ def plot_ablation(arms: list[dict[str, Any]], path: Path) -> None:
     """Anytime points (per exit) and budgeted curves (optimised thresholds) of every arm vs MAdds."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for a in arms:
+        style = "o--" if a.get("follow_up") else "o-"  # the issue's five arms in solid lines
         madds = a["exit_mult_adds_millions"]
-        ax1.plot(madds, [100 * v for v in a["test_exit_accuracy"]], "o-", label=a["label"])
+        ax1.plot(madds, [100 * v for v in a["test_exit_accuracy"]], style, label=a["label"])
         full = madds[-1]
         opt = sorted((r["optimised"]["compute"], r["optimised"]["accuracy"]) for r in a["budgets"])
-        ax2.plot([full * c for c, _ in opt], [100 * v for _, v in opt], "o-", label=a["label"])
+        ax2.plot([full * c for c, _ in opt], [100 * v for _, v in opt], style, label=a["label"])
         if a["arm"] == "ge_isc_kd":
             geo = sorted((p["compute"], p["accuracy"]) for p in a["geometric_curve_test"])
             ax2.plot(
