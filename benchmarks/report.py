@@ -15,7 +15,7 @@ ENGINE_MODES = Path(__file__).resolve().parent / "results" / "engine_modes.md"
 
 def plot_ablation(arms: list[dict[str, Any]], path: Path) -> None:
     """Anytime points (per exit) and budgeted curves (optimised thresholds) of every arm vs MAdds."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5.5))
     for a in arms:
         style = "o--" if a.get("follow_up") else "o-"  # the issue's five arms in solid lines
         madds = a["exit_mult_adds_millions"]
@@ -41,8 +41,10 @@ def plot_ablation(arms: list[dict[str, Any]], path: Path) -> None:
     )
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    # One legend under both panels: inside, nine arms' labels hid the curves.
+    handles, labels = ax2.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * ((len(labels) + 2) // 3), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
