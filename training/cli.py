@@ -51,6 +51,13 @@ def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--kd", action=argparse.BooleanOptionalAction, help="one-for-all distillation")
     p.add_argument("--kd-temperature", type=float, help="KD temperature T")
     p.add_argument("--kd-weight", type=float, help="KD weight g in [0, 1]")
+    p.add_argument(
+        "--swa-start",
+        type=int,
+        metavar="EPOCH",
+        help="stochastic weight averaging from this epoch on (joint recipe; pair it with "
+        "--set optim.schedule=constant); the final model is the average",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key: optim.lr=0.05"
@@ -75,6 +82,7 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
         "kd": args.kd,
         "kd_temperature": args.kd_temperature,
         "kd_weight": args.kd_weight,
+        "swa_start": args.swa_start,
         "progress": False if args.no_progress else None,
     }
     out = [f"{k}={_yaml_text(v)}" for k, v in pairs.items() if v is not None]

@@ -63,7 +63,9 @@ class OptimConfig(_Frozen):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["cosine", "step"] = "cosine"
+    schedule: Literal["cosine", "step", "constant"] = Field(
+        "cosine", description="after the warm-up; constant suits an SWA phase (swa_start)"
+    )
     warmup_epochs: float = Field(1.0, ge=0)
     milestones: tuple[float, ...] = Field(
         (0.5, 0.75), description="step schedule: fractions of the epochs where lr drops by gamma"
@@ -106,6 +108,13 @@ class TrainConfig(_Frozen):
         description="a checkpoint (last.pt) whose weights start the first stage: a warm restart "
         "with a fresh optimiser and schedule (SGDR); its data split must be this run's",
     )
+    swa_start: int | None = Field(
+        None,
+        ge=1,
+        description="stochastic weight averaging (joint recipe): average the weights at the end of "
+        "every epoch from this one (1-based) on; the final model is the average, BatchNorm "
+        "statistics recomputed on the training split (training/swa.py)",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -115,6 +124,13 @@ class TrainConfig(_Frozen):
         if self.recipe == "two-stage" and self.model.isc is False and self.kd is False:
             # Stage 2 exists to train ISC heads with KD; without either it would just retrain heads.
             raise ValueError("recipe 'two-stage' needs --isc and/or --kd for its second stage")
+        if self.swa_start is not None:
+            if self.recipe != "joint":
+                # Stage 2 trains heads on a frozen backbone whose BatchNorm statistics stay fixed;
+                # the SWA BatchNorm pass would re-estimate them.
+                raise ValueError("swa_start: stochastic weight averaging needs recipe 'joint'")
+            if self.swa_start > self.epochs:
+                raise ValueError(f"swa_start {self.swa_start} is after the last epoch ({self.epochs})")
         return self
 
 

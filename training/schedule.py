@@ -9,7 +9,7 @@ from training.config import OptimConfig
 
 
 def lr_factor(cfg: OptimConfig, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
-    """Per-step multiplier of ``cfg.lr``: linear warm-up, then cosine to 0 or step drops."""
+    """Per-step multiplier of ``cfg.lr``: linear warm-up, then cosine to 0, step drops or constant."""
     warm = int(cfg.warmup_epochs * steps_per_epoch)
     total = max(epochs * steps_per_epoch, 1)
 
@@ -19,6 +19,8 @@ def lr_factor(cfg: OptimConfig, epochs: int, steps_per_epoch: int) -> Callable[[
         if cfg.schedule == "cosine":
             progress = (step - warm) / max(total - warm, 1)
             return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        if cfg.schedule == "constant":
+            return 1.0
         return cfg.gamma ** sum(step >= m * total for m in cfg.milestones)
 
     return factor

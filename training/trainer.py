@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from training.equilibrium import enable_gradient_equilibrium
 from training.loop import Criterion, collect_logits, exit_accuracy, train_one_epoch
 from training.losses import multi_exit_ce, ofa_kd_loss
 from training.schedule import lr_factor
+from training.swa import averaged, recompute_batchnorm
 
 LOG = "log.jsonl"
 STAGE2_NEW = ("linear", "isc_embed")  # exit-head parts that stage 2 of the two-stage recipe trains
@@ -271,6 +273,11 @@ def run_training(
             scaler.load_state_dict(blob["scaler"])
             set_rng_state(blob["rng"])
             first = start_epoch
+        # SWA (training/swa.py) averages the last stage's weights from epoch cfg.swa_start on.
+        swa = averaged(plan.model) if cfg.swa_start is not None and stage == "joint" else None
+        if swa is not None and blob is not None and si == start_stage and "swa" in blob:
+            swa.load_state_dict(blob["swa"])
+        final = plan.model  # what the checkpoint's "model" holds: the SWA average once it is done
         net: nn.Module = plan.model
         if info.world_size > 1:
             net = DistributedDataParallel(
@@ -288,28 +295,55 @@ def run_training(
                 progress=cfg.progress and info.is_main, frozen=plan.frozen,
                 description=f"{stage} {epoch + 1}/{epochs_of[stage]}",
             )  # fmt: skip
+            last_epoch = epoch + 1 == epochs_of[stage]
+            swa_extra: dict[str, Any] = {}
+            if swa is not None and cfg.swa_start is not None and epoch + 1 >= cfg.swa_start:
+                swa.update_parameters(plan.model)
+                if last_epoch:  # every rank re-estimates on the whole split: identical models
+                    bn_start = time.perf_counter()
+                    bn_batches, _ = train_batches(
+                        train_split, cfg.data, cfg.batch_size, epoch, cfg.seed + si
+                    )
+                    final = recompute_batchnorm(swa, bn_batches, device=device, amp=amp)
+                    swa_extra = {
+                        "swa_averaged": int(swa.n_averaged),
+                        "swa_bn_s": time.perf_counter() - bn_start,
+                    }
             if info.is_main:
-                val = collect_logits(plan.model, data.val, cfg.data.mean, cfg.data.std,
+                val = collect_logits(final, data.val, cfg.data.mean, cfg.data.std,
                                      batch_size=cfg.eval_batch_size, device=device, amp=amp)  # fmt: skip
                 record = {
                     "stage": stage, "epoch": epoch + 1, "loss": stats.loss, "lr": stats.lr,
                     "train_exit_acc": stats.exit_accuracy,
                     "val_exit_acc": exit_accuracy(val, data.val.y),
                     "images_per_s": stats.images_per_second * info.world_size,
-                    "epoch_s": stats.seconds, "skipped_steps": stats.skipped_steps,
+                    "epoch_s": stats.seconds + swa_extra.get("swa_bn_s", 0.0),
+                    "skipped_steps": stats.skipped_steps,
                 }  # fmt: skip
+                if final is not plan.model:  # the SWA average; the last iterate for comparison
+                    iterate = collect_logits(
+                        plan.model, data.val, cfg.data.mean, cfg.data.std,
+                        batch_size=cfg.eval_batch_size, device=device, amp=amp,
+                    )  # fmt: skip
+                    record.update(swa_extra, iterate_val_exit_acc=exit_accuracy(iterate, data.val.y))
                 history.append(record)
                 with open(run_dir / LOG, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 print(summarize(record), flush=True)
+                extra_state: dict[str, Any] = {}
+                if swa is not None:
+                    extra_state["swa"] = swa.state_dict()
+                if final is not plan.model:
+                    extra_state["last_iterate"] = plan.model.state_dict()
                 save_atomic(
                     {
-                        "arch": model_spec(plan.model), "model": plan.model.state_dict(),
+                        **extra_state,
+                        "arch": model_spec(final), "model": final.state_dict(),
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict(), "rng": rng_state(), "stage": stage,
                         "epoch": epoch + 1, "config": config_to_dict(cfg), "history": history,
                         "classes": data.classes, "data_info": data.info,
-                        "complete": si == len(stages) - 1 and epoch + 1 == epochs_of[stage],
+                        "complete": si == len(stages) - 1 and last_epoch,
                     },
                     run_dir / LAST,
                 )  # fmt: skip
@@ -323,4 +357,4 @@ def run_training(
             )
         if info.world_size > 1:
             dist.barrier()
-    return {"complete": True, "history": history, "model": plan.model}
+    return {"complete": True, "history": history, "model": final}
