@@ -51,9 +51,13 @@ def wall_seconds(history: list[dict[str, Any]]) -> float:
     return sum(r.get("epoch_s", 0.0) for r in history)
 
 
-def warm_start_record(cfg: dict[str, Any]) -> dict[str, Any] | None:
+MAX_PHASES = 16  # guards against a checkpoint chain that loops back on itself
+
+
+def warm_start_record(cfg: dict[str, Any], depth: int = 1) -> dict[str, Any] | None:
     """What a warm-restarted run (``init_from``) started from: the earlier run's config, epochs and
-    time, read from its checkpoint when it is still on disk, so the package tells the whole story."""
+    time, read from its checkpoint when it is still on disk, and, nested under ``warm_start``, what
+    that run started from in turn, so the package tells the whole story of a multi-phase model."""
     source = cfg.get("init_from")
     if not source:
         return None
@@ -64,13 +68,25 @@ def warm_start_record(cfg: dict[str, Any]) -> dict[str, Any] | None:
 
         earlier = load_checkpoint(path)
         history = earlier.get("history", [])
+        earlier_cfg = earlier.get("config") or {}
         record |= {
             "training_config": earlier.get("config"),
             "epochs": len(history),
             "train_wall_seconds": wall_seconds(history),
             "val_exit_accuracy": history[-1].get("val_exit_acc") if history else None,
         }
+        if depth < MAX_PHASES:
+            record["warm_start"] = warm_start_record(earlier_cfg, depth + 1)
     return record
+
+
+def earlier_phases(warm_start: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The chain of :func:`warm_start_record`, newest first."""
+    chain = []
+    while warm_start is not None:
+        chain.append(warm_start)
+        warm_start = warm_start.get("warm_start")
+    return chain
 
 
 def git_commit(repo: Path) -> str | None:
@@ -119,6 +135,10 @@ def export_package(
             "val_exit_accuracy": calibration.get("val_exit_accuracy"),
             "epochs": len(history),
             "train_wall_seconds": wall_seconds(history),
+            # every phase of a warm-restarted model, this one included
+            "total_epochs": len(history) + sum(p.get("epochs", 0) for p in earlier_phases(warm_start)),
+            "total_train_wall_seconds": wall_seconds(history)
+            + sum(p.get("train_wall_seconds", 0.0) for p in earlier_phases(warm_start)),
         },
         code_version=git_commit(Path(__file__).resolve().parents[1]),
     )
@@ -137,10 +157,13 @@ def export_package(
         for extra in EXTRA_FILES:
             if (run_dir / extra).is_file():
                 shutil.copy2(run_dir / extra, path / extra)
-        if warm_start is not None:  # the earlier run's epoch log, next to this run's
-            earlier_log = Path(warm_start["checkpoint"]).expanduser().parent / "log.jsonl"
+        # The earlier phases' epoch logs, next to this run's: warm_start_log.jsonl is the phase
+        # this run started from, warm_start_log_2.jsonl the one before it, and so on.
+        for k, phase in enumerate(earlier_phases(warm_start), start=1):
+            earlier_log = Path(phase["checkpoint"]).expanduser().parent / "log.jsonl"
             if earlier_log.is_file():
-                shutil.copy2(earlier_log, path / "warm_start_log.jsonl")
+                name = "warm_start_log.jsonl" if k == 1 else f"warm_start_log_{k}.jsonl"
+                shutil.copy2(earlier_log, path / name)
     return path
 
 

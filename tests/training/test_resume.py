@@ -92,16 +92,26 @@ def test_init_from_starts_from_the_checkpoints_weights_on_the_same_split(tmp_pat
 def test_a_warm_restarted_package_records_the_run_it_started_from(tmp_path: Path) -> None:
     from models.package import load_package
 
-    assert run_training(validate_config(tiny_config(tmp_path / "a")))["complete"]
-    start = str(tmp_path / "a" / "last.pt")
-    assert run_training(validate_config(tiny_config(tmp_path / "b", init_from=start)))["complete"]
-    assert main(["calibrate", "--run-dir", str(tmp_path / "b"), "--budgets", "0.7,1.0"]) == 0
+    assert run_training(validate_config(tiny_config(tmp_path / "a", epochs=2)))["complete"]
+    first = str(tmp_path / "a" / "last.pt")
+    assert run_training(validate_config(tiny_config(tmp_path / "b", init_from=first)))["complete"]
+    second = str(tmp_path / "b" / "last.pt")
+    assert run_training(validate_config(tiny_config(tmp_path / "c", init_from=second)))["complete"]
+    assert main(["calibrate", "--run-dir", str(tmp_path / "c"), "--budgets", "0.7,1.0"]) == 0
     pkg = tmp_path / "pkg"
-    assert main(["export", "--run-dir", str(tmp_path / "b"), "--out", str(pkg), "--name", "w"]) == 0
-    record = load_package(pkg).manifest.provenance.model_dump()["warm_start"]
-    assert record["checkpoint"] == start and record["epochs"] == 1
-    assert record["training_config"]["init_from"] is None
-    assert (pkg / "warm_start_log.jsonl").read_text() == (tmp_path / "a" / "log.jsonl").read_text()
+    assert main(["export", "--run-dir", str(tmp_path / "c"), "--out", str(pkg), "--name", "w"]) == 0
+    provenance = load_package(pkg).manifest.provenance.model_dump()
+    record = provenance["warm_start"]  # the phase it started from, then the one before that
+    assert record["checkpoint"] == second and record["epochs"] == 1
+    assert record["warm_start"]["checkpoint"] == first and record["warm_start"]["epochs"] == 2
+    assert record["warm_start"]["training_config"]["init_from"] is None
+    assert record["warm_start"]["warm_start"] is None
+    assert provenance["metrics"]["total_epochs"] == 1 + 1 + 2
+    assert (
+        provenance["metrics"]["total_train_wall_seconds"] > provenance["metrics"]["train_wall_seconds"]
+    )
+    for name, run in (("warm_start_log.jsonl", "b"), ("warm_start_log_2.jsonl", "a")):
+        assert (pkg / name).read_text() == (tmp_path / run / "log.jsonl").read_text()
 
 
 def test_channels_last_training_checkpoints_plain_weights(tmp_path: Path) -> None:
