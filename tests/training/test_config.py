@@ -59,3 +59,20 @@ def test_help_texts() -> None:
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
+
+
+SHIPPED_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path: Path) -> None:
+    """A typo in a committed config would otherwise surface hours into `make train-default`."""
+    assert load_config(path).epochs >= 1
+
+
+def test_the_default_model_phases_share_one_split_and_model() -> None:
+    # Each phase starts from the one before (--init-from), which is refused across splits/models.
+    phases = [p for p in SHIPPED_CONFIGS if p.name.startswith("msdnet_cifar10_default")]
+    assert len(phases) >= 2
+    configs = [load_config(p) for p in phases]
+    assert all((c.data, c.model) == (configs[0].data, configs[0].model) for c in configs)
