@@ -79,3 +79,43 @@ def test_headline_picks_the_fastest_budget_within_half_a_point() -> None:
     assert h["p99_over_p50_at_half_load"]["0.5"] == pytest.approx(5.0)
     assert h["http_over_engine"]["torch/batching on/budget 1.0"] == pytest.approx(0.85)
     assert "0.75" in h["budgets_not_served"]
+
+
+@pytest.mark.parametrize(("expiry_s", "errors"), [(0.1, 0), (60.0, 1)], ids=["expired", "stale"])
+def test_connections_idle_past_the_servers_keepalive_are_not_reused(
+    monkeypatch: pytest.MonkeyPatch, expiry_s: float, errors: int
+) -> None:
+    """A server that drops idle connections after 0.2 s (uvicorn does after 5 s): reusing one is
+    a client artefact ("stale", the control case), so the client must retire it first."""
+    import benchmarks.loadgen as loadgen
+
+    monkeypatch.setattr(loadgen, "KEEPALIVE_EXPIRY_S", expiry_s)
+    body = b'{"predictions": [{"class_index": 0, "compute_fraction": 1.0}]}'
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=0.2)
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                writer.write(answer)
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError):
+            writer.close()
+
+    async def scenario() -> loadgen._Tally:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        tally = loadgen._Tally()
+        client = loadgen._Client(f"http://127.0.0.1:{port}", "m", 1.0, Labelled([b"x"], [0]), tally)
+        await client.send(0, 0.0)
+        await asyncio.sleep(0.5)  # the server has closed the idle connection by now
+        await client.send(1, 0.0)
+        await client.close()
+        server.close()
+        return tally
+
+    tally = asyncio.run(scenario())
+    assert tally.errors == errors
+    assert tally.correct == 2 - errors
