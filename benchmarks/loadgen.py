@@ -27,7 +27,6 @@ from torch import Tensor
 from benchmarks.http_client import Connection, HttpError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-KEEPALIVE_EXPIRY_S = 4.0  # under the server's keep-alive timeout (uvicorn: 5 s), like httpx's pool
 
 
 class LoadError(RuntimeError):
@@ -138,21 +137,10 @@ class _Client:
         check_loopback(url)
         self.url, self.path, self.budget = url, f"/v1/models/{model}/classify", budget
         self.data, self.tally = data, tally
-        self.pool: list[tuple[Connection, float]] = []  # idle connections, last used at
-
-    async def _connection(self) -> Connection:
-        """The most recently used idle connection, or a new one. Connections idle longer than
-        :data:`KEEPALIVE_EXPIRY_S` are closed instead: the server may have dropped them (uvicorn's
-        keep-alive timeout is 5 s), and reusing one would count a client artefact as an error."""
-        while self.pool:
-            conn, last_used = self.pool.pop()
-            if time.perf_counter() - last_used < KEEPALIVE_EXPIRY_S:
-                return conn
-            await conn.close()
-        return Connection(self.url)
+        self.pool: list[Connection] = []
 
     async def send(self, i: int, started: float) -> None:
-        conn = await self._connection()
+        conn = self.pool.pop() if self.pool else Connection(self.url)
         k = i % len(self.data.blobs)
         try:
             status, body = await conn.post(
@@ -162,7 +150,7 @@ class _Client:
             self.tally.error(type(e).__name__)
             await conn.close()
             return
-        self.pool.append((conn, time.perf_counter()))
+        self.pool.append(conn)
         if status != 200:
             self.tally.error(f"HTTP {status}")
             return
@@ -172,7 +160,7 @@ class _Client:
         self.tally.fractions.append(pred["compute_fraction"])
 
     async def close(self) -> None:
-        for conn, _ in self.pool:
+        for conn in self.pool:
             await conn.close()
 
 
