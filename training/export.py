@@ -124,6 +124,7 @@ def export_package(
     info = checkpoint.get("data_info", {})
     history = checkpoint.get("history", [])
     warm_start = warm_start_record(cfg)
+    phases = earlier_phases(warm_start)
     provenance = Provenance(
         warm_start=warm_start,  # extra field: None unless the run started from another's weights
         training_config=cfg,
@@ -136,9 +137,9 @@ def export_package(
             "epochs": len(history),
             "train_wall_seconds": wall_seconds(history),
             # every phase of a warm-restarted model, this one included
-            "total_epochs": len(history) + sum(p.get("epochs", 0) for p in earlier_phases(warm_start)),
+            "total_epochs": len(history) + sum(p.get("epochs", 0) for p in phases),
             "total_train_wall_seconds": wall_seconds(history)
-            + sum(p.get("train_wall_seconds", 0.0) for p in earlier_phases(warm_start)),
+            + sum(p.get("train_wall_seconds", 0.0) for p in phases),
         },
         code_version=git_commit(Path(__file__).resolve().parents[1]),
     )
@@ -159,7 +160,7 @@ def export_package(
                 shutil.copy2(run_dir / extra, path / extra)
         # The earlier phases' epoch logs, next to this run's: warm_start_log.jsonl is the phase
         # this run started from, warm_start_log_2.jsonl the one before it, and so on.
-        for k, phase in enumerate(earlier_phases(warm_start), start=1):
+        for k, phase in enumerate(phases, start=1):
             earlier_log = Path(phase["checkpoint"]).expanduser().parent / "log.jsonl"
             if earlier_log.is_file():
                 name = "warm_start_log.jsonl" if k == 1 else f"warm_start_log_{k}.jsonl"

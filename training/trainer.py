@@ -274,7 +274,7 @@ def run_training(
             set_rng_state(blob["rng"])
             first = start_epoch
         # SWA (training/swa.py) averages the last stage's weights from epoch cfg.swa_start on.
-        swa = averaged(plan.model) if cfg.swa_start is not None and stage == "joint" else None
+        swa = averaged(plan.model) if cfg.swa_start is not None else None  # joint only (config)
         if swa is not None and blob is not None and si == start_stage and "swa" in blob:
             swa.load_state_dict(blob["swa"])
         final = plan.model  # what the checkpoint's "model" holds: the SWA average once it is done
