@@ -155,7 +155,11 @@ def build_stage(
 
 
 def check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
-    """An exact resume needs the same config, apart from :data:`RESUME_FREE_KEYS`."""
+    """An exact resume needs the same config, apart from :data:`RESUME_FREE_KEYS`.
+
+    ``epochs`` may grow when the schedule is constant (an SWA phase): no epoch's learning rate
+    depends on the total, so running 20 epochs and then extending to 40 is the 40-epoch run.
+    """
 
     def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -167,7 +171,11 @@ def check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
 
     old, new = flat(saved), flat(config_to_dict(cfg))
     # Keys absent from the saved config were added to the code later: their defaults apply.
-    diff = sorted(k for k in old if k not in RESUME_FREE_KEYS and old.get(k) != new.get(k))
+    free = set(RESUME_FREE_KEYS)
+    extendable = cfg.recipe == "joint" and cfg.optim.schedule == "constant"
+    if extendable and isinstance(old.get("epochs"), int) and cfg.epochs >= old["epochs"]:
+        free.add("epochs")
+    diff = sorted(k for k in old if k not in free and old.get(k) != new.get(k))
     if diff:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
         raise ConfigError(f"cannot resume: the config differs from the checkpoint's ({detail})")
@@ -267,7 +275,8 @@ def run_training(
         if blob is None and si == 0 and cfg.init_from is not None:
             plan.model.load_state_dict(initial_weights(cfg))
         if blob is not None and si == start_stage:
-            plan.model.load_state_dict(blob["model"])
+            # A finished SWA run's "model" is the average; training goes on from the last iterate.
+            plan.model.load_state_dict(blob.get("last_iterate", blob["model"]))
             optimizer.load_state_dict(blob["optimizer"])
             scheduler.load_state_dict(blob["scheduler"])
             scaler.load_state_dict(blob["scaler"])

@@ -22,7 +22,7 @@ SWA_RUN: dict[str, Any] = {
 
 
 def _run(run_dir: Path, **extra: Any) -> dict[str, Any]:
-    run_training(validate_config(tiny_config(run_dir, **SWA_RUN, **extra)), resume=True)
+    run_training(validate_config(tiny_config(run_dir, **{**SWA_RUN, **extra})), resume=True)
     return load_checkpoint(run_dir / "last.pt")
 
 
@@ -54,6 +54,25 @@ def test_swa_run_resumes_exactly(tmp_path: Path) -> None:
     for key in ("model", "last_iterate"):
         for k, v in whole[key].items():
             assert torch.equal(part[key][k], v), (key, k)
+
+
+def test_finished_swa_run_extended_with_more_epochs_is_the_longer_run(tmp_path: Path) -> None:
+    whole = _run(tmp_path / "whole", swa_start=1, epochs=3)
+    config = write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "part", **SWA_RUN))
+    assert main(["train", "--config", str(config), "--swa-start", "1"]) == 0  # 2 epochs, finished
+    assert main(["train", "--config", str(config), "--swa-start", "1", "--resume", "--epochs", "3"]) == 0
+    part = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert part["history"][-1]["swa_averaged"] == 3
+    for key in ("model", "last_iterate"):
+        for k, v in whole[key].items():
+            assert torch.equal(part[key][k], v), (key, k)
+
+
+def test_more_epochs_on_resume_is_refused_when_the_schedule_depends_on_them(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "run", epochs=1))  # cosine
+    assert main(["train", "--config", str(config)]) == 0
+    with pytest.raises(ConfigError, match="epochs: 1 -> 2"):
+        run_training(validate_config(tiny_config(tmp_path / "run", epochs=2)), resume=True)
 
 
 @pytest.mark.parametrize(
