@@ -43,7 +43,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks $(ARGS)
 
 # Four phases, each resumable from its last.pt (docs/training.md, "The shipped default model"):
-# 50 epochs; a 15-epoch warm restart from their weights; a 40-epoch warm restart from those; 20
+# 50 epochs; a 15-epoch warm restart from their weights; a 40-epoch warm restart from those; 60
 # epochs of stochastic weight averaging from those. Then calibrate and export the package.
 RUN_DIR ?= runs/default
 train-default: $(STAMP)
