@@ -203,7 +203,8 @@ def target_lines(h: dict[str, Any]) -> list[str]:
     out = []
     if s := h.get("speedup_within_half_point"):
         out.append(
-            f"- Cheapest budget within 0.5 point of the full model's accuracy: {s['budget']} "
+            "- Fastest budget (HTTP images/s) within 0.5 point of the full model's accuracy: "
+            f"{s['budget']} "
             f"({s['accuracy_delta_points']:+.2f} points), {s['throughput_ratio']:.2f}x the full "
             f"model's HTTP throughput; target >= 2x: {_verdict(s['throughput_ratio'] >= 2.0)}."
         )
