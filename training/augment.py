@@ -75,6 +75,30 @@ def random_resized_crop_flip(
     return random_flip(out, generator)
 
 
+def cutout(x: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """Cutout (DeVries & Taylor 2017): zero one ``size`` x ``size`` square per image.
+
+    The square's centre is uniform over the image, so near a border part of it falls outside
+    (as in the paper: the network then sometimes sees the whole object). Applied after
+    :func:`normalize`, zero is the dataset mean colour.
+
+    Args:
+        x: ``[N, C, H, W]`` normalised images.
+    Returns:
+        ``[N, C, H, W]``, same dtype, with the squares zeroed.
+    """
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n,), generator=generator).to(x.device)
+    cx = torch.randint(0, w, (n,), generator=generator).to(x.device)
+    y0, x0 = cy - size // 2, cx - size // 2  # the square is [y0, y0 + size) x [x0, x0 + size)
+    rows = torch.arange(h, device=x.device)[None, :]  # [1, H]
+    cols = torch.arange(w, device=x.device)[None, :]  # [1, W]
+    in_rows = (rows >= y0[:, None]) & (rows < (y0 + size)[:, None])  # [N, H]
+    in_cols = (cols >= x0[:, None]) & (cols < (x0 + size)[:, None])  # [N, W]
+    hole = in_rows[:, :, None] & in_cols[:, None, :]  # [N, H, W]
+    return x.masked_fill(hole[:, None], 0)
+
+
 def normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """``[N, C, H, W]`` in 0..255 -> float32 normalised (``mean``/``std`` in 0..1 units)."""
     m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1) * 255

@@ -48,6 +48,12 @@ class DataConfig(_Frozen):
     std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
     augment: Literal["crop-flip", "resized-crop-flip", "none"] = "crop-flip"
     crop_padding: int = Field(4, ge=0)
+    cutout: int = Field(
+        0,
+        ge=0,
+        description="Cutout (DeVries & Taylor 2017): zero one square of this side per training "
+        "image after the augmentation above (CIFAR: 16); 0 = off",
+    )
     n_val: int = Field(2500, ge=0, description="validation images (threshold fitting, model selection)")
     n_test: int = Field(2500, ge=0, description="held test images (reported figures only)")
     split_seed: int = 0

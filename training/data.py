@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DistributedSampler
 
-from training.augment import normalize, random_crop_flip, random_resized_crop_flip
+from training.augment import cutout, normalize, random_crop_flip, random_resized_crop_flip
 from training.config import DataConfig
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -155,6 +155,8 @@ def train_batches(
     if num_batches == 0:
         raise DataError(f"batch_size {batch_size} exceeds the {len(order)} training images per process")
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1_009 + rank)
+    # Cutout draws from its own stream: with or without it, a run sees the same crops and flips.
+    hole_gen = torch.Generator().manual_seed(gen.initial_seed() + 7_777_777)
 
     def batches() -> Iterator[tuple[Tensor, Tensor]]:
         for i in range(num_batches):
@@ -164,7 +166,10 @@ def train_batches(
                 x = random_crop_flip(x, cfg.crop_padding, gen)
             elif cfg.augment == "resized-crop-flip":
                 x = random_resized_crop_flip(x, gen)
-            yield normalize(x, cfg.mean, cfg.std), split.y[idx]
+            x = normalize(x, cfg.mean, cfg.std)
+            if cfg.cutout > 0:
+                x = cutout(x, cfg.cutout, hole_gen)
+            yield x, split.y[idx]
 
     return batches(), num_batches
 

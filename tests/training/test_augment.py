@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training.augment import normalize, random_crop_flip, random_resized_crop_flip
+from training.augment import cutout, normalize, random_crop_flip, random_resized_crop_flip
 
 
 def test_crop_flip_matches_a_manual_crop() -> None:
@@ -28,3 +28,18 @@ def test_resized_crop_and_normalize_shapes() -> None:
     assert a.shape == (4, 3, 16, 16) and torch.equal(a, b)
     z = normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert torch.allclose(z, torch.ones(1, 3, 2, 2))
+
+
+def test_cutout_zeroes_one_square_per_image_clipped_at_the_border() -> None:
+    x = torch.randn(64, 3, 12, 12).abs() + 1  # no zeros of its own
+    out = cutout(x, 4, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    cy, cx = torch.randint(0, 12, (64,), generator=g), torch.randint(0, 12, (64,), generator=g)
+    for i in range(64):
+        y0, x0 = int(cy[i]) - 2, int(cx[i]) - 2
+        expect = x[i].clone()
+        expect[:, max(y0, 0) : y0 + 4, max(x0, 0) : x0 + 4] = 0
+        assert torch.equal(out[i], expect)
+    zeroed = (out == 0).all(1).sum((1, 2))  # pixels zeroed in every channel, per image
+    assert zeroed.max() == 16 and zeroed.min() < 16  # whole squares inside, clipped ones at edges
+    assert torch.equal(cutout(x, 0, torch.Generator()), x)

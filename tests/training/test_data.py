@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from training.config import DataConfig, OptimConfig
-from training.data import DataError, load_dataset, split_indices
+from training.data import DataError, Split, load_dataset, split_indices, train_batches
 from training.schedule import lr_factor
 
 
@@ -52,6 +52,23 @@ def test_imagefolder_resizes_and_crops(tmp_path: Path) -> None:
 def test_missing_archive_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not found at"):
         load_dataset(DataConfig(path=str(tmp_path / "nope.tar.gz"), cache_dir=str(tmp_path)))
+
+
+def test_cutout_adds_squares_to_the_same_batches() -> None:
+    # Cutout draws from its own random stream, so a run with it sees the batches of a run without
+    # it (the same crops and flips), each image with one square zeroed.
+    split = Split(torch.randint(1, 256, (64, 3, 16, 16), dtype=torch.uint8), torch.arange(64) % 4)
+    plain_cfg = DataConfig(source="synthetic", mean=(0, 0, 0), std=(1, 1, 1), crop_padding=0)
+    holed_cfg = plain_cfg.model_copy(update={"cutout": 6})
+    plain, n = train_batches(split, plain_cfg, batch_size=16, epoch=2, seed=7)
+    holed, _ = train_batches(split, holed_cfg, batch_size=16, epoch=2, seed=7)
+    assert n == 4
+    for (xp, yp), (xh, yh) in zip(plain, holed, strict=True):
+        assert torch.equal(yp, yh)
+        kept = xh != 0
+        assert torch.equal(xh[kept], xp[kept])  # only zeroed pixels differ
+        holes = (xh == 0).all(1).sum((1, 2))
+        assert (holes > 0).all() and holes.max() <= 36
 
 
 def test_split_is_fixed_and_disjoint() -> None:
