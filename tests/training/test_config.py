@@ -8,6 +8,7 @@ import pytest
 
 from training.cli import main
 from training.config import ConfigError, load_config
+from training.trainer import SPLIT_KEYS
 
 from .helpers import tiny_config, write_config
 
@@ -75,4 +76,5 @@ def test_the_default_model_phases_share_one_split_and_model() -> None:
     phases = [p for p in SHIPPED_CONFIGS if p.name.startswith("msdnet_cifar10_default")]
     assert len(phases) >= 2
     configs = [load_config(p) for p in phases]
-    assert all((c.data, c.model) == (configs[0].data, configs[0].model) for c in configs)
+    split = [{k: getattr(c.data, k) for k in SPLIT_KEYS} for c in configs]
+    assert all((s, c.model) == (split[0], configs[0].model) for s, c in zip(split, configs, strict=True))
