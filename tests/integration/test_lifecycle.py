@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import launch, wait_ready
+from tests.integration.conftest import Server, launch, wait_ready
 from tests.service.fixtures import NAME
 
 URL = f"/v1/models/{NAME}/classify"
@@ -35,7 +35,11 @@ def test_disconnect_drops_work_and_sigterm_drains(
 
         with ThreadPoolExecutor(3) as pool:
             pending = [pool.submit(one, b) for b in images[:3]]
-            time.sleep(0.3)  # the requests are queued, waiting for their batch
+            # SIGTERM once the server holds all three (queued, waiting for their batch); a fixed
+            # sleep raced the requests' arrival on a loaded machine.
+            deadline = time.monotonic() + 10
+            while classify_in_flight(server) < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
             server.proc.send_signal(signal.SIGTERM)
             responses = [f.result(timeout=30) for f in pending]
         assert [r.status_code for r in responses] == [200, 200, 200]
@@ -44,3 +48,12 @@ def test_disconnect_drops_work_and_sigterm_drains(
         assert "draining" in server.logs()
     finally:
         server.stop()
+
+
+def classify_in_flight(server: Server) -> float:
+    """Classify requests the server is handling now (``anytime_requests_in_flight``)."""
+    return sum(
+        value
+        for (name, labels), value in server.metrics().items()
+        if name == "anytime_requests_in_flight" and "classify" in dict(labels)["route"]
+    )
