@@ -78,9 +78,8 @@ def random_resized_crop_flip(
 def cutout(x: Tensor, size: int, generator: torch.Generator) -> Tensor:
     """Cutout (DeVries & Taylor 2017): zero one ``size`` x ``size`` square per image.
 
-    The square's centre is uniform over the image, so near a border part of it falls outside
-    (as in the paper: the network then sometimes sees the whole object). Applied after
-    :func:`normalize`, zero is the dataset mean colour.
+    The square's centre is uniform over the image (as in the paper), so near a border part of it
+    falls outside. Applied after :func:`normalize`, zero is the dataset mean colour.
 
     Args:
         x: ``[N, C, H, W]`` normalised images.
