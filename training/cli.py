@@ -52,6 +52,12 @@ def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--kd-temperature", type=float, help="KD temperature T")
     p.add_argument("--kd-weight", type=float, help="KD weight g in [0, 1]")
     p.add_argument(
+        "--kd-teacher",
+        metavar="CHECKPOINT",
+        help="distil from a trained run (its last.pt, same split): its last exit, frozen, teaches "
+        "every exit, the last one included (joint recipe, with --kd)",
+    )
+    p.add_argument(
         "--swa-start",
         type=int,
         metavar="EPOCH",
@@ -82,6 +88,7 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
         "kd": args.kd,
         "kd_temperature": args.kd_temperature,
         "kd_weight": args.kd_weight,
+        "kd_teacher": args.kd_teacher,
         "swa_start": args.swa_start,
         "progress": False if args.no_progress else None,
     }

@@ -96,6 +96,12 @@ class TrainConfig(_Frozen):
     kd: bool = Field(False, description="one-for-all knowledge distillation (IMTA section 3.3)")
     kd_temperature: float = Field(3.0, gt=0)
     kd_weight: float = Field(0.5, ge=0, le=1, description="g: weight of the KD term at early exits")
+    kd_teacher: str | None = Field(
+        None,
+        description="a trained run's checkpoint (last.pt, same data split) whose last exit, frozen, "
+        "teaches every exit of this run, the last one included (joint recipe, needs kd); "
+        "default: the run's own last exit teaches the earlier ones",
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "none", "bf16", "fp16"] = Field(
@@ -130,6 +136,8 @@ class TrainConfig(_Frozen):
         if self.recipe == "two-stage" and self.model.isc is False and self.kd is False:
             # Stage 2 exists to train ISC heads with KD; without either it would just retrain heads.
             raise ValueError("recipe 'two-stage' needs --isc and/or --kd for its second stage")
+        if self.kd_teacher is not None and (self.recipe != "joint" or not self.kd):
+            raise ValueError("kd_teacher needs recipe 'joint' and kd: true")
         if self.swa_start is not None:
             if self.recipe != "joint":
                 # Stage 2 trains heads on a frozen backbone whose BatchNorm statistics stay fixed;

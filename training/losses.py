@@ -9,6 +9,9 @@ the batch), the mathematically standard per-sample KL, whose gradient has the sa
 CE term's so that ``g`` is an honest mixing weight. The official code uses ``nn.KLDivLoss()``'s
 default elementwise mean, which also divides by the number of classes C, i.e. its effective KD
 weight is ``g / C``; our ``g`` is therefore not interchangeable with the official 0.9 / 0.1.
+
+With an external teacher (``kd_teacher``: a trained network's last exit; "born-again" distillation,
+Furlanello et al., ICML 2018) the deepest exit is a student too and gets the same mix of CE and KD.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def ofa_kd_loss(
     temperature: float,
     weight: float,
     teacher: Tensor | None = None,
+    teach_last: bool = False,
 ) -> Tensor:
     """One-for-all KD loss (module docstring).
 
@@ -58,13 +62,18 @@ def ofa_kd_loss(
         weight: g in [0, 1].
         teacher: ``[N, C]`` teacher logits; defaults to the last exit's own logits (joint recipe).
             The two-stage recipe passes the frozen network's last exit.
+        teach_last: the deepest exit learns from ``teacher`` too (an external teacher); otherwise
+            it gets plain CE.
     Returns:
         scalar.
     """
     last = all_logits[-1]
+    if teach_last and teacher is None:
+        raise ValueError("teach_last needs an external teacher: the last exit cannot teach itself")
     t = last if teacher is None else teacher
-    loss = F.cross_entropy(last.float(), target)
-    for z in all_logits[:-1]:
+    students = all_logits if teach_last else all_logits[:-1]
+    loss = torch.zeros((), device=last.device) if teach_last else F.cross_entropy(last.float(), target)
+    for z in students:
         loss = loss + (1 - weight) * F.cross_entropy(z.float(), target)
         loss = loss + weight * kd_kl(z, t, temperature)
     return loss

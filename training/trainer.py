@@ -118,6 +118,16 @@ def build_stage(
     model = create_model(cfg.model.name, **kwargs, **isc).to(device)
     if stage == "joint":
         enable_gradient_equilibrium(model, cfg.ge)
+        if cfg.kd and cfg.kd_teacher is not None:
+            external = frozen_teacher(cfg, num_classes, device)
+            t, g = cfg.kd_temperature, cfg.kd_weight
+
+            def kd_from_external(z: list[Tensor], y: Tensor, x: Tensor) -> Tensor:
+                with torch.no_grad():  # eval mode: its BatchNorm statistics stay the trained ones
+                    teacher_logits = external(x)[-1]
+                return ofa_kd_loss(z, y, t, g, teacher=teacher_logits, teach_last=True)
+
+            return StagePlan(model, kd_from_external, [])
         if cfg.kd:
             t, g = cfg.kd_temperature, cfg.kd_weight
             return StagePlan(model, lambda z, y, x: ofa_kd_loss(z, y, t, g), [])
@@ -184,16 +194,38 @@ def check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
 SPLIT_KEYS = ("source", "n_val", "n_test", "split_seed", "synthetic_size", "synthetic_classes")
 
 
-def initial_weights(cfg: TrainConfig) -> dict[str, Tensor]:
-    """The model state of ``cfg.init_from``, after checking that it was trained on this run's split
-    (another split would put this run's validation or test images in its training set)."""
-    assert cfg.init_from is not None
-    blob = load_checkpoint(Path(cfg.init_from).expanduser())
+def same_split_checkpoint(path: str, role: str, cfg: TrainConfig) -> dict[str, Any]:
+    """The checkpoint at ``path`` after checking that it was trained on this run's split (another
+    split would put this run's validation or test images in its training set); ``role`` names the
+    config key in the error."""
+    blob = load_checkpoint(Path(path).expanduser())
     theirs, ours = blob["config"]["data"], config_to_dict(cfg)["data"]
     diff = [k for k in SPLIT_KEYS if k in theirs and theirs[k] != ours.get(k)]
     if diff:
         detail = ", ".join(f"data.{k}: {theirs[k]!r} there, {ours.get(k)!r} here" for k in diff)
-        raise ConfigError(f"init_from {cfg.init_from} was trained on another split ({detail})")
+        raise ConfigError(f"{role} {path} was trained on another split ({detail})")
+    return blob
+
+
+def frozen_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> MultiExitNet:
+    """``cfg.kd_teacher``'s network (any registered architecture), frozen in eval mode."""
+    assert cfg.kd_teacher is not None
+    blob = same_split_checkpoint(cfg.kd_teacher, "kd_teacher", cfg)
+    if len(blob["classes"]) != num_classes:
+        raise ConfigError(
+            f"kd_teacher {cfg.kd_teacher} predicts {len(blob['classes'])} classes; "
+            f"this run's data has {num_classes}"
+        )
+    teacher = rebuild_model(blob).to(device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def initial_weights(cfg: TrainConfig) -> dict[str, Tensor]:
+    """The model state of ``cfg.init_from``, checked to hold this run's model and split."""
+    assert cfg.init_from is not None
+    blob = same_split_checkpoint(cfg.init_from, "init_from", cfg)
     if blob["config"]["model"] != config_to_dict(cfg)["model"]:
         raise ConfigError(
             f"init_from {cfg.init_from} holds another model ({blob['config']['model']}); "

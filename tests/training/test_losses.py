@@ -57,3 +57,27 @@ def test_ofa_kd_with_external_teacher_and_ce_sum() -> None:
     with_teacher = ofa_kd_loss(logits, y, 1.0, 1.0, teacher=teacher)
     assert torch.allclose(with_teacher, F.cross_entropy(logits[1], y) + kd_kl(logits[0], teacher, 1.0))
     assert torch.allclose(multi_exit_ce(logits, y), sum(F.cross_entropy(z, y) for z in logits))
+
+
+def test_external_teacher_teaches_the_last_exit_too() -> None:
+    torch.manual_seed(1)
+    logits = [torch.randn(3, 4, requires_grad=True) for _ in range(2)]
+    y = torch.tensor([2, 0, 1])
+    teacher = torch.randn(3, 4)
+    g, t = 0.25, 3.0
+    loss = ofa_kd_loss(logits, y, t, g, teacher=teacher, teach_last=True)
+    expected = sum((1 - g) * F.cross_entropy(z, y) + g * kd_kl(z, teacher, t) for z in logits)
+    assert torch.allclose(loss, expected)
+    # Without teach_last the last exit keeps plain CE: the two differ by exactly its KD mix.
+    plain_last = ofa_kd_loss(logits, y, t, g, teacher=teacher)
+    last = logits[-1]
+    assert torch.allclose(
+        loss - plain_last, g * (kd_kl(last, teacher, t) - F.cross_entropy(last, y)), atol=1e-6
+    )
+
+
+def test_teach_last_without_a_teacher_is_refused() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="external teacher"):
+        ofa_kd_loss([torch.randn(1, 2)], torch.tensor([0]), 1.0, 0.5, teach_last=True)

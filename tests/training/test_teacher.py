@@ -1,0 +1,75 @@
+"""Distillation from an external teacher (``kd_teacher``): the wiring, and its refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint import load_checkpoint, rebuild_model, save_atomic
+from training.cli import main
+from training.config import ConfigError, validate_config
+from training.losses import ofa_kd_loss
+from training.trainer import build_stage, run_training
+
+from .helpers import TINY_MODEL, tiny_config, write_config
+
+# A wider teacher than the student: any registered architecture may teach.
+WIDE = {"name": "msdnet", "kwargs": {**TINY_MODEL["kwargs"], "n_channels": 12}}
+
+
+def _train_teacher(run: Path, **extra: object) -> str:
+    assert run_training(validate_config(tiny_config(run, model=WIDE, **extra)))["complete"]
+    return str(run / "last.pt")
+
+
+def test_the_teachers_last_exit_teaches_every_exit(tmp_path: Path) -> None:
+    teacher_ckpt = _train_teacher(tmp_path / "teacher")
+    cfg = validate_config(
+        tiny_config(tmp_path / "student", kd=True, kd_weight=0.4, kd_temperature=2.0,
+                    kd_teacher=teacher_ckpt)
+    )  # fmt: skip
+    plan = build_stage(cfg, "joint", 10, tmp_path / "student", torch.device("cpu"))
+    teacher = rebuild_model(load_checkpoint(Path(teacher_ckpt)))
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    z = plan.model(x)
+    with torch.no_grad():
+        t = teacher(x)[-1]
+    expected = ofa_kd_loss(z, y, 2.0, 0.4, teacher=t, teach_last=True)
+    torch.testing.assert_close(plan.criterion(z, y, x), expected)
+    # Only the student trains: the teacher's weights are not among its parameters.
+    student_params = {id(p) for p in plan.model.parameters()}
+    assert plan.frozen == [] and len(student_params) == len(list(plan.model.parameters()))
+
+
+def test_train_with_kd_teacher_from_the_cli_leaves_the_teacher_untouched(tmp_path: Path) -> None:
+    teacher_ckpt = _train_teacher(tmp_path / "teacher")
+    before = load_checkpoint(Path(teacher_ckpt))["model"]
+    path = write_config(tmp_path / "s.yaml", tiny_config(tmp_path / "student", kd=True))
+    assert main(["train", "--config", str(path), "--kd-teacher", teacher_ckpt]) == 0
+    blob = load_checkpoint(tmp_path / "student" / "last.pt")
+    assert blob["complete"] and blob["config"]["kd_teacher"] == teacher_ckpt
+    after = load_checkpoint(Path(teacher_ckpt))["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_teacher_from_another_split_or_without_kd_is_refused(tmp_path: Path) -> None:
+    teacher_ckpt = _train_teacher(tmp_path / "teacher", data={"split_seed": 5})
+    cfg = validate_config(tiny_config(tmp_path / "s", kd=True, kd_teacher=teacher_ckpt))
+    with pytest.raises(ConfigError, match=r"kd_teacher .* another split \(data\.split_seed: 5 there, 0"):
+        run_training(cfg)
+    with pytest.raises(ConfigError, match="kd_teacher needs recipe 'joint' and kd: true"):
+        validate_config(tiny_config(tmp_path / "s2", kd_teacher=teacher_ckpt))
+
+
+def test_a_teacher_of_another_class_count_is_refused(tmp_path: Path) -> None:
+    # Same split keys, other classes: e.g. two ImageFolder trees of equal size. Relabel the
+    # teacher's checkpoint to stand for one trained on a 4-class tree.
+    teacher_ckpt = _train_teacher(tmp_path / "teacher")
+    blob = load_checkpoint(Path(teacher_ckpt))
+    save_atomic({**blob, "classes": blob["classes"][:4]}, Path(teacher_ckpt))
+    cfg = validate_config(tiny_config(tmp_path / "s", kd=True, kd_teacher=teacher_ckpt))
+    with pytest.raises(ConfigError, match="predicts 4 classes; this run's data has 10"):
+        run_training(cfg)
