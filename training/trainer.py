@@ -120,14 +120,7 @@ def build_stage(
         enable_gradient_equilibrium(model, cfg.ge)
         if cfg.kd and cfg.kd_teacher is not None:
             external = frozen_teacher(cfg, num_classes, device)
-            t, g = cfg.kd_temperature, cfg.kd_weight
-
-            def kd_from_external(z: list[Tensor], y: Tensor, x: Tensor) -> Tensor:
-                with torch.no_grad():  # eval mode: its BatchNorm statistics stay the trained ones
-                    teacher_logits = external(x)[-1]
-                return ofa_kd_loss(z, y, t, g, teacher=teacher_logits, teach_last=True)
-
-            return StagePlan(model, kd_from_external, [])
+            return StagePlan(model, kd_from_frozen(external, cfg, teach_last=True), [])
         if cfg.kd:
             t, g = cfg.kd_temperature, cfg.kd_weight
             return StagePlan(model, lambda z, y, x: ofa_kd_loss(z, y, t, g), [])
@@ -135,9 +128,7 @@ def build_stage(
     # stage2 (official main_IMTA.py / msdnet_imta.py): the whole stage-1 network is frozen, blocks
     # and the exit heads' conv bodies alike; new final linear layers (with the ISC embedding) read
     # its pooled exit features; the teacher is the frozen network's own last exit.
-    teacher = rebuild_model(load_checkpoint(run_dir / STAGE1)).to(device)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = freeze(rebuild_model(load_checkpoint(run_dir / STAGE1)).to(device))
     new_parts = [m for head in model.exits for name, m in head.named_children() if name in STAGE2_NEW]
     new_ids = {id(p) for m in new_parts for p in m.parameters()}
     reused = {
@@ -154,14 +145,26 @@ def build_stage(
     frozen += [m for head in model.exits for name, m in head.named_children() if name not in STAGE2_NEW]
     if not cfg.kd:
         return StagePlan(model, lambda z, y, x: multi_exit_ce(z, y), frozen)
+    return StagePlan(model, kd_from_frozen(teacher, cfg, teach_last=False), frozen)
+
+
+def freeze(model: MultiExitNet) -> MultiExitNet:
+    """``model`` with no parameter requiring grad, in eval mode (BatchNorm statistics fixed)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def kd_from_frozen(teacher: MultiExitNet, cfg: TrainConfig, *, teach_last: bool) -> Criterion:
+    """OFA KD whose soft targets are a frozen ``teacher``'s last exit on the same batch."""
     t, g = cfg.kd_temperature, cfg.kd_weight
 
-    def kd_from_teacher(z: list[Tensor], y: Tensor, x: Tensor) -> Tensor:
+    def criterion(z: list[Tensor], y: Tensor, x: Tensor) -> Tensor:
         with torch.no_grad():
             teacher_logits = teacher(x)[-1]
-        return ofa_kd_loss(z, y, t, g, teacher=teacher_logits)
+        return ofa_kd_loss(z, y, t, g, teacher=teacher_logits, teach_last=teach_last)
 
-    return StagePlan(model, kd_from_teacher, frozen)
+    return criterion
 
 
 def check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
@@ -216,10 +219,7 @@ def frozen_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> 
             f"kd_teacher {cfg.kd_teacher} predicts {len(blob['classes'])} classes; "
             f"this run's data has {num_classes}"
         )
-    teacher = rebuild_model(blob).to(device)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher
+    return freeze(rebuild_model(blob).to(device))
 
 
 def initial_weights(cfg: TrainConfig) -> dict[str, Tensor]:
