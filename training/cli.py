@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from training.config import ConfigError, TrainConfig, load_config
 
@@ -70,8 +71,11 @@ def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
 
 
-def train_overrides(args: argparse.Namespace) -> list[str]:
-    """The flags of ``train`` as dotted ``key=value`` overrides (flags win over the YAML)."""
+def train_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags of ``train`` that were given, by dotted config key, as typed values.
+
+    They win over the YAML and ``--set`` wins over them; paths stay text (not parsed as YAML).
+    """
     pairs = {
         "run_dir": args.run_dir,
         "data.path": args.data_dir,
@@ -92,12 +96,7 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
         "swa_start": args.swa_start,
         "progress": False if args.no_progress else None,
     }
-    out = [f"{k}={_yaml_text(v)}" for k, v in pairs.items() if v is not None]
-    return out + list(args.set)
-
-
-def _yaml_text(value: object) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    return {k: v for k, v in pairs.items() if v is not None}
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -106,7 +105,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from training.trainer import DistInfo, run_training
 
-    cfg: TrainConfig = load_config(args.config, train_overrides(args))
+    cfg: TrainConfig = load_config(args.config, list(args.set), values=train_flags(args))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     info = DistInfo(
         rank=int(os.environ.get("RANK", "0")),

@@ -7,6 +7,7 @@ parsed as YAML scalars, so ``true``, ``0.1`` and ``[1, 2]`` get their natural ty
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -148,8 +149,15 @@ class TrainConfig(_Frozen):
         return self
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Build a :class:`TrainConfig` from a YAML file and ``key.sub=value`` overrides.
+def load_config(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    values: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a YAML file, typed ``values`` and ``key.sub=value`` overrides.
+
+    ``values`` (dotted key -> Python value, e.g. the command line's flags) are set as they are, so
+    a path such as ``/runs/a #3`` stays a string; ``overrides`` are parsed as YAML and win over both.
 
     Raises:
         ConfigError: unreadable file, malformed override, or unknown / ill-typed key (named).
@@ -166,6 +174,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
         raw = loaded or {}
+    for key, value in (values or {}).items():
+        set_dotted(raw, key, value)
     for item in overrides or []:
         apply_override(raw, item)
     return validate_config(raw)
@@ -180,12 +190,17 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         value = text
+    set_dotted(raw, key, value)
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``raw[a][b][c] = value`` for ``key`` ``a.b.c``, creating sections on the way."""
     parts = key.split(".")
     node = raw
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            raise ConfigError(f"override {key}=...: {part!r} is not a section")
         node = child
     node[parts[-1]] = value
 

@@ -198,10 +198,16 @@ SPLIT_KEYS = ("source", "n_val", "n_test", "split_seed", "synthetic_size", "synt
 
 
 def same_split_checkpoint(path: str, role: str, cfg: TrainConfig) -> dict[str, Any]:
-    """The checkpoint at ``path`` after checking that it was trained on this run's split (another
-    split would put this run's validation or test images in its training set); ``role`` names the
-    config key in the error."""
+    """The checkpoint at ``path`` after checking that its run finished (a chain of phases built on
+    a run stopped by ``--stop-after`` would silently start from partial weights) and that it was
+    trained on this run's split (another split would put this run's validation or test images in
+    its training set); ``role`` names the config key in the error."""
     blob = load_checkpoint(Path(path).expanduser())
+    if not blob.get("complete", False):
+        raise ConfigError(
+            f"{role} {path} is from an unfinished run (stopped after {blob['stage']} epoch "
+            f"{blob['epoch']}); finish that run first (train again with --resume)"
+        )
     theirs, ours = blob["config"]["data"], config_to_dict(cfg)["data"]
     diff = [k for k in SPLIT_KEYS if k in theirs and theirs[k] != ours.get(k)]
     if diff:

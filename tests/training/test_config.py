@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.cli import main
+from training.cli import build_parser, main, train_flags
 from training.config import ConfigError, load_config
 from training.trainer import SPLIT_KEYS
 
@@ -21,6 +21,17 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
     assert cfg.batch_size == 32  # from the file
     with pytest.raises(Exception, match="frozen"):
         cfg.epochs = 3  # type: ignore[misc]
+
+
+def test_flags_are_taken_as_given_and_set_wins_over_them(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "run"))
+    argv = ["train", "--run-dir", "/runs/lr 0.1 #3", "--kd-teacher", "2024", "--epochs", "4",
+            "--kd", "--isc", "--set", "epochs=5"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    cfg = load_config(path, list(args.set), values=train_flags(args))
+    # As YAML, "#3" would be a comment and 2024 a number; a path is text.
+    assert str(cfg.run_dir) == "/runs/lr 0.1 #3" and cfg.kd_teacher == "2024"
+    assert cfg.kd is True and cfg.model.isc is True and cfg.epochs == 5
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,11 @@ def test_init_from_starts_from_the_checkpoints_weights_on_the_same_split(tmp_pat
     other_model = tiny_config(tmp_path / "e", init_from=start, model={**TINY_MODEL, "isc": True})
     with pytest.raises(ConfigError, match="holds another model"):
         run_training(validate_config(other_model))
+    stopped = tiny_config(tmp_path / "p", epochs=2, stop_after=1)
+    assert not run_training(validate_config(stopped))["complete"]
+    partial = tiny_config(tmp_path / "f", init_from=str(tmp_path / "p" / "last.pt"))
+    with pytest.raises(ConfigError, match=r"unfinished run \(stopped after joint epoch 1\)"):
+        run_training(validate_config(partial))
 
 
 def test_a_warm_restarted_package_records_the_run_it_started_from(tmp_path: Path) -> None:
