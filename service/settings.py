@@ -1,6 +1,6 @@
 """Service settings: pydantic-settings, one prefix (``ANYTIME_``), nested parts are BaseModels.
 
-Sources, highest priority first: constructor arguments, command line (``python -m service``),
+Sources, highest priority first: command line (``python -m service``), constructor arguments,
 environment (``ANYTIME_MODELS='["packages/default"]'``, nested with ``__`` as in
 ``ANYTIME_BATCHING__MAX_BATCH_SIZE=16``), then a YAML or JSON file named by ``config_file``
 (``--config-file`` or ``ANYTIME_CONFIG_FILE``).
@@ -139,7 +139,11 @@ class ServiceSettings(BaseSettings):
     backend: Backend = Field("auto", description="torch | onnxruntime | auto (faster one measured)")
     device: Device = Field("auto", description="auto = CUDA when it really works, else CPU")
     default_budget: float | None = Field(
-        None, gt=0, le=1, description="budget when a request gives none (else the package's default)"
+        None,
+        gt=0,
+        le=1,
+        description="budget when a request gives none (else the package's default); at least the "
+        "package's lowest budget-table row, else start-up fails",
     )
     request_timeout_s: float = Field(
         30.0, gt=0, description="deadline of a request from arrival; past it: 504"

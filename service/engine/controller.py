@@ -43,17 +43,23 @@ def eligible_budgets(
     rows: list[tuple[float, float | None]], default: float, max_accuracy_loss: float | None
 ) -> list[float]:
     """The budgets (ascending) the controller may choose among: the table's ``(budget, test
-    accuracy)`` rows below ``default``, then ``default`` itself (always eligible, the top).
+    accuracy)`` rows below ``default``'s own row, then ``default`` itself (always eligible, the top).
 
-    With ``max_accuracy_loss``, a row is eligible only if its accuracy is at most that far below
-    the default row's; without a measured accuracy for both, it is not."""
-    below = sorted((b, a) for b, a in rows if b < default)
+    ``default``'s own row is the one whose thresholds it runs with: the largest row not above it
+    (``policy.budget_thresholds``), so a default of 0.55 runs as the row 0.5, and that row is no
+    cheaper step below it. With ``max_accuracy_loss``, a row is eligible only if its accuracy is at
+    most that far below that own row's; without a measured accuracy for both, it is not."""
+    ordered = sorted(rows)
+    own = [r for r in ordered if r[0] <= default + 1e-9]
+    # Budget 1.0 without a table row runs every image to the last exit: no row is its own.
+    ref = own[-1] if own and (default < 1.0 - 1e-9 or own[-1][0] >= 1.0 - 1e-9) else None
+    below = [r for r in ordered if r[0] < (ref[0] if ref is not None else default) - 1e-9]
     if max_accuracy_loss is not None:
-        ref = next((a for b, a in rows if b == default), None)
+        ref_acc = ref[1] if ref is not None else None
         below = [
             (b, a)
             for b, a in below
-            if ref is not None and a is not None and a >= ref - max_accuracy_loss
+            if ref_acc is not None and a is not None and a >= ref_acc - max_accuracy_loss
         ]
     return [b for b, _ in below] + [default]
 

@@ -30,7 +30,7 @@ from service.engine.executor import ImageResult, Pending, RequestWork, StageBatc
 from service.engine.guard import AccuracyGuard, GuardConfig
 from service.engine.scheduler import next_batch, wait_timeout
 from service.engine.stage import Job, StageRules, deadline_answers, run_stage
-from service.errors import EngineStoppedError, QueueFullError
+from service.errors import EngineStoppedError, InvalidOptionError, QueueFullError
 from service.metrics import ServiceMetrics
 from service.policy import ExitPlan, budget_thresholds
 
@@ -86,6 +86,10 @@ class ModelEngine:
         self.costs = StageCosts(self.num_exits)
         self.guard = AccuracyGuard(self.num_exits, config.guard)
         default = config.default_budget or manifest.default_budget or 1.0
+        try:  # refuse at start-up, not with a 422 on every request that gives no budget
+            budget_thresholds(manifest, default)
+        except InvalidOptionError as e:
+            raise ValueError(f"default budget {default}: {e}") from None
         self.controller = (
             None
             if config.controller is None
@@ -139,10 +143,7 @@ class ModelEngine:
     def _publish_budget(self) -> None:
         budget = self.default_budget()
         self.metrics.effective_budget.labels(self.name).set(budget)
-        try:
-            thresholds = budget_thresholds(self.manifest, budget)
-        except Exception:  # a package without a budget table: nothing to export
-            return
+        thresholds = budget_thresholds(self.manifest, budget)  # checked at start-up
         for k, (t, shift) in enumerate(zip(thresholds, self.guard.shift, strict=True)):
             self.metrics.exit_threshold.labels(self.name, str(k)).set(min(t + shift, 1e9))
 

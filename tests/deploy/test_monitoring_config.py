@@ -16,6 +16,7 @@ from tests.deploy.promql import (
     CONTRACT,
     DOCKER,
     PROMETHEUS_CONFIG,
+    ROOT,
     alert_rules,
     allowed_labels,
     allowed_series,
@@ -40,6 +41,12 @@ def _exported() -> dict[str, tuple[str, tuple[str, ...]]]:
 
 def test_contract_matches_the_service_registry() -> None:
     assert _exported() == CONTRACT
+
+
+@pytest.mark.parametrize("guide", ["deployment.md", "service.md"])
+def test_the_guides_name_every_exported_metric(guide: str) -> None:
+    text = (ROOT / "docs" / guide).read_text()
+    assert [name for name in CONTRACT if f"`{name}`" not in text] == []
 
 
 def test_series_extraction_flags_unknown_metrics() -> None:

@@ -84,6 +84,8 @@ def test_settings_from_env_file_and_precedence(tmp_path: Path, monkeypatch: pyte
     assert s.models == ["a", "b"] and s.backend == "onnxruntime"
     assert s.batching.max_batch_size == 16 and s.batching.max_delay_ms == 9  # env beats the file
     assert ServiceSettings(backend="torch").backend == "torch"  # arguments beat both
+    cli = ServiceSettings(backend="torch", _cli_parse_args=["--backend", "onnxruntime"])
+    assert cli.backend == "onnxruntime"  # and the command line beats arguments
     monkeypatch.setenv("ANYTIME_MODELS", json.dumps(["c"]))
     assert ServiceSettings().models == ["c"]
     with pytest.raises(ValueError):
@@ -93,6 +95,14 @@ def test_settings_from_env_file_and_precedence(tmp_path: Path, monkeypatch: pyte
 def test_a_missing_package_stops_start_up_with_its_name(tmp_path: Path) -> None:
     app = create_app(ServiceSettings(models=[str(tmp_path / "missing-pkg")], intra_op_threads=0))
     with pytest.raises(ModelLoadError, match="missing-pkg"), TestClient(app):
+        pass
+
+
+def test_a_default_budget_below_the_budget_table_stops_start_up(calibrated_package: Path) -> None:
+    # Else /readyz would say ready and every request without a budget would get a 422.
+    app = create_app(make_settings(calibrated_package, default_budget=0.3, warmup=False))
+    match = r"default budget 0\.3: budget 0\.3 is below what this model offers; use a budget betw"
+    with pytest.raises(ModelLoadError, match=match), TestClient(app):
         pass
 
 

@@ -57,7 +57,10 @@ def test_accuracy_loss_cap_sets_the_controllers_floor() -> None:
     assert eligible_budgets(table, 0.7, 0.02) == [0.4, 0.5, 0.7]  # measured from the default row
     # Without measured accuracies nothing below the default can be vouched for.
     assert eligible_budgets([(0.5, None), (1.0, 0.9)], 1.0, 0.05) == [1.0]
-    assert eligible_budgets([(0.5, 0.9), (0.9, 0.9)], 0.8, 0.05) == [0.8]  # no row to compare with
+    # A default between rows runs as the row below it: that row is its reference, not a step.
+    assert eligible_budgets([(0.5, 0.9), (0.9, 0.9)], 0.8, 0.05) == [0.8]
+    assert eligible_budgets(table, 0.55, None) == [0.3, 0.4, 0.55]
+    assert eligible_budgets(table, 0.55, 0.015) == [0.4, 0.55]  # 0.4: 1 point below row 0.5
     cfg = ControllerConfig(p99_target_s=0.1, interval_s=0.0, max_accuracy_loss=0.01)
     c = SloController(table, 1.0, cfg)
     for _ in range(5):
