@@ -76,7 +76,8 @@ class SloController:
         self._latencies: deque[tuple[float, float]] = deque()
         self._last_step = 0.0
         self._calm = 0  # low-pressure decisions in a row
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the latency window
+        self._deciding = threading.Lock()  # one decision at a time: workers call update() at once
 
     @property
     def budget(self) -> float:
@@ -100,6 +101,10 @@ class SloController:
     def update(self, drain_s: float, queue_fill: float = 0.0) -> bool:
         """Re-decide from p99, ``drain_s`` (queued work's estimated seconds) and ``queue_fill``
         (queued images over the queue bound); True if the budget changed."""
+        with self._deciding:
+            return self._decide(drain_s, queue_fill)
+
+    def _decide(self, drain_s: float, queue_fill: float) -> bool:
         now = time.monotonic()
         cfg = self.config
         if now - self._last_step < cfg.interval_s:

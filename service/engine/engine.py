@@ -163,7 +163,15 @@ class ModelEngine:
             # The guard tightens budget-derived thresholds only; a pinned threshold is the client's.
             thresholds = tuple(t + d for t, d in zip(thresholds, self.guard.shift, strict=True))
         chunks = [
-            Pending(work, images, s, min(s + step, n), thresholds, plan.max_exit)
+            Pending(
+                work,
+                images,
+                s,
+                min(s + step, n),
+                thresholds,
+                plan.max_exit,
+                audit=plan.budget is not None,
+            )
             for s in range(0, n, step)
         ]
         with self._cond:
@@ -305,7 +313,9 @@ class ModelEngine:
         """Estimated seconds to run everything queued (full passes at the largest batch)."""
         b = self.config.max_batch_size
         per_image = self.costs.remaining(0, b) / b
-        return (self._waiting + sum(len(x) for q in self.queues for x in q)) * per_image
+        with self._cond:  # other workers append to and pop from the queues under this lock
+            queued = self._waiting + sum(len(x) for q in self.queues for x in q)
+        return queued * per_image
 
     def _control(self) -> None:
         if self.controller is None:

@@ -96,6 +96,10 @@ class StageBatch:
         answered_exit: ``[n]`` exit that already answered the image (-1: not yet). An answered
             image still in a batch is a ``run_to_end`` image or an accuracy-guard shadow.
         answered_class: ``[n]`` class of that answer (for the guard's agreement).
+        audit: ``[n]`` bool: the accuracy guard may audit the image's answer. Before it is
+            answered: its thresholds are the budget table's (not pinned by the request); after:
+            also it left because its confidence passed its threshold (not forced out by
+            ``max_exit`` or a deadline, which say nothing about the thresholds).
         last_probs: ``[n, C]`` softmax of the image's latest exit (its anytime answer for a
             deadline exit); None before stage 0.
         enqueued: ``time.monotonic()`` when it entered its current queue.
@@ -109,12 +113,15 @@ class StageBatch:
     answered_class: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     last_probs: np.ndarray | None = None
     enqueued: float = field(default_factory=time.monotonic)
+    audit: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
 
     def __post_init__(self) -> None:
         n = len(self.jobs)
         if self.answered_exit.shape[0] != n:
             self.answered_exit = torch.full((n,), -1, dtype=torch.int64)
             self.answered_class = torch.full((n,), -1, dtype=torch.int64)
+        if self.audit.shape[0] != n:
+            self.audit = torch.ones(n, dtype=torch.bool)
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -134,6 +141,7 @@ class StageBatch:
             self.answered_class[idx],
             probs,
             self.enqueued,
+            self.audit[idx],
         )
 
     @staticmethod
@@ -152,6 +160,7 @@ class StageBatch:
             torch.cat([b.answered_class for b in batches]),
             None if any(p is None for p in probs) else np.concatenate(probs),  # type: ignore[arg-type]
             enqueued=min(b.enqueued for b in batches),
+            audit=torch.cat([b.audit for b in batches]),
         )
 
 
@@ -170,6 +179,8 @@ class Pending:
     thresholds: tuple[float, ...]
     max_exit: int
     enqueued: float = field(default_factory=time.monotonic)
+    audit: bool = True
+    """The thresholds are the budget table's, so the accuracy guard may audit these answers."""
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -182,4 +193,5 @@ class Pending:
             torch.tensor(self.thresholds, dtype=torch.float32).expand(n, k),
             torch.full((n,), self.max_exit, dtype=torch.int64),
             enqueued=self.enqueued,
+            audit=torch.full((n,), self.audit, dtype=torch.bool),
         )

@@ -44,8 +44,9 @@ class AccuracyGuard:
 
     def agreement(self, k: int) -> float | None:
         """Share of agreeing audits at exit ``k`` in the window; None before any audit."""
-        w = self._windows[k]
-        return sum(w) / len(w) if w else None
+        with self._lock:  # another worker's record() may append meanwhile
+            w = self._windows[k]
+            return sum(w) / len(w) if w else None
 
     def record(self, audits: list[tuple[int, bool]]) -> list[int]:
         """Add ``(exit, agrees)`` audits; returns the exits whose threshold was just tightened."""

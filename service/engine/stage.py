@@ -90,9 +90,11 @@ def run_stage(
         (batch.jobs[i], ImageResult(probs[i].copy(), k, compute_fractions[k], bool(late[i])))
         for i in (leave | late).nonzero().flatten().tolist()
     ]
+    # Only answers a budget threshold decided are evidence about the thresholds (the guard's).
+    audit = torch.where(fresh & leave, batch.audit & (conf >= thresholds), batch.audit & ~late)
     agreements = []
     if last:
-        earlier = (~fresh).nonzero().flatten().tolist()
+        earlier = (~fresh & batch.audit).nonzero().flatten().tolist()
         agreements = [
             (int(batch.answered_exit[i]), int(batch.answered_class[i]) == int(pred[i])) for i in earlier
         ]
@@ -103,8 +105,9 @@ def run_stage(
     else:
         go_on = ~fresh | ~now_answered
         if rules.shadow_fraction > 0:
-            # Only confident early answers are audited; deadline exits say nothing of thresholds.
-            sampled = [bool(leave[i]) and random.random() < rules.shadow_fraction for i in range(n)]
+            # Only threshold-decided early answers are audited (``audit``).
+            sampled = [bool(audit[i]) and bool(leave[i]) and random.random() < rules.shadow_fraction
+                       for i in range(n)]  # fmt: skip
             go_on |= torch.tensor(sampled, dtype=torch.bool)
     if not bool(go_on.any()):
         return StageOutcome(answered, None)
@@ -120,6 +123,7 @@ def run_stage(
         answered_exit,
         answered_class,
         probs,
+        audit=audit,
     )
     return StageOutcome(answered, rest if bool(go_on.all()) else rest.select(go_on))
 

@@ -7,11 +7,14 @@ import time
 import pytest
 import torch
 
+from models.exit_policy import NEVER_EXIT
 from models.package import ModelPackage
 from service.engine.controller import ControllerConfig, SloController, eligible_budgets
 from service.engine.costs import StageCosts
+from service.engine.executor import RequestWork, StageBatch
 from service.engine.guard import AccuracyGuard, GuardConfig
 from service.engine.images import images_to_batch
+from service.engine.stage import StageRules, run_stage
 from service.policy import resolve_plan
 from tests.service.fixtures import LIMITS
 from tests.service.test_engine import FAR, make_engine, sample
@@ -136,3 +139,51 @@ def test_controller_lowers_the_budget_of_unpinned_requests(reference_package: Mo
         engine.stop()
     assert engine.default_budget() == 0.6
     assert sample(engine, "anytime_effective_budget") == 0.6
+
+
+class _LogitsBackend:
+    """Each stage's logits are the carried state itself: ``[n, C]`` chosen by the test."""
+
+    name, device = "fake", "cpu"
+
+    def run_stage(
+        self, k: int, state: tuple[torch.Tensor, ...]
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        return state, state[0]
+
+
+def _guard_batch(audit: bool) -> StageBatch:
+    """Four images, thresholds 0.5 at exits 0-1: image 0 confident and 1 not, both forced out at
+    exit 0 by ``max_exit``; image 2 confident, image 3 not, both free to go to exit 2."""
+    confident, unsure = [9.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+    work = RequestWork(n=4, deadline=time.monotonic() + FAR)
+    return StageBatch(
+        [(work, i) for i in range(4)],
+        (torch.tensor([confident, unsure, confident, unsure]),),
+        torch.tensor([[0.5, 0.5, NEVER_EXIT]] * 4),
+        torch.tensor([0, 0, 2, 2]),
+        audit=torch.full((4,), audit),
+    )
+
+
+@pytest.mark.parametrize("audit", [True, False])
+def test_the_guard_audits_only_answers_a_budget_threshold_decided(audit: bool) -> None:
+    fractions, backend = [0.3, 0.6, 1.0], _LogitsBackend()
+    # run_to_end: every image reaches the final exit; image 3 is a deadline exit at exit 0.
+    rules = StageRules(run_to_end=True, next_cost_s=2 * FAR)
+    out = run_stage(backend, 0, _guard_batch(audit), fractions, rules)
+    assert [(j[1], r.exit, r.deadline_exit) for j, r in out.answered] == [
+        (0, 0, False), (1, 0, False), (2, 0, False), (3, 0, True)
+    ]  # fmt: skip
+    assert out.survivors is not None
+    out = run_stage(backend, 1, out.survivors, fractions, StageRules(run_to_end=True))
+    assert out.survivors is not None
+    out = run_stage(backend, 2, out.survivors, fractions, StageRules(run_to_end=True))
+    # Image 1 left because of its max_exit and image 3 because of its deadline: neither says
+    # anything about the thresholds. Pinned thresholds (audit False) are the client's.
+    assert out.agreements == ([(0, True), (0, True)] if audit else [])
+    # Shadows: only the threshold-decided early answers are sampled to run on.
+    shadows = StageRules(shadow_fraction=1.0)
+    out = run_stage(backend, 0, _guard_batch(audit), fractions, shadows)
+    assert out.survivors is not None
+    assert [j[1] for j in out.survivors.jobs] == ([0, 2, 3] if audit else [3])
