@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.types import Message, Receive
 
 from service.engine import ImageResult, LoadedModel
 from service.errors import (
@@ -157,6 +158,15 @@ def _options(raw: dict[str, Any], model: type[ClassifyOptions] = ClassifyOptions
         ) from None
 
 
+def _replay(body: bytes) -> Receive:
+    """An ASGI ``receive`` that hands over an already-read ``body`` in one message."""
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
 async def read_classify_body(request: Request) -> tuple[list[bytes], ClassifyOptions]:
     """The images and options of a classify request, in any of the three body forms."""
     query = dict(request.query_params)
@@ -166,8 +176,11 @@ async def read_classify_body(request: Request) -> tuple[list[bytes], ClassifyOpt
     if ctype == "multipart/form-data":
         options = _options(query)
         limit = state.settings.limits.max_images_per_request
+        # Read against max_body_bytes first: a chunked upload has no Content-Length to refuse up
+        # front, and Starlette's parser would spool all of it before we saw its size.
+        body = await read_body(request)
         try:
-            form = await request.form(max_files=limit, max_fields=100)
+            form = await Request(request.scope, _replay(body)).form(max_files=limit, max_fields=100)
         except HTTPException as e:  # Starlette reports multipart limits and syntax as a bare 400
             if "too many files" in str(e.detail).lower():
                 raise PayloadTooLargeError(
@@ -175,13 +188,13 @@ async def read_classify_body(request: Request) -> tuple[list[bytes], ClassifyOpt
                     detail={"limit": limit},
                 ) from None
             raise BadRequestError(f"malformed multipart body: {e.detail}") from None
-        uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
-        if not uploads:
-            raise BadRequestError("multipart body has no file in the field 'files'")
-        total, cap = sum(f.size or 0 for f in uploads), state.settings.limits.max_body_bytes
-        if total > cap:  # a chunked upload has no Content-Length to refuse up front
-            raise PayloadTooLargeError(f"uploaded files total {total} bytes; the limit is {cap}")
-        return [await f.read() for f in uploads], options
+        try:
+            uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+            if not uploads:
+                raise BadRequestError("multipart body has no file in the field 'files'")
+            return [await f.read() for f in uploads], options
+        finally:
+            await form.close()
     body = await read_body(request)
     if ctype.startswith("image/"):
         return [body], _options(query)

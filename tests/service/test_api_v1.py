@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
 from models.package import ModelPackage
+from service.app import create_app
+from tests.service.conftest import make_settings
 from tests.service.fixtures import NAME, reference_answers
 
 URL = f"/v1/models/{NAME}/classify"
@@ -138,3 +141,34 @@ def test_one_bad_image_spoils_only_its_own_request(client: TestClient, images: l
     good = client.post(URL, content=images[0], headers={"content-type": "image/png"})
     assert good.status_code == 200 and len(good.json()["predictions"]) == 1
     assert torch.isfinite(torch.tensor(good.json()["predictions"][0]["confidence"]))
+
+
+def test_a_chunked_multipart_upload_is_refused_at_the_limit_not_after_it(
+    calibrated_package: Path,
+) -> None:
+    # No Content-Length: the service must stop reading at max_body_bytes, not spool the whole
+    # upload and look at its size afterwards. Driven at the ASGI level to count what was read.
+    limit, chunk, parts = 2**20, b"\0" * 2**16, 1024  # 64 MiB if read to the end
+    head = b'--b\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n\r\n'
+    app = create_app(make_settings(calibrated_package, limits={"max_body_bytes": limit}))
+    read, started = [0], []
+
+    async def receive() -> dict[str, object]:
+        body = head if read[0] == 0 else chunk
+        read[0] += len(body)
+        return {"type": "http.request", "body": body, "more_body": read[0] < parts * len(chunk)}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            started.append(message["status"])
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": URL, "raw_path": URL.encode(), "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
+    }  # fmt: skip
+    with TestClient(app) as c:  # runs the lifespan: the model is loaded
+        c.portal.call(app, scope, receive, send)  # type: ignore[arg-type]
+    assert started == [413]
+    assert read[0] <= limit + len(chunk) + len(head)  # stopped at the limit
