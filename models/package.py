@@ -246,13 +246,26 @@ def pack_package(package_dir: str | Path, tar_path: str | Path) -> Path:
 
 
 def _replace(src: Path, dst: Path) -> None:
-    if dst.exists():
-        backup = dst.with_name(f".{dst.name}.old")
-        os.replace(dst, backup)
+    """Move ``src`` to ``dst``; an existing ``dst`` is moved aside first and removed last."""
+    if not dst.exists():
         os.replace(src, dst)
-        shutil.rmtree(backup) if backup.is_dir() else backup.unlink()
-    else:
+        return
+    backup = dst.with_name(f".{dst.name}.old")
+    _remove(backup)  # left by an overwrite that was killed before its clean-up
+    os.replace(dst, backup)
+    try:
         os.replace(src, dst)
+    except OSError:
+        os.replace(backup, dst)  # keep the old package rather than none
+        raise
+    _remove(backup)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def sha256_file(path: Path) -> str:

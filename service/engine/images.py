@@ -32,6 +32,21 @@ class ImageLimits:
     max_image_pixels: int
 
 
+def _to_rgb(img: Image.Image, where: str) -> Image.Image:
+    """``img`` as 8-bit RGB. Pillow's ``convert`` clips wider pixels instead of scaling them (a
+    16-bit grey of 40000 would become white), so 16-bit grey is scaled here and 32-bit integer or
+    float pixels, whose range no header states, are refused."""
+    if img.mode.startswith("I;16"):
+        grey = np.round(np.asarray(img, dtype=np.float64) / 257.0).astype(np.uint8)  # 65535 -> 255
+        return Image.fromarray(grey).convert("RGB")
+    if img.mode in ("I", "F"):
+        kind = "integer" if img.mode == "I" else "floating-point"
+        raise BadImageError(
+            f"{where} has 32-bit {kind} pixels, whose range is not defined; send 8- or 16-bit images"
+        )
+    return img.convert("RGB")
+
+
 def decode_image(data: bytes, limits: ImageLimits, where: str = "image") -> Image.Image:
     """Decode one encoded image to RGB (alpha dropped, grayscale and palettes expanded).
 
@@ -60,7 +75,7 @@ def decode_image(data: bytes, limits: ImageLimits, where: str = "image") -> Imag
             if width < 1 or height < 1:
                 raise BadImageError(f"{where} has no pixels ({width}x{height})")
             img.load()
-            return img.convert("RGB")
+            return _to_rgb(img, where)
     except (PayloadTooLargeError, BadImageError):
         raise
     except UnidentifiedImageError:

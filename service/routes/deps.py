@@ -15,6 +15,7 @@ from torch import Tensor
 from service.engine import ImageResult, LoadedModel
 from service.engine.images import ImageLimits, images_to_batch
 from service.errors import (
+    BadRequestError,
     ClientDisconnectedError,
     DeadlineExceededError,
     ModelNotFoundError,
@@ -89,6 +90,8 @@ def require_api_key(request: Request) -> None:
 
 def check_image_count(n: int, state: AppState) -> None:
     limit = state.settings.limits.max_images_per_request
+    if n < 1:  # e.g. a v2 BYTES input of shape [0]
+        raise BadRequestError("the request holds no image")
     if n > limit:
         raise PayloadTooLargeError(
             f"{n} images in one request; the limit is {limit}", detail={"images": n, "limit": limit}

@@ -137,3 +137,18 @@ def test_save_refuses_to_overwrite(package_dir: Path) -> None:
     pkg = load_package(package_dir)
     with pytest.raises(PackageError, match="already exists"):
         save_package(pkg.model, pkg.manifest, package_dir)
+
+
+def test_overwrite_survives_an_interrupted_one(package_dir: Path, tmp_path: Path) -> None:
+    from models.package import save_package
+
+    pkg = load_package(package_dir)
+    out = tmp_path / "pkg"
+    save_package(pkg.model, pkg.manifest, out, export_onnx=False)
+    stale = tmp_path / ".pkg.old"  # an earlier overwrite killed while removing the old package
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "weights.safetensors").write_bytes(b"half-deleted")
+    save_package(pkg.model, pkg.manifest, out, export_onnx=False, overwrite=True)
+    assert not stale.exists()
+    for a, b in zip(_outputs(load_package(out).model), _outputs(pkg.model), strict=True):
+        torch.testing.assert_close(a, b)

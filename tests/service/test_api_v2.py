@@ -77,6 +77,7 @@ def test_requested_outputs_and_per_output_binary(client: TestClient, images: lis
         (lambda r: r.update(inputs=[]), 400),
         (lambda r: r["inputs"][0].update(datatype="INT8"), 400),
         (lambda r: r["inputs"][0].update(shape=[3]), 400),
+        (lambda r: r["inputs"][0].update(shape=[0], data=[]), 400),  # no image: not a 500
         (lambda r: r["inputs"][0].update(data=["***"]), 400),
         (lambda r: r.update(parameters={"budget": "cheap"}), 422),
         (lambda r: r.update(parameters={"max_exit": 9}), 422),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -28,6 +29,17 @@ def test_odd_but_valid_images_decode_to_the_input_size(img: Image.Image) -> None
     x = images_to_batch([encode(img)], CIFAR_PREPROCESSING, LIMITS)
     assert x.shape == (1, 3, 32, 32)
     assert x.isfinite().all()
+
+
+def test_16_bit_grey_is_scaled_and_32_bit_pixels_are_refused() -> None:
+    # Pillow's convert("RGB") clips: a 16-bit grey of 40000 (61 %) would reach the model as white.
+    grey16 = Image.fromarray(np.full((4, 4), 40000, dtype=np.uint16))
+    assert grey16.mode == "I;16"
+    rgb = np.asarray(decode_image(encode(grey16), LIMITS))
+    assert rgb.shape == (4, 4, 3) and (rgb == 156).all()  # round(40000 / 257)
+    for pixels in (np.full((4, 4), 0.5, dtype=np.float32), np.full((4, 4), 7, dtype=np.int32)):
+        with pytest.raises(BadImageError, match=r"image 0 has 32-bit .* pixels"):
+            decode_image(encode(Image.fromarray(pixels), "TIFF"), LIMITS, where="image 0")
 
 
 def test_normalisation_matches_the_package_rules() -> None:
