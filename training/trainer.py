@@ -317,7 +317,8 @@ def run_training(
             plan.model.load_state_dict(blob.get("last_iterate", blob["model"]))
             optimizer.load_state_dict(blob["optimizer"])
             scheduler.load_state_dict(blob["scheduler"])
-            scaler.load_state_dict(blob["scaler"])
+            if blob["scaler"]:  # empty when saved without fp16: a switch to fp16 starts it fresh
+                scaler.load_state_dict(blob["scaler"])
             set_rng_state(blob["rng"])
             first = start_epoch
         # SWA (training/swa.py) averages the last stage's weights from epoch cfg.swa_start on.

@@ -41,6 +41,15 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, recipe: st
         assert torch.equal(a[k], b[k]), k
 
 
+def test_resume_may_switch_to_fp16(tmp_path: Path) -> None:
+    # amp is a run-time knob (a run started on the CPU may go on on a GPU); the checkpoint of a
+    # run without fp16 holds a disabled scaler's empty state, which an enabled one cannot load.
+    assert not run_training(validate_config(tiny_config(tmp_path, epochs=2, stop_after=1)))["complete"]
+    fp16 = validate_config(tiny_config(tmp_path, epochs=2, amp="fp16"))
+    assert run_training(fp16, resume=True)["complete"]
+    assert load_checkpoint(tmp_path / "last.pt")["scaler"]  # a live fp16 scaler's state
+
+
 def test_resume_refuses_a_changed_config(tmp_path: Path) -> None:
     assert run_training(validate_config(tiny_config(tmp_path, epochs=2, stop_after=1))) is not None
     with pytest.raises(ConfigError, match=r"optim\.lr"):
