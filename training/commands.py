@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -127,8 +128,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _source(blob: dict[str, Any]) -> list[Any]:
-    """What identifies the weights behind ``logits.pt`` (stale logits are recomputed)."""
-    return [blob.get("stage"), blob.get("epoch"), blob["arch"]["name"]]
+    """What identifies the weights behind ``logits.pt`` and ``calibration.json``: stage, epoch,
+    architecture and a digest of the weights (another run's checkpoint of the same epoch, or an
+    SWA run lengthened since, differs there)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(blob["model"].items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return [blob.get("stage"), blob.get("epoch"), blob["arch"]["name"], digest.hexdigest()[:16]]
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -161,6 +168,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     )
     result = {
         "method_note": "thresholds fitted on the validation split, scored on the test split",
+        "source": current,
         "exit_compute_fraction": evaluation["exit_compute_fraction"],
         "exit_mult_adds_millions": evaluation["exit_mult_adds_millions"],
         "val_exit_accuracy": evaluation["val_exit_accuracy"],
@@ -205,10 +213,17 @@ def run_export(args: argparse.Namespace) -> int:
     cal_path = args.run_dir / CALIBRATION
     if not cal_path.is_file():
         raise CheckpointError(f"{cal_path} not found: run `python -m training calibrate` first")
+    calibration = load_calibration(cal_path)
+    if calibration.get("source", _source(blob)) != _source(blob):
+        # Thresholds and accuracies fitted on other weights would ship with these.
+        raise CheckpointError(
+            f"{cal_path} was fitted on other weights ({calibration['source']}) than the checkpoint "
+            f"exported ({_source(blob)}): run `python -m training calibrate` on it first"
+        )
     try:
         out = export_package(
             blob,
-            load_calibration(cal_path),
+            calibration,
             args.out,
             name=args.name,
             run_dir=args.run_dir,

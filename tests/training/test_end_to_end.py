@@ -63,9 +63,12 @@ def test_train_calibrate_export_serve_semantics(tmp_path: Path) -> None:
     full = m.budget_entry(1.0)
     assert full.thresholds == [2.0] * m.num_exits and full.exit_fractions == [0.0, 0.0, 1.0]
 
-    # Training on makes the saved logits stale: calibrate must evaluate the new weights.
+    # Training on makes the saved logits and thresholds stale: export refuses them, and
+    # calibrate evaluates the new weights.
     assert torch.load(run / "logits.pt")["source"][:2] == ["joint", 1]
     write_config(path, {**cfg, "stop_after": None})
     assert main(["train", "--config", str(path), "--resume"]) == 0
+    assert main(["export", "--run-dir", str(run), "--out", str(tmp_path / "p2"), "--name", "e"]) == 5
+    assert not (tmp_path / "p2").exists()
     assert main(["calibrate", "--run-dir", str(run), "--budgets", "0.5,1.0"]) == 0
     assert torch.load(run / "logits.pt")["source"][:2] == ["joint", 2]
