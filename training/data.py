@@ -241,7 +241,13 @@ def decode_folder_cached(
 ) -> tuple[Tensor, Tensor, list[str]]:
     """Decode an ImageFolder tree once to ``uint8 [N, 3, H, W]`` and cache it (atomic write)."""
     items, classes = list_image_folder(root)
-    key = hashlib.sha256(f"{root.resolve()}|{size}|{len(items)}".encode()).hexdigest()[:16]
+    # Every file's path, label, size and mtime: a changed, moved or relabelled image decodes anew.
+    key_text = f"{root.resolve()}|{size}|" + "|".join(
+        f"{f.relative_to(root)}:{label}:{st.st_size}:{st.st_mtime_ns}"
+        for f, label in items
+        for st in (f.stat(),)
+    )
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
     cache = cache_dir / f"decoded-{key}.pt"
     if cache.is_file():
         blob = torch.load(cache)

@@ -38,6 +38,13 @@ def test_cifar_archive_is_extracted_decoded_and_split(tmp_path: Path) -> None:
     assert list((tmp_path / "cache").glob("decoded-*.pt"))  # decoded once, cached
     again = load_dataset(cfg)
     assert torch.equal(again.test.x, ds.test.x) and again.info == ds.info
+    # An image moved to another class (same number of files) is not read from the stale cache.
+    extracted = tmp_path / "cache" / "cifar10-jpg" / "train"
+    (extracted / "cat" / "0000.jpg").rename(extracted / "dog" / "moved.jpg")
+    relabelled = load_dataset(cfg)
+    assert len(list((tmp_path / "cache").glob("decoded-*.pt"))) == 2
+    labels = torch.cat([relabelled.train.y, relabelled.val.y, relabelled.test.y])
+    assert int((labels == 2).sum()) == 7  # 6 dogs and the moved cat
 
 
 def test_imagefolder_resizes_and_crops(tmp_path: Path) -> None:
