@@ -285,6 +285,8 @@ def run_training(
         if start_epoch >= epochs_of[stages[start_stage]]:
             if blob["stage"] == "stage1" and not (run_dir / STAGE1).is_file() and info.is_main:
                 save_atomic({"arch": blob["arch"], "model": blob["model"]}, run_dir / STAGE1)
+            if info.world_size > 1:
+                dist.barrier()  # every rank reads stage1.pt when stage 2 starts
             start_stage, start_epoch, blob = start_stage + 1, 0, None
     if start_stage >= len(stages):
         return {"complete": True, "history": history}
