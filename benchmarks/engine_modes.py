@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from benchmarks.loadgen import Labelled, labelled_test_split
-from benchmarks.pipeline import machine
+from benchmarks.pipeline import machine, reproduce_command
 from benchmarks.workload import calibrated_package, sample_pngs
 from models.package import ModelPackage, load_package
 from service.engine import EngineConfig, ModelEngine
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
             else "synthetic (no labels: accuracy n/a)"
         ),
         capacity=capacity,
-        command="python -m benchmarks.engine_modes " + " ".join(argv or []),
+        command=reproduce_command("benchmarks.engine_modes", argv),
     )
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "engine_modes" if device == "cpu" else f"engine_modes_{device}"

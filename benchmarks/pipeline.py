@@ -86,6 +86,11 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}, torch {torch.__version__}"
 
 
+def reproduce_command(module: str, argv: list[str] | None) -> str:
+    """The command line that ran ``module`` with ``argv`` (the process's own when None)."""
+    return f"python -m {module} {shlex.join(argv if argv is not None else sys.argv[1:])}".strip()
+
+
 def commit() -> str:
     try:
         out = subprocess.run(
@@ -229,9 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     package = args.serve_package or (shipped if not quick and shipped.is_dir() else None)
     if not args.skip_serving and (package is not None or any(a.name == BEST for a in arms)):
         results["serving"] = serve(root / BEST, out, args, quick, package)
-    command = "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:])
     results["meta"] = {
-        "command": command.strip(),
+        "command": reproduce_command("benchmarks", argv),
         "quick": quick,
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),

@@ -60,6 +60,9 @@ def test_deployment_probes_gpu_and_scrape() -> None:
     port = next(p for p in api["ports"] if p["name"] == "http")["containerPort"]
     env = {e["name"]: e["value"] for e in api["env"]}
     assert "packages/default" in env["ANYTIME_MODELS"]
+    # A Service named "anytime" makes Kubernetes inject ANYTIME_PORT=tcp://<ip>:80, which the
+    # settings would refuse: no service links, and the port set explicitly (explicit env wins).
+    assert pod["spec"]["enableServiceLinks"] is False and int(env["ANYTIME_PORT"]) == port
     notes = pod["metadata"]["annotations"]
     assert notes["prometheus.io/scrape"] == "true" and int(notes["prometheus.io/port"]) == port
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
