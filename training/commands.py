@@ -214,11 +214,12 @@ def run_export(args: argparse.Namespace) -> int:
     if not cal_path.is_file():
         raise CheckpointError(f"{cal_path} not found: run `python -m training calibrate` first")
     calibration = load_calibration(cal_path)
-    if calibration.get("source", _source(blob)) != _source(blob):
+    exported = _source(blob)  # digests every weight: once
+    if calibration.get("source", exported) != exported:
         # Thresholds and accuracies fitted on other weights would ship with these.
         raise CheckpointError(
             f"{cal_path} was fitted on other weights ({calibration['source']}) than the checkpoint "
-            f"exported ({_source(blob)}): run `python -m training calibrate` on it first"
+            f"exported ({exported}): run `python -m training calibrate` on it first"
         )
     try:
         out = export_package(
