@@ -38,7 +38,7 @@ class ServingSettings:
 def served_budgets(package: Path) -> tuple[list[float], float | None]:
     """The wanted budgets the package's table can serve (a row at or below each), and its default."""
     m = load_package(package).manifest
-    lowest = min((r.budget for r in m.budgets), default=1.0)
+    lowest = min(m.budget_values, default=1.0)
     wanted = set(WANTED_BUDGETS) | ({m.default_budget} if m.default_budget else set())
     return sorted((b for b in wanted if b >= lowest - 1e-9), reverse=True), m.default_budget
 

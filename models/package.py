@@ -22,6 +22,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -145,12 +146,34 @@ class Manifest(_Strict):
         return self
 
     def budget_entry(self, budget: float) -> BudgetEntry:
-        """The table row for ``budget``: exact match, else the largest budget not above it."""
-        rows = sorted(self.budgets, key=lambda r: r.budget)
-        fitting = [r for r in rows if r.budget <= budget + 1e-9]
-        if not fitting:
-            raise KeyError(f"no budget at or below {budget}; table has {[r.budget for r in rows]}")
-        return fitting[-1]
+        """The table row ``budget`` runs with (:func:`governing_row`).
+
+        Raises:
+            KeyError: no row governs ``budget`` (all are above it, or it is 1.0 without a 1.0 row).
+        """
+        row = governing_row(self.budget_values, budget)
+        if row is None:
+            raise KeyError(f"no row governs budget {budget}; table has {self.budget_values}")
+        return next(r for r in self.budgets if r.budget == row)
+
+    @property
+    def budget_values(self) -> list[float]:
+        """The budget table's budgets, ascending."""
+        return sorted(r.budget for r in self.budgets)
+
+
+def governing_row(row_budgets: Iterable[float], budget: float) -> float | None:
+    """The budget of the table row whose thresholds ``budget`` runs with, or None if none does.
+
+    An exact match, else the largest row not above ``budget``: a budget between two rows never
+    spends more than asked. None when every row is above ``budget``, and for budget 1.0 on a table
+    without a 1.0 row: that budget runs every image to the last exit, with no row's thresholds.
+    """
+    rows = sorted(row_budgets)
+    fitting = [b for b in rows if b <= budget + 1e-9]
+    if not fitting or (budget >= 1.0 - 1e-9 and fitting[-1] < 1.0 - 1e-9):
+        return None
+    return fitting[-1]
 
 
 @dataclass

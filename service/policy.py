@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from models.exit_policy import NEVER_EXIT, exits_now
-from models.package import Manifest
+from models.package import Manifest, governing_row
 from service.errors import InvalidOptionError
 
 
@@ -71,19 +71,19 @@ def budget_thresholds(manifest: Manifest, budget: float) -> tuple[float, ...]:
     """The ``K`` thresholds of the package's budget table row for ``budget``.
 
     A budget between two rows uses the largest row not above it (never spend more than asked);
-    budget 1.0 without a table row runs every image to the last exit.
+    budget 1.0 without a table row runs every image to the last exit (``governing_row``).
     """
-    k = manifest.num_exits
-    rows = sorted(r.budget for r in manifest.budgets)
-    if budget >= 1.0 and (not rows or rows[-1] < 1.0 - 1e-9):
-        return (NEVER_EXIT,) * k
-    if not rows or budget < rows[0] - 1e-9:
-        allowed = f"between {rows[0]} and 1.0" if rows else "1.0 (the package has no budget table)"
-        raise InvalidOptionError(
-            f"budget {budget} is below what this model offers; use a budget {allowed}",
-            detail={"budgets": rows},
-        )
-    return tuple(float(t) for t in manifest.budget_entry(budget).thresholds)
+    row = governing_row(manifest.budget_values, budget)
+    if row is not None:
+        return tuple(float(t) for t in manifest.budget_entry(row).thresholds)
+    if budget >= 1.0 - 1e-9:
+        return (NEVER_EXIT,) * manifest.num_exits
+    rows = manifest.budget_values
+    allowed = f"between {rows[0]} and 1.0" if rows else "1.0 (the package has no budget table)"
+    raise InvalidOptionError(
+        f"budget {budget} is below what this model offers; use a budget {allowed}",
+        detail={"budgets": rows},
+    )
 
 
 def leaving_now(conf: Tensor, thresholds: Tensor, max_exit: Tensor, k: int, num_exits: int) -> Tensor:

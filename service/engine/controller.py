@@ -17,6 +17,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from models.package import governing_row
+
 
 @dataclass(frozen=True)
 class ControllerConfig:
@@ -46,22 +48,21 @@ def eligible_budgets(
     accuracy)`` rows below ``default``'s own row, then ``default`` itself (always eligible, the top).
 
     ``default``'s own row is the one whose thresholds it runs with: the largest row not above it
-    (``policy.budget_thresholds``), so a default of 0.55 runs as the row 0.5, and that row is no
+    (``models.package.governing_row``), so a default of 0.55 runs as the row 0.5, and that row is no
     cheaper step below it. With ``max_accuracy_loss``, a row is eligible only if its accuracy is at
     most that far below that own row's; without a measured accuracy for both, it is not."""
-    ordered = sorted(rows)
-    own = [r for r in ordered if r[0] <= default + 1e-9]
-    # Budget 1.0 without a table row runs every image to the last exit: no row is its own.
-    ref = own[-1] if own and (default < 1.0 - 1e-9 or own[-1][0] >= 1.0 - 1e-9) else None
-    below = [r for r in ordered if r[0] < (ref[0] if ref is not None else default) - 1e-9]
+    accuracy = dict(rows)
+    own = governing_row(accuracy, default)
+    top = own if own is not None else default
+    below = [(b, a) for b, a in sorted(accuracy.items()) if b < top - 1e-9]
     if max_accuracy_loss is not None:
-        ref_acc = ref[1] if ref is not None else None
+        ref = accuracy[own] if own is not None else None
         below = [
             (b, a)
             for b, a in below
-            if ref_acc is not None and a is not None and a >= ref_acc - max_accuracy_loss
+            if ref is not None and a is not None and a >= ref - max_accuracy_loss
         ]
-    return [b for b, _ in below] + [default]
+    return [*(b for b, _ in below), default]
 
 
 class SloController:

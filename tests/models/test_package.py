@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.package import PackageError, load_package, pack_package, read_manifest
+from models.package import PackageError, governing_row, load_package, pack_package, read_manifest
 from tests.conftest import make_package
 
 
@@ -47,6 +47,22 @@ def test_manifest_records_exits_budgets_and_checksums(package_dir: Path) -> None
     assert [e.compute_fraction for e in m.exits] == sorted(e.compute_fraction for e in m.exits)
     assert set(m.files) == {"weights.safetensors", *(f"onnx/stage_{k}.onnx" for k in range(3))}
     assert m.budget_entry(0.7).budget == 0.5 and m.budget_entry(1.0).budget == 1.0
+
+
+@pytest.mark.parametrize(
+    ("rows", "budget", "want"),
+    [
+        ([0.25, 0.5, 1.0], 0.5, 0.5),  # exact
+        ([0.25, 0.5, 1.0], 0.7, 0.5),  # between rows: the cheaper one, never more than asked
+        ([0.25, 0.5, 1.0], 1.0, 1.0),
+        ([0.25, 0.5], 1.0, None),  # 1.0 without a row: every image to the last exit
+        ([0.25, 0.5], 0.9, 0.5),
+        ([0.25, 0.5], 0.2, None),  # below the table
+        ([], 0.5, None),
+    ],
+)
+def test_governing_row(rows: list[float], budget: float, want: float | None) -> None:
+    assert governing_row(rows, budget) == want
 
 
 @pytest.fixture
