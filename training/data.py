@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import Tensor
 from torch.utils.data import DistributedSampler
 
@@ -195,15 +197,33 @@ def _image_root(cfg: DataConfig) -> Path:
             "cifar10-train-jpg.tar.gz or its extracted tree"
         )
     dest = Path(cfg.cache_dir).expanduser() / "cifar10-jpg"
-    if not (dest / ".extracted").is_file():
-        dest.mkdir(parents=True, exist_ok=True)
+    _extract_once(path, dest)
+    return dest / "train" if (dest / "train").is_dir() else dest
+
+
+def _extract_once(archive: Path, dest: Path) -> None:
+    """Extract ``archive`` into ``dest`` unless this same archive already is there.
+
+    The marker records the archive's path, size and mtime, so another archive (or a new copy)
+    replaces the tree instead of being silently ignored. The ranks of one ``torchrun`` call this
+    at once: a file lock makes one extract while the others wait, then find the marker.
+    """
+    stat = archive.stat()
+    identity = f"{archive.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}\n"
+    marker = dest / ".extracted"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(dest.parent / f".{dest.name}.lock"):
+        if marker.is_file() and marker.read_text() == identity:
+            return
+        if dest.exists():  # another archive's tree, or one whose extraction was cut short
+            shutil.rmtree(dest)
+        dest.mkdir()
         try:
-            with tarfile.open(path) as tar:
+            with tarfile.open(archive) as tar:
                 tar.extractall(dest, filter="data")
         except (tarfile.TarError, OSError) as e:
-            raise DataError(f"cannot extract {path} into {dest}: {e}") from None
-        (dest / ".extracted").write_text(str(path) + "\n")
-    return dest / "train" if (dest / "train").is_dir() else dest
+            raise DataError(f"cannot extract {archive} into {dest}: {e}") from None
+        marker.write_text(identity)
 
 
 def _torchvision_cifar(cfg: DataConfig) -> tuple[Tensor, Tensor, list[str], str]:

@@ -47,6 +47,21 @@ def test_cifar_archive_is_extracted_decoded_and_split(tmp_path: Path) -> None:
     assert int((labels == 2).sum()) == 7  # 6 dogs and the moved cat
 
 
+def test_another_archive_replaces_the_extracted_tree(tmp_path: Path) -> None:
+    # The cache keeps one extracted tree: a different archive at the same path (or a new copy)
+    # must not be answered with the old tree's images.
+    archive = tmp_path / "data.tar.gz"
+    cfg = DataConfig(path=str(archive), cache_dir=str(tmp_path / "cache"), n_val=3, n_test=3)
+    for name, per_class in (("first", 6), ("second", 4)):
+        tree = _jpeg_tree(tmp_path / name, (32, 32), per_class=per_class)
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(tree / "train", arcname="train")
+        ds = load_dataset(cfg)
+        assert len(ds.train) + len(ds.val) + len(ds.test) == 3 * per_class
+    extracted = tmp_path / "cache" / "cifar10-jpg" / "train" / "cat"
+    assert len(list(extracted.glob("*.jpg"))) == 4  # no file left over from the first tree
+
+
 def test_imagefolder_resizes_and_crops(tmp_path: Path) -> None:
     tree = _jpeg_tree(tmp_path / "src", (48, 40), per_class=4)
     cfg = DataConfig(
