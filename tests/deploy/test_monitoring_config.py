@@ -103,6 +103,34 @@ def test_dashboard_has_every_wanted_panel() -> None:
     assert set(CONTRACT) <= used, set(CONTRACT) - used
 
 
+def test_the_model_variable_filters_every_per_model_series() -> None:
+    # The dashboard's one variable is the model: a panel that ignores it shows every model's
+    # series while the operator thinks they are looking at one.
+    per_model = {
+        name + suffix
+        for name, (kind, labels) in CONTRACT.items()
+        if "model" in labels
+        for suffix in (("_bucket", "_sum", "_count") if kind == "histogram" else ("",))
+    }
+    for title, q in dashboard_queries():
+        for name in series_names(q) & per_model:
+            for selector in re.findall(rf"{name}(\{{[^}}]*\}})?", q):
+                assert 'model=~"$model"' in selector, f"{title}: {name} unfiltered in {q}"
+
+
+def test_the_deployment_guide_lists_every_panel_and_its_queries() -> None:
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| ") else []
+        if len(cells) == 2 and cells[1].startswith("`"):
+            rows[cells[0]] = [q.strip().strip("`") for q in cells[1].split("<br>")]
+    panels: dict[str, list[str]] = {}
+    for title, q in dashboard_queries():
+        panels.setdefault(title, []).append(q)
+    assert {t: rows.get(t) for t in panels} == panels
+
+
 def test_dashboard_uses_the_provisioned_datasource() -> None:
     ds = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yml").read_text())
     uid = ds["datasources"][0]["uid"]
