@@ -196,7 +196,7 @@ def modes_part(
     load: Load, device: str, seconds: float, clients: int, repeat: int
 ) -> list[dict[str, Any]]:
     """Each mode ``repeat`` times, interleaved (a shared machine drifts); the median run is kept."""
-    budgets: list[float | None] = sorted({b.budget for b in load.pkg.manifest.budgets})  # type: ignore[assignment]
+    budgets: list[float | None] = [*load.pkg.manifest.budget_values]
     modes = ("run_to_end", "shrink", "rebatch")
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     for _ in range(repeat):

@@ -73,12 +73,12 @@ def budget_thresholds(manifest: Manifest, budget: float) -> tuple[float, ...]:
     A budget between two rows uses the largest row not above it (never spend more than asked);
     budget 1.0 without a table row runs every image to the last exit (``governing_row``).
     """
-    row = governing_row(manifest.budget_values, budget)
+    rows = manifest.budget_values
+    row = governing_row(rows, budget)
     if row is not None:
         return tuple(float(t) for t in manifest.budget_entry(row).thresholds)
     if budget >= 1.0 - 1e-9:
         return (NEVER_EXIT,) * manifest.num_exits
-    rows = manifest.budget_values
     allowed = f"between {rows[0]} and 1.0" if rows else "1.0 (the package has no budget table)"
     raise InvalidOptionError(
         f"budget {budget} is below what this model offers; use a budget {allowed}",
