@@ -54,9 +54,10 @@ def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--kd-weight", type=float, help="KD weight g in [0, 1]")
     p.add_argument(
         "--kd-teacher",
-        metavar="CHECKPOINT",
-        help="distil from a trained run (its last.pt, same split): its last exit, frozen, teaches "
-        "every exit, the last one included (joint recipe, with --kd)",
+        metavar="CHECKPOINT_OR_PACKAGE",
+        help="distil from a trained network, same split: a finished run's last.pt or an exported "
+        "model package (e.g. packages/default); its last exit, frozen, teaches every exit, the "
+        "last one included (joint recipe, with --kd)",
     )
     p.add_argument(
         "--swa-start",

@@ -99,9 +99,10 @@ class TrainConfig(_Frozen):
     kd_weight: float = Field(0.5, ge=0, le=1, description="g: weight of the KD term at early exits")
     kd_teacher: str | None = Field(
         None,
-        description="a trained run's checkpoint (last.pt, same data split) whose last exit, frozen, "
-        "teaches every exit of this run, the last one included (joint recipe, needs kd); "
-        "default: the run's own last exit teaches the earlier ones",
+        description="a finished run's checkpoint (last.pt) or an exported model package (directory "
+        "or .tar), trained on the same data split, whose last exit, frozen, teaches every exit of "
+        "this run, the last one included (joint recipe, needs kd); default: the run's own last "
+        "exit teaches the earlier ones",
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
     device: Literal["auto", "cpu", "cuda"] = "auto"

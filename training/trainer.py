@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models import create_model
 from models.multi_exit import MultiExitNet
+from models.package import MANIFEST, PackageError, load_package
 from training.checkpoint import (
     LAST,
     STAGE1,
@@ -200,32 +201,58 @@ SPLIT_KEYS = ("source", "n_val", "n_test", "split_seed", "synthetic_size", "synt
 def same_split_checkpoint(path: str, role: str, cfg: TrainConfig) -> dict[str, Any]:
     """The checkpoint at ``path`` after checking that its run finished (a chain of phases built on
     a run stopped by ``--stop-after`` would silently start from partial weights) and that it was
-    trained on this run's split (another split would put this run's validation or test images in
-    its training set); ``role`` names the config key in the error."""
+    trained on this run's split; ``role`` names the config key in the error."""
     blob = load_checkpoint(Path(path).expanduser())
     if not blob.get("complete", False):
         raise ConfigError(
             f"{role} {path} is from an unfinished run (stopped after {blob['stage']} epoch "
             f"{blob['epoch']}); finish that run first (train again with --resume)"
         )
-    theirs, ours = blob["config"]["data"], config_to_dict(cfg)["data"]
+    check_same_split(blob["config"]["data"], role, path, cfg)
+    return blob
+
+
+def check_same_split(theirs: dict[str, Any], role: str, path: str, cfg: TrainConfig) -> None:
+    """Another split would put this run's validation or test images in their training set."""
+    ours = config_to_dict(cfg)["data"]
     diff = [k for k in SPLIT_KEYS if k in theirs and theirs[k] != ours.get(k)]
     if diff:
         detail = ", ".join(f"data.{k}: {theirs[k]!r} there, {ours.get(k)!r} here" for k in diff)
         raise ConfigError(f"{role} {path} was trained on another split ({detail})")
-    return blob
+
+
+def is_model_package(path: Path) -> bool:
+    """A package directory (with its manifest) or a package ``.tar``, as ``export`` writes."""
+    return (path / MANIFEST).is_file() or (path.is_file() and path.suffix == ".tar")
 
 
 def frozen_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> MultiExitNet:
-    """``cfg.kd_teacher``'s network (any registered architecture), frozen in eval mode."""
+    """``cfg.kd_teacher``'s network (any registered architecture), frozen in eval mode: from a
+    finished run's checkpoint or from an exported model package, trained on this run's split."""
     assert cfg.kd_teacher is not None
-    blob = same_split_checkpoint(cfg.kd_teacher, "kd_teacher", cfg)
-    if len(blob["classes"]) != num_classes:
+    path = Path(cfg.kd_teacher).expanduser()
+    if is_model_package(path):
+        try:
+            package = load_package(path)
+        except PackageError as e:
+            raise ConfigError(f"kd_teacher: {e}") from None
+        trained_with = package.manifest.provenance.training_config
+        if trained_with is None:
+            raise ConfigError(
+                f"kd_teacher {cfg.kd_teacher} records no training config, so its split cannot be "
+                "checked against this run's"
+            )
+        check_same_split(trained_with["data"], "kd_teacher", cfg.kd_teacher, cfg)
+        classes, teacher = package.manifest.classes, package.model
+    else:
+        blob = same_split_checkpoint(cfg.kd_teacher, "kd_teacher", cfg)
+        classes, teacher = blob["classes"], rebuild_model(blob)
+    if len(classes) != num_classes:
         raise ConfigError(
-            f"kd_teacher {cfg.kd_teacher} predicts {len(blob['classes'])} classes; "
+            f"kd_teacher {cfg.kd_teacher} predicts {len(classes)} classes; "
             f"this run's data has {num_classes}"
         )
-    return freeze(rebuild_model(blob).to(device))
+    return freeze(teacher.to(device))
 
 
 def initial_weights(cfg: TrainConfig) -> dict[str, Tensor]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.package import load_package
 from training.checkpoint import load_checkpoint, rebuild_model, save_atomic
 from training.cli import main
 from training.config import ConfigError, validate_config
@@ -72,4 +73,34 @@ def test_a_teacher_of_another_class_count_is_refused(tmp_path: Path) -> None:
     save_atomic({**blob, "classes": blob["classes"][:4]}, Path(teacher_ckpt))
     cfg = validate_config(tiny_config(tmp_path / "s", kd=True, kd_teacher=teacher_ckpt))
     with pytest.raises(ConfigError, match="predicts 4 classes; this run's data has 10"):
+        run_training(cfg)
+
+
+def _export_teacher(tmp_path: Path, **extra: object) -> Path:
+    run, pkg = tmp_path / "teacher", tmp_path / "teacher-pkg"
+    _train_teacher(run, **extra)
+    assert main(["calibrate", "--run-dir", str(run), "--budgets", "1.0"]) == 0
+    assert main(["export", "--run-dir", str(run), "--out", str(pkg), "--name", "teacher"]) == 0
+    return pkg
+
+
+def test_an_exported_package_can_teach(tmp_path: Path) -> None:
+    # The shipped model exists as a package, not as a run's checkpoint: it teaches all the same.
+    pkg = _export_teacher(tmp_path)
+    cfg = validate_config(tiny_config(tmp_path / "student", kd=True, kd_teacher=str(pkg)))
+    plan = build_stage(cfg, "joint", 10, tmp_path / "student", torch.device("cpu"))
+    teacher = load_package(pkg).model
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    z = plan.model(x)
+    with torch.no_grad():
+        t = teacher(x)[-1]
+    expected = ofa_kd_loss(z, y, 3.0, 0.5, teacher=t, teach_last=True)
+    torch.testing.assert_close(plan.criterion(z, y, x), expected)
+
+
+def test_a_package_from_another_split_cannot_teach(tmp_path: Path) -> None:
+    pkg = _export_teacher(tmp_path, data={"split_seed": 5})
+    cfg = validate_config(tiny_config(tmp_path / "s", kd=True, kd_teacher=str(pkg)))
+    with pytest.raises(ConfigError, match=r"kd_teacher .* another split \(data\.split_seed: 5 there, 0"):
         run_training(cfg)
