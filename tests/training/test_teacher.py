@@ -12,7 +12,7 @@ from training.checkpoint import load_checkpoint, rebuild_model, save_atomic
 from training.cli import main
 from training.config import ConfigError, validate_config
 from training.losses import ofa_kd_loss
-from training.trainer import build_stage, run_training
+from training.trainer import StagePlan, build_stage, run_training
 
 from .helpers import TINY_MODEL, tiny_config, write_config
 
@@ -33,16 +33,24 @@ def test_the_teachers_last_exit_teaches_every_exit(tmp_path: Path) -> None:
     )  # fmt: skip
     plan = build_stage(cfg, "joint", 10, tmp_path / "student", torch.device("cpu"))
     teacher = rebuild_model(load_checkpoint(Path(teacher_ckpt)))
+    z, y, loss = _loss_against(plan, teacher, 2.0, 0.4)
+    # Not the self-taught OFA loss (the run's own last exit as teacher, plain CE at the last exit).
+    assert not torch.allclose(loss, ofa_kd_loss(z, y, 2.0, 0.4))
+    assert plan.frozen == []  # the whole student trains
+
+
+def _loss_against(
+    plan: StagePlan, teacher: torch.nn.Module, t: float, g: float
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The plan's loss on a random batch, checked to be OFA KD with ``teacher``'s last exit."""
     torch.manual_seed(0)
     x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
     z = plan.model(x)
     with torch.no_grad():
-        t = teacher(x)[-1]
-    expected = ofa_kd_loss(z, y, 2.0, 0.4, teacher=t, teach_last=True)
-    torch.testing.assert_close(plan.criterion(z, y, x), expected)
-    # Not the self-taught OFA loss (the run's own last exit as teacher, plain CE at the last exit).
-    assert not torch.allclose(plan.criterion(z, y, x), ofa_kd_loss(z, y, 2.0, 0.4))
-    assert plan.frozen == []  # the whole student trains
+        target = teacher(x)[-1]
+    loss = plan.criterion(z, y, x)
+    torch.testing.assert_close(loss, ofa_kd_loss(z, y, t, g, teacher=target, teach_last=True))
+    return z, y, loss
 
 
 def test_train_with_kd_teacher_from_the_cli_leaves_the_teacher_untouched(tmp_path: Path) -> None:
@@ -89,14 +97,7 @@ def test_an_exported_package_can_teach(tmp_path: Path) -> None:
     pkg = _export_teacher(tmp_path)
     cfg = validate_config(tiny_config(tmp_path / "student", kd=True, kd_teacher=str(pkg)))
     plan = build_stage(cfg, "joint", 10, tmp_path / "student", torch.device("cpu"))
-    teacher = load_package(pkg).model
-    torch.manual_seed(0)
-    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
-    z = plan.model(x)
-    with torch.no_grad():
-        t = teacher(x)[-1]
-    expected = ofa_kd_loss(z, y, 3.0, 0.5, teacher=t, teach_last=True)
-    torch.testing.assert_close(plan.criterion(z, y, x), expected)
+    _loss_against(plan, load_package(pkg).model, 3.0, 0.5)
 
 
 def test_a_package_from_another_split_cannot_teach(tmp_path: Path) -> None:
