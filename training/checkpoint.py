@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ import torch
 
 from models import create_model
 from models.multi_exit import MultiExitNet
+from models.package import MANIFEST, PackageError, load_package
+from training.config import ConfigError
 
 LAST = "last.pt"
 STAGE1 = "stage1.pt"
@@ -76,3 +79,45 @@ def rebuild_model(blob: dict[str, Any]) -> MultiExitNet:
     model.load_state_dict(blob["model"])
     model.eval()
     return model
+
+
+@dataclass(frozen=True)
+class TrainedNetwork:
+    """A trained network with what it records about its training."""
+
+    model: MultiExitNet  # eval mode, on the CPU
+    config: dict[str, Any]  # the TrainConfig it was trained with, as a dict
+    classes: list[str]
+    complete: bool  # False for the checkpoint of an unfinished run
+    reached: str  # "stage epoch N" of a checkpoint, or "package"
+
+
+def is_model_package(path: Path) -> bool:
+    """A package directory (with its manifest) or a package ``.tar``, as ``export`` writes."""
+    return (path / MANIFEST).is_file() or (path.is_file() and path.suffix == ".tar")
+
+
+def load_trained(path: Path, role: str) -> TrainedNetwork:
+    """The network at ``path``: a model package (directory or ``.tar``), a run directory (its
+    ``last.pt``) or a checkpoint file; ``role`` names it in errors (a flag or an argument)."""
+    path = path.expanduser()
+    if is_model_package(path):
+        try:
+            package = load_package(path)
+        except PackageError as e:
+            raise ConfigError(f"{role}: {e}") from None
+        config = package.manifest.provenance.training_config
+        if config is None:
+            raise ConfigError(
+                f"{role} {path} records no training config, so its split cannot be checked"
+            )
+        classes = list(package.manifest.classes)
+        return TrainedNetwork(package.model.eval(), config, classes, True, "package")
+    blob = load_checkpoint(path / LAST if path.is_dir() else path)
+    return TrainedNetwork(
+        rebuild_model(blob),
+        blob["config"],
+        list(blob["classes"]),
+        bool(blob.get("complete", False)),
+        f"{blob['stage']} epoch {blob['epoch']}",
+    )

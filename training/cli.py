@@ -1,4 +1,4 @@
-"""``python -m training {train,evaluate,calibrate,export}``: the command-line edge.
+"""``python -m training {train,evaluate,calibrate,export,compare}``: the command-line edge.
 
 Configuration is built here, once, from the YAML file and the flags, and passed down as typed
 objects. Domain errors become one clear line on stderr and an exit code:
@@ -132,13 +132,16 @@ def _run_train(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
-        description="IMTA training, evaluation, threshold calibration and model-package export.",
+        description="IMTA training, evaluation, threshold calibration, model-package export, "
+        "and paired comparison of two trained networks.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub)
     from training.commands import add_artifact_parsers
+    from training.compare import add_compare_parser
 
     add_artifact_parsers(sub)
+    add_compare_parser(sub)
     return parser
 
 

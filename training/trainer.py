@@ -30,11 +30,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models import create_model
 from models.multi_exit import MultiExitNet
-from models.package import MANIFEST, PackageError, load_package
 from training.checkpoint import (
     LAST,
     STAGE1,
     load_checkpoint,
+    load_trained,
     model_spec,
     rebuild_model,
     rng_state,
@@ -221,38 +221,23 @@ def check_same_split(theirs: dict[str, Any], role: str, path: str, cfg: TrainCon
         raise ConfigError(f"{role} {path} was trained on another split ({detail})")
 
 
-def is_model_package(path: Path) -> bool:
-    """A package directory (with its manifest) or a package ``.tar``, as ``export`` writes."""
-    return (path / MANIFEST).is_file() or (path.is_file() and path.suffix == ".tar")
-
-
 def frozen_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> MultiExitNet:
     """``cfg.kd_teacher``'s network (any registered architecture), frozen in eval mode: from a
     finished run's checkpoint or from an exported model package, trained on this run's split."""
     assert cfg.kd_teacher is not None
-    path = Path(cfg.kd_teacher).expanduser()
-    if is_model_package(path):
-        try:
-            package = load_package(path)
-        except PackageError as e:
-            raise ConfigError(f"kd_teacher: {e}") from None
-        trained_with = package.manifest.provenance.training_config
-        if trained_with is None:
-            raise ConfigError(
-                f"kd_teacher {cfg.kd_teacher} records no training config, so its split cannot be "
-                "checked against this run's"
-            )
-        check_same_split(trained_with["data"], "kd_teacher", cfg.kd_teacher, cfg)
-        classes, teacher = package.manifest.classes, package.model
-    else:
-        blob = same_split_checkpoint(cfg.kd_teacher, "kd_teacher", cfg)
-        classes, teacher = blob["classes"], rebuild_model(blob)
-    if len(classes) != num_classes:
+    teacher = load_trained(Path(cfg.kd_teacher), "kd_teacher")
+    if not teacher.complete:
         raise ConfigError(
-            f"kd_teacher {cfg.kd_teacher} predicts {len(classes)} classes; "
+            f"kd_teacher {cfg.kd_teacher} is from an unfinished run (stopped after "
+            f"{teacher.reached}); finish that run first (train again with --resume)"
+        )
+    check_same_split(teacher.config["data"], "kd_teacher", cfg.kd_teacher, cfg)
+    if len(teacher.classes) != num_classes:
+        raise ConfigError(
+            f"kd_teacher {cfg.kd_teacher} predicts {len(teacher.classes)} classes; "
             f"this run's data has {num_classes}"
         )
-    return freeze(teacher.to(device))
+    return freeze(teacher.model.to(device))
 
 
 def initial_weights(cfg: TrainConfig) -> dict[str, Tensor]:
