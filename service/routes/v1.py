@@ -25,7 +25,6 @@ from service.errors import (
 from service.policy import resolve_plan
 from service.routes.deps import (
     app_state,
-    check_body_size,
     decode_images,
     get_model,
     infer,
@@ -170,7 +169,6 @@ def _replay(body: bytes) -> Receive:
 async def read_classify_body(request: Request) -> tuple[list[bytes], ClassifyOptions]:
     """The images and options of a classify request, in any of the three body forms."""
     query = dict(request.query_params)
-    check_body_size(request)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     state = app_state(request)
     if ctype == "multipart/form-data":
