@@ -119,5 +119,10 @@ def load_trained(path: Path, role: str) -> TrainedNetwork:
         blob["config"],
         list(blob["classes"]),
         bool(blob.get("complete", False)),
-        f"{blob['stage']} epoch {blob['epoch']}",
+        reached(blob),
     )
+
+
+def reached(blob: dict[str, Any]) -> str:
+    """Where a checkpoint's run stood when it was written: ``"<stage> epoch <n>"``."""
+    return f"{blob['stage']} epoch {blob['epoch']}"

@@ -18,7 +18,7 @@ import torch
 
 from models.flops import cumulative_flops
 from training.checkpoint import LAST, CheckpointError, load_checkpoint, rebuild_model
-from training.config import ConfigError, validate_config
+from training.config import ConfigError, recorded_config
 
 LOGITS, EVALUATION, CALIBRATION = "logits.pt", "evaluation.json", "calibration.json"
 
@@ -84,10 +84,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from training.plots import plot_training
 
     blob = _checkpoint(args)
-    raw = dict(blob["config"])
-    if args.data_dir:
-        raw["data"] = {**raw["data"], "path": args.data_dir}
-    cfg = validate_config(raw)
+    cfg = recorded_config(blob["config"], args.data_dir)
     data = load_dataset(cfg.data)
     if data.info.get("test_indices_sha256") != blob.get("data_info", {}).get("test_indices_sha256"):
         raise ConfigError("the data split differs from the one the checkpoint was trained with")

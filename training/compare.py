@@ -114,7 +114,7 @@ def add_compare_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 def run_compare(args: argparse.Namespace) -> int:
     from training.checkpoint import load_trained
-    from training.config import validate_config
+    from training.config import recorded_config
     from training.data import load_dataset
     from training.loop import collect_logits
     from training.trainer import check_same_split
@@ -125,10 +125,7 @@ def run_compare(args: argparse.Namespace) -> int:
     for name, net, path in (("A", a, args.a), ("B", b, args.b)):
         if not net.complete:
             print(f"warning: {name} ({path}) is an unfinished run ({net.reached})", file=sys.stderr)
-    raw = dict(a.config)
-    if args.data_dir:
-        raw["data"] = {**raw["data"], "path": args.data_dir}
-    cfg = validate_config(raw)
+    cfg = recorded_config(a.config, args.data_dir)
     check_same_split(b.config["data"], "B", str(args.b), cfg)
     if a.classes != b.classes:
         raise ConfigError(f"A and B predict different classes: {a.classes} vs {b.classes}")

@@ -206,6 +206,15 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def recorded_config(raw: Mapping[str, Any], data_path: str | None = None) -> TrainConfig:
+    """A run's recorded config, validated; its data read from ``data_path`` when given (the
+    machine that evaluates may keep the data elsewhere than the one that trained)."""
+    raw = dict(raw)
+    if data_path:
+        raw["data"] = {**raw["data"], "path": data_path}
+    return validate_config(raw)
+
+
 def validate_config(raw: dict[str, Any]) -> TrainConfig:
     """Validate a nested dict; every problem is reported with its dotted key."""
     try:

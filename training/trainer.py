@@ -36,6 +36,7 @@ from training.checkpoint import (
     load_checkpoint,
     load_trained,
     model_spec,
+    reached,
     rebuild_model,
     rng_state,
     save_atomic,
@@ -203,13 +204,20 @@ def same_split_checkpoint(path: str, role: str, cfg: TrainConfig) -> dict[str, A
     a run stopped by ``--stop-after`` would silently start from partial weights) and that it was
     trained on this run's split; ``role`` names the config key in the error."""
     blob = load_checkpoint(Path(path).expanduser())
-    if not blob.get("complete", False):
-        raise ConfigError(
-            f"{role} {path} is from an unfinished run (stopped after {blob['stage']} epoch "
-            f"{blob['epoch']}); finish that run first (train again with --resume)"
-        )
-    check_same_split(blob["config"]["data"], role, path, cfg)
+    check_finished_on_split(blob["config"], blob.get("complete", False), reached(blob), role, path, cfg)
     return blob
+
+
+def check_finished_on_split(
+    config: dict[str, Any], complete: bool, stood: str, role: str, path: str, cfg: TrainConfig
+) -> None:
+    """Refuse the weights of an unfinished run (stopped at ``stood``) or of another split."""
+    if not complete:
+        raise ConfigError(
+            f"{role} {path} is from an unfinished run (stopped after {stood}); "
+            "finish that run first (train again with --resume)"
+        )
+    check_same_split(config["data"], role, path, cfg)
 
 
 def check_same_split(theirs: dict[str, Any], role: str, path: str, cfg: TrainConfig) -> None:
@@ -226,12 +234,9 @@ def frozen_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> 
     finished run's checkpoint or from an exported model package, trained on this run's split."""
     assert cfg.kd_teacher is not None
     teacher = load_trained(Path(cfg.kd_teacher), "kd_teacher")
-    if not teacher.complete:
-        raise ConfigError(
-            f"kd_teacher {cfg.kd_teacher} is from an unfinished run (stopped after "
-            f"{teacher.reached}); finish that run first (train again with --resume)"
-        )
-    check_same_split(teacher.config["data"], "kd_teacher", cfg.kd_teacher, cfg)
+    check_finished_on_split(
+        teacher.config, teacher.complete, teacher.reached, "kd_teacher", cfg.kd_teacher, cfg
+    )
     if len(teacher.classes) != num_classes:
         raise ConfigError(
             f"kd_teacher {cfg.kd_teacher} predicts {len(teacher.classes)} classes; "
