@@ -77,6 +77,9 @@ def geometric_thresholds(conf: Tensor, p: float) -> Tensor:
         pool = conf[i][remaining].sort(descending=True).values
         count = int(target[i])
         if count > 0 and len(pool) > 0:
+            # Where ties at earlier exits left fewer than ``count``, all that remain leave here;
+            # MSDNet's official dynamic_eval_find_threshold keeps 1e8 there (none leave).
+            # Ours keeps the exit shares nearer p^k.
             thresholds[i] = pool[min(count, len(pool)) - 1]
             remaining &= conf[i] < thresholds[i]
     thresholds[-1] = 0.0

@@ -41,6 +41,30 @@ def test_geometric_exit_fractions_follow_p_powers() -> None:
     assert t[-1] == 0.0
 
 
+def test_geometric_ties_then_a_short_pool_all_leave() -> None:
+    """Ties at exit 0 take more than its share; exit 1 then lets all that remain leave.
+
+    MSDNet's official ``dynamic_eval_find_threshold`` keeps exit 1's threshold at 1e8 (nobody
+    leaves) when fewer samples remain than its target; ours keeps the exit shares closer to p^k.
+    """
+    n = 8
+    conf = torch.tensor(
+        [
+            [0.9] * 7 + [0.1],  # seven tie at the top: all seven leave, the target was two
+            [0.5] * 7 + [0.4],
+            [0.0] * n,
+            [0.0] * n,
+        ]
+    )
+    scores = ExitScores(conf=conf, correct=torch.ones(4, n, dtype=torch.bool))
+    t = geometric_thresholds(conf, 1.0)  # equal weights: a target of floor(8 / 4) = 2 per exit
+    pt = simulate(scores, FRACTIONS, t)
+    assert t[0] == conf[0, 0]
+    assert pt.exit_fractions[0] == 7 / 8  # a threshold is ">=": every tie leaves
+    assert t[1] == conf[1, 7]  # one sample left for a target of two: it leaves too
+    assert pt.exit_fractions[1] == 1 / 8
+
+
 def test_optimised_is_at_least_geometric_on_the_fitting_split() -> None:
     val = _scores(3000, 1)
     for budget in (0.45, 0.6, 0.8):
