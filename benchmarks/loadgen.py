@@ -75,13 +75,10 @@ def labelled_test_split(training_config: dict[str, Any], data_dir: str | None = 
     Raises:
         DataError: the data cannot be found or read.
     """
-    from training.config import validate_config
+    from training.config import recorded_config
     from training.data import load_dataset
 
-    data = validate_config(training_config).data
-    if data_dir is not None:
-        data = data.model_copy(update={"path": data_dir})
-    test = load_dataset(data).test
+    test = load_dataset(recorded_config(training_config, data_dir).data).test
     return encode_pngs(test.x, test.y, len(test))
 
 

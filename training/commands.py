@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from models.flops import cumulative_flops
-from training.checkpoint import LAST, CheckpointError, load_checkpoint, rebuild_model
+from training.checkpoint import LAST, CheckpointError, load_checkpoint, reached, rebuild_model
 from training.config import ConfigError, recorded_config
 
 LOGITS, EVALUATION, CALIBRATION = "logits.pt", "evaluation.json", "calibration.json"
@@ -74,7 +74,7 @@ def _checkpoint(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     blob = load_checkpoint(args.checkpoint or args.run_dir / LAST)
     if not blob.get("complete", False):
-        print(f"warning: checkpoint is from an unfinished run (epoch {blob['epoch']})", file=sys.stderr)
+        print(f"warning: checkpoint is from an unfinished run ({reached(blob)})", file=sys.stderr)
     return blob
 
 
