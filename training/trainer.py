@@ -54,6 +54,8 @@ LOG = "log.jsonl"
 STAGE2_NEW = ("linear", "isc_embed")  # exit-head parts that stage 2 of the two-stage recipe trains
 # Run-time knobs that may change when a run is resumed: they leave the saved state alone (``amp``
 # and ``threads`` change the arithmetic, so a resume that changes them is no longer bit-exact).
+# ``init_from`` is read only when a run starts; a resume continues from run_dir/last.pt, so the
+# starting weights' path may differ, e.g. for a run carried to another machine and back.
 RESUME_FREE_KEYS = {
     "stop_after",
     "progress",
@@ -64,6 +66,7 @@ RESUME_FREE_KEYS = {
     "max_bad_steps",
     "eval_batch_size",
     "amp",
+    "init_from",
 }
 
 

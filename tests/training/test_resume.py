@@ -56,6 +56,20 @@ def test_resume_refuses_a_changed_config(tmp_path: Path) -> None:
         run_training(validate_config(tiny_config(tmp_path, epochs=2, optim={"lr": 0.5})), resume=True)
 
 
+def test_resume_may_find_the_starting_weights_elsewhere(tmp_path: Path) -> None:
+    # init_from is only read at the start: a run moved to another machine and back resumes.
+    assert run_training(validate_config(tiny_config(tmp_path / "first", epochs=1)))["complete"]
+    moved = tmp_path / "moved.pt"
+    moved.write_bytes((tmp_path / "first" / "last.pt").read_bytes())
+    start = {"epochs": 2, "init_from": str(tmp_path / "first" / "last.pt")}
+    run = tmp_path / "second"
+    assert not run_training(validate_config(tiny_config(run, stop_after=1, **start)))["complete"]
+    (tmp_path / "first" / "last.pt").unlink()
+    resumed = validate_config(tiny_config(run, **{**start, "init_from": str(moved)}))
+    assert run_training(resumed, resume=True)["complete"]
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
 def test_nan_guard_stops_and_keeps_the_last_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
