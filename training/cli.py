@@ -55,9 +55,11 @@ def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--kd-teacher",
         metavar="CHECKPOINT_OR_PACKAGE",
+        nargs="+",
         help="distil from a trained network, same split: a finished run's last.pt or an exported "
         "model package (e.g. packages/default); its last exit, frozen, teaches every exit, the "
-        "last one included (joint recipe, with --kd)",
+        "last one included (joint recipe, with --kd). Several: their last exits' logits, "
+        "averaged, teach (an ensemble)",
     )
     p.add_argument(
         "--swa-start",
@@ -70,6 +72,12 @@ def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key: optim.lr=0.05"
     )
+
+
+def one_or_many(paths: list[str] | None) -> str | list[str] | None:
+    """``--kd-teacher``'s paths; one stays a string, so a one-teacher config (and its checkpoint's
+    resume check) reads as before."""
+    return paths[0] if paths and len(paths) == 1 else paths
 
 
 def train_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,7 +101,7 @@ def train_flags(args: argparse.Namespace) -> dict[str, Any]:
         "kd": args.kd,
         "kd_temperature": args.kd_temperature,
         "kd_weight": args.kd_weight,
-        "kd_teacher": args.kd_teacher,
+        "kd_teacher": one_or_many(args.kd_teacher),
         "swa_start": args.swa_start,
         "progress": False if args.no_progress else None,
     }

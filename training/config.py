@@ -97,12 +97,13 @@ class TrainConfig(_Frozen):
     kd: bool = Field(False, description="one-for-all knowledge distillation (IMTA section 3.3)")
     kd_temperature: float = Field(3.0, gt=0)
     kd_weight: float = Field(0.5, ge=0, le=1, description="g: weight of the KD term at early exits")
-    kd_teacher: str | None = Field(
+    kd_teacher: str | list[str] | None = Field(
         None,
         description="a finished run's checkpoint (last.pt) or an exported model package (directory "
         "or .tar), trained on the same data split, whose last exit, frozen, teaches every exit of "
-        "this run, the last one included (joint recipe, needs kd); default: the run's own last "
-        "exit teaches the earlier ones",
+        "this run, the last one included (joint recipe, needs kd); a list of several: their last "
+        "exits' logits, averaged, teach (an ensemble); default: the run's own last exit teaches "
+        "the earlier ones",
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -105,3 +105,22 @@ def test_a_package_from_another_split_cannot_teach(tmp_path: Path) -> None:
     cfg = validate_config(tiny_config(tmp_path / "s", kd=True, kd_teacher=str(pkg)))
     with pytest.raises(ConfigError, match=r"kd_teacher .* another split \(data\.split_seed: 5 there, 0"):
         run_training(cfg)
+
+
+def test_several_teachers_teach_their_averaged_logits(tmp_path: Path) -> None:
+    first = _train_teacher(tmp_path / "t1")
+    second = _train_teacher(tmp_path / "t2", seed=7)
+    path = write_config(tmp_path / "s.yaml", tiny_config(tmp_path / "student", kd=True))
+    assert main(["train", "--config", str(path), "--kd-teacher", first, second]) == 0
+    cfg = validate_config(load_checkpoint(tmp_path / "student" / "last.pt")["config"])
+    assert cfg.kd_teacher == [first, second]
+    plan = build_stage(cfg, "joint", 10, tmp_path / "student", torch.device("cpu"))
+    nets = [rebuild_model(load_checkpoint(Path(p))).eval() for p in (first, second)]
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.allclose(nets[0](x)[-1], nets[1](x)[-1])  # two seeds: two different teachers
+
+    class Averaged(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            return [(nets[0](x)[-1] + nets[1](x)[-1]) / 2]
+
+    _loss_against(plan, Averaged(), 3.0, 0.5)
