@@ -139,6 +139,8 @@ class TrainConfig(_Frozen):
         if self.recipe == "two-stage" and self.model.isc is False and self.kd is False:
             # Stage 2 exists to train ISC heads with KD; without either it would just retrain heads.
             raise ValueError("recipe 'two-stage' needs --isc and/or --kd for its second stage")
+        if self.kd_teacher == []:
+            raise ValueError("kd_teacher: an empty list; name one teacher or more, or leave it out")
         if self.kd_teacher is not None and (self.recipe != "joint" or not self.kd):
             raise ValueError("kd_teacher needs recipe 'joint' and kd: true")
         if self.swa_start is not None:

@@ -237,8 +237,9 @@ class TeacherEnsemble(nn.Module):
     """Several frozen teachers as one: ``forward(x)`` returns ``[mean of their last exits' logits]``
     (``[N, C]``), the list shape a :class:`MultiExitNet` gives. Averaging logits makes the soft
     target ``softmax(mean / T)`` the renormalised geometric mean of the teachers' tempered softmaxes
-    (a product of experts); an ensemble teaches better than each of its members (Hinton et al.,
-    2015, section 1), and two of ours scored 0.4-1.0 points over either alone (docs/training.md)."""
+    (a product of experts). Distilling an ensemble into one network is Hinton et al.'s setting
+    (2015); the shipped model and a born-again one, together, score 0.3-1.0 points per exit over
+    the better of the two on validation (docs/training.md)."""
 
     def __init__(self, teachers: list[MultiExitNet]) -> None:
         super().__init__()

@@ -71,6 +71,8 @@ def test_a_teacher_from_another_split_or_without_kd_is_refused(tmp_path: Path) -
         run_training(cfg)
     with pytest.raises(ConfigError, match="kd_teacher needs recipe 'joint' and kd: true"):
         validate_config(tiny_config(tmp_path / "s2", kd_teacher=teacher_ckpt))
+    with pytest.raises(ConfigError, match="kd_teacher: an empty list"):
+        validate_config(tiny_config(tmp_path / "s3", kd=True, kd_teacher=[]))
 
 
 def test_a_teacher_of_another_class_count_is_refused(tmp_path: Path) -> None:
