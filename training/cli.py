@@ -74,12 +74,6 @@ def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
 
 
-def one_or_many(paths: list[str] | None) -> str | list[str] | None:
-    """``--kd-teacher``'s paths; one stays a string, so a one-teacher config (and its checkpoint's
-    resume check) reads as before."""
-    return paths[0] if paths and len(paths) == 1 else paths
-
-
 def train_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The flags of ``train`` that were given, by dotted config key, as typed values.
 
@@ -101,7 +95,7 @@ def train_flags(args: argparse.Namespace) -> dict[str, Any]:
         "kd": args.kd,
         "kd_temperature": args.kd_temperature,
         "kd_weight": args.kd_weight,
-        "kd_teacher": one_or_many(args.kd_teacher),
+        "kd_teacher": args.kd_teacher,
         "swa_start": args.swa_start,
         "progress": False if args.no_progress else None,
     }

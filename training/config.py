@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(Exception):
@@ -133,6 +133,13 @@ class TrainConfig(_Frozen):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+
+    @field_validator("kd_teacher")
+    @classmethod
+    def _one_teacher_is_a_string(cls, value: str | list[str] | None) -> str | list[str] | None:
+        # One teacher reads as it did before lists existed, whether given as [path] or path: a
+        # checkpoint's config (and its resume check) stays the same.
+        return value[0] if isinstance(value, list) and len(value) == 1 else value
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

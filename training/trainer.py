@@ -255,7 +255,7 @@ def frozen_teachers(cfg: TrainConfig, num_classes: int, device: torch.device) ->
     are averaged into one :class:`TeacherEnsemble`."""
     assert cfg.kd_teacher is not None
     paths = [cfg.kd_teacher] if isinstance(cfg.kd_teacher, str) else cfg.kd_teacher
-    nets = []
+    nets: list[MultiExitNet] = []
     for path in paths:
         teacher = load_trained(Path(path), "kd_teacher")
         check_finished_on_split(
