@@ -42,9 +42,12 @@ serve: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks $(ARGS)
 
-# Four phases, each resumable from its last.pt (docs/training.md, "The shipped default model"):
-# 50 epochs; a 15-epoch warm restart from their weights; a 40-epoch warm restart from those; 60
-# epochs of stochastic weight averaging from those. Then calibrate and export the package.
+# The shipped model, in seven resumable runs (docs/training.md, "The shipped default model"):
+# the four-phase model (50 epochs; warm restarts of 15 and 40; 60 epochs of SWA), then born-again
+# networks it teaches: an 80-epoch one; a second, taught by the four-phase model and the first
+# together, with 30 epochs of SWA; and 30 epochs of SWA from the first, taught by the four-phase
+# model and the second together: the shipped weights. Then calibrate and export the package.
+# The teachers are the run's own checkpoints, never packages/default (which export rewrites).
 RUN_DIR ?= runs/default
 train-default: $(STAMP)
 	$(PY) -m training train --config configs/msdnet_cifar10_default.yaml --run-dir $(RUN_DIR) --resume $(ARGS)
@@ -54,8 +57,18 @@ train-default: $(STAMP)
 	  --run-dir $(RUN_DIR)/restart2 --init-from $(RUN_DIR)/restart/last.pt --resume $(ARGS)
 	$(PY) -m training train --config configs/msdnet_cifar10_default_swa.yaml \
 	  --run-dir $(RUN_DIR)/swa --init-from $(RUN_DIR)/restart2/last.pt --resume $(ARGS)
-	$(PY) -m training calibrate --run-dir $(RUN_DIR)/swa
-	$(PY) -m training export --run-dir $(RUN_DIR)/swa --out $(PACKAGE) --name msdnet-cifar10-imta
+	$(PY) -m training train --config configs/msdnet_cifar10_default_ban.yaml \
+	  --run-dir $(RUN_DIR)/ban --kd-teacher $(RUN_DIR)/swa/last.pt --resume $(ARGS)
+	$(PY) -m training train --config configs/msdnet_cifar10_default_ban.yaml --set seed=18 \
+	  --run-dir $(RUN_DIR)/ens --kd-teacher $(RUN_DIR)/swa/last.pt $(RUN_DIR)/ban/last.pt --resume $(ARGS)
+	$(PY) -m training train --config configs/msdnet_cifar10_default_swa.yaml --epochs 30 --set seed=19 \
+	  --run-dir $(RUN_DIR)/ens/swa --init-from $(RUN_DIR)/ens/last.pt \
+	  --kd-teacher $(RUN_DIR)/swa/last.pt $(RUN_DIR)/ban/last.pt --resume $(ARGS)
+	$(PY) -m training train --config configs/msdnet_cifar10_default_swa.yaml --epochs 30 --set seed=12 \
+	  --run-dir $(RUN_DIR)/ban/swa_ens --init-from $(RUN_DIR)/ban/last.pt \
+	  --kd-teacher $(RUN_DIR)/swa/last.pt $(RUN_DIR)/ens/swa/last.pt --resume $(ARGS)
+	$(PY) -m training calibrate --run-dir $(RUN_DIR)/ban/swa_ens
+	$(PY) -m training export --run-dir $(RUN_DIR)/ban/swa_ens --out $(PACKAGE) --name msdnet-cifar10-imta
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
