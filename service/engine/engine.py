@@ -147,8 +147,14 @@ class ModelEngine:
         for k, (t, shift) in enumerate(zip(thresholds, self.guard.shift, strict=True)):
             self.metrics.exit_threshold.labels(self.name, str(k)).set(min(t + shift, 1e9))
 
-    def submit(self, images: Tensor, plan: ExitPlan, deadline: float) -> RequestWork:
+    def submit(
+        self, images: Tensor, plan: ExitPlan, deadline: float, arrived: float | None = None
+    ) -> RequestWork:
         """Queue ``images [N, 3, H, W]`` under ``plan``; the returned work's future gets the answers.
+
+        ``deadline`` and ``arrived`` are ``time.monotonic()`` instants; ``arrived`` (when the
+        request reached the service, default now) is the one clock of the queue-wait metric, the
+        SLO controller and the deadline.
 
         Raises:
             QueueFullError: the queue cannot take ``N`` more images (429).
@@ -156,6 +162,8 @@ class ModelEngine:
         """
         n = images.shape[0]
         work = RequestWork(n=n, deadline=deadline)
+        if arrived is not None:
+            work.arrived = arrived
         # A request larger than a batch is split so that no batch exceeds max_batch_size.
         step = self.config.max_batch_size
         thresholds = plan.thresholds

@@ -161,7 +161,7 @@ async def infer(
     arrived = getattr(request.state, "arrived", time.monotonic())
     deadline = arrived + timeout
     engine = loaded.engine
-    work = engine.submit(images, plan, deadline)
+    work = engine.submit(images, plan, deadline, arrived)
     answer: asyncio.Future[list[ImageResult]] = asyncio.wrap_future(work.future)
     gone: asyncio.Future[None] = asyncio.ensure_future(_wait_disconnect(request))
     pending: list[asyncio.Future[Any]] = [answer, gone]
