@@ -1,4 +1,4 @@
-"""The IMTA ablation (issue 6): five training arms, same architecture, epochs, seed and split.
+"""The IMTA ablation: five training arms, same architecture, epochs, seed and split.
 
 Each arm is one training run directory under the runs root, trained and calibrated with the
 training CLI (``python -m training train --resume`` then ``calibrate``), so an interrupted
@@ -32,7 +32,7 @@ class Arm:
     label: str
     flags: tuple[str, ...]
     baseline: str = "plain"  # the arm it is compared with, exit by exit
-    follow_up: bool = False  # not one of the issue's five: asks why the five came out as they did
+    follow_up: bool = False  # not one of the core five: asks why the five came out as they did
 
 
 ARMS = (

@@ -1,6 +1,6 @@
 """Load generator with real labelled images: open loop (fixed arrival rate) and closed loop.
 
-Talks only to a server on 127.0.0.1 (issue 6), one image per request, bounded by a request count
+Talks only to a server on 127.0.0.1, one image per request, bounded by a request count
 and a wall-clock limit. Every answer is checked against the image's label, so each figure comes
 with its accuracy and the mean compute fraction the server reports per image.
 

@@ -148,7 +148,7 @@ def full_run_estimate(arms: list[dict[str, Any]]) -> str:
 
 
 def findings(arms: list[dict[str, Any]]) -> list[str]:
-    """The issue's ablation target, checked on the measured numbers (IMTA Table 1/2 direction:
+    """The ablation target, checked on the measured numbers (IMTA Table 1/2 direction:
     every exit better, most at the earliest)."""
     by = {a["arm"]: a for a in arms}
     if "plain" not in by or BEST not in by:
@@ -297,7 +297,7 @@ def ablation_note(quick: bool, synthetic: bool) -> str:
         "two-stage arm trains stage 1 (GE) for the same epochs, then its ISC + KD heads "
         "(stage2_epochs). KD: T = 3, g = 0.5 (the shipped default's; the official CIFAR default "
         "is g = 0.9 under a KL averaged over the 10 classes too, i.e. our g = 0.09). bf16 autocast on "
-        "CPU. After the issue's five arms, four follow-ups (`benchmarks/ablation.py`): KD at the "
+        "CPU. After the five core arms, four follow-ups (`benchmarks/ablation.py`): KD at the "
         "official strength, ISC + KD without GE, and plain vs GE + ISC + KD at twice the epochs."
     )
 

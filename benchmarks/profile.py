@@ -1,5 +1,5 @@
 """Sampling profile (py-spy) of the HTTP server while it is saturated: where a missed serving target
-spends its time (issue 6: "report misses with their cause").
+spends its time, so that a miss is reported with its cause.
 
 py-spy samples every thread of the server process from outside, so the event loop, the batcher
 and the inference worker are all seen without changing the server.

@@ -17,7 +17,7 @@ def plot_ablation(arms: list[dict[str, Any]], path: Path) -> None:
     """Anytime points (per exit) and budgeted curves (optimised thresholds) of every arm vs MAdds."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5.5))
     for a in arms:
-        style = "o--" if a.get("follow_up") else "o-"  # the issue's five arms in solid lines
+        style = "o--" if a.get("follow_up") else "o-"  # the five core arms in solid lines
         madds = a["exit_mult_adds_millions"]
         ax1.plot(madds, [100 * v for v in a["test_exit_accuracy"]], style, label=a["label"])
         full = madds[-1]
@@ -199,7 +199,7 @@ def _verdict(ok: bool) -> str:
 
 
 def target_lines(h: dict[str, Any]) -> list[str]:
-    """The serving targets of issue 6 as sentences with their measured values."""
+    """The serving targets as sentences with their measured values."""
     out = []
     if s := h.get("speedup_within_half_point"):
         out.append(
@@ -267,7 +267,7 @@ def render(results: dict[str, Any], out_dir: Path, repo: Path) -> str:
         lines += [*ablation_tables(results["ablation"]), "", f"![ablation]({rel}/ablation.png)", ""]
     if results.get("serving"):
         lines += ["## Serving", "", *serving_tables(results["serving"]), ""]
-        lines += [f"![serving]({rel}/serving.png)", "", "### Targets (issue 6)", ""]
+        lines += [f"![serving]({rel}/serving.png)", "", "### Targets", ""]
         lines += [*target_lines(results["serving"]["headline"]), ""]
     if results.get("findings"):
         lines += ["## Findings", "", *[f"- {f}" for f in results["findings"]], ""]

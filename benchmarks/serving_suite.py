@@ -3,7 +3,7 @@
 1. HTTP, closed loop at fixed concurrency, real labelled test images: throughput, latency,
    accuracy and mean compute fraction for budgets 1.0 / 0.75 / 0.5 / 0.25 / the default.
 2. HTTP, open loop (Poisson arrivals) at half of each budget's closed-loop throughput: the
-   latency a moderately loaded server gives (the issue's p99 < 3x p50 target).
+   latency a moderately loaded server gives (target: p99 < 3x p50).
 3. The grid of :mod:`benchmarks.serving`: torch vs ONNX Runtime, batching (per-exit shrinking)
    on vs off, in-process engine vs HTTP, at budgets 1.0 and the default.
 """
@@ -133,7 +133,7 @@ def run_grid(
 
 
 def headline(loads: dict[str, Any], grid: list[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's three serving targets, computed from the measured rows."""
+    """The three serving targets, computed from the measured rows."""
     closed = {r["budget"]: r for r in loads["closed_loop"]}
     full = closed.get(1.0)
     out: dict[str, Any] = {}
@@ -147,7 +147,7 @@ def headline(loads: dict[str, Any], grid: list[dict[str, Any]]) -> dict[str, Any
         )
     if full:
         # The fastest budget (HTTP images/s) whose accuracy is within 0.5 point of the full
-        # model's (issue 6 target).
+        # model's (the first serving target).
         ok = [r for r in closed.values() if r["accuracy"] >= full["accuracy"] - 0.005]
         best = max(ok, key=lambda r: r["images_per_s"])
         out["speedup_within_half_point"] = {
