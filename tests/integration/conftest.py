@@ -1,7 +1,7 @@
 """Real servers for the integration tests: ``python -m service`` in subprocesses, real HTTP.
 
 Each server listens on a free port (``--port 0``; the process prints the real address) and is
-ready when ``/readyz`` says so. Servers start in parallel, once per session.
+ready when ``/readyz`` says so. Servers start in parallel, once per test session.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 7 over real HTTP: a rebatching server with the SLO controller and the accuracy guard on."""
+"""Engine modes over real HTTP: a rebatching server with the SLO controller and the guard on."""
 
 from __future__ import annotations
 

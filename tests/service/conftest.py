@@ -1,4 +1,4 @@
-"""Fixtures of the service unit tests: one calibrated package per session, apps built on it."""
+"""Fixtures of the service unit tests: one calibrated package per test session, apps built on it."""
 
 from __future__ import annotations
 

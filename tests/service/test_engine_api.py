@@ -1,4 +1,4 @@
-"""Issue 7 through the REST API: deadline_ms (v1 and v2), the new settings, controller and guard."""
+"""Engine options through the REST API: deadline_ms (v1 and v2), settings, controller and guard."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 7's engine: batching modes, rebatching at exits, deadline exits, drain, under load."""
+"""The engine: batching modes, rebatching at exits, deadline exits, drain, under load."""
 
 from __future__ import annotations
 

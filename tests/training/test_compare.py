@@ -23,7 +23,7 @@ from .helpers import tiny_config
         (1, 9, 2 * (1 + 10) / 2**10),  # n = 10: 2 * (C(10,0) + C(10,1)) / 2^10
         (6, 0, 2 / 2**6),  # all six discordant images favour A
         (5, 5, 1.0),  # 2 * P(X <= 5) > 1 for Binomial(10, 1/2): capped
-        (64, 67, None),  # session 12's tie at the last exit: p = 0.86
+        (64, 67, None),  # a recorded tie at the last exit (docs/journal.md): p = 0.86
     ],
 )
 def test_mcnemar_exact_p_by_hand(only_a: int, only_b: int, p: float | None) -> None:
