@@ -25,12 +25,12 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
 
 def test_flags_are_taken_as_given_and_set_wins_over_them(tmp_path: Path) -> None:
     path = write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "run"))
-    argv = ["train", "--run-dir", "/runs/lr 0.1 #3", "--kd-teacher", "2024", "--epochs", "4",
+    argv = ["train", "--run-dir", "/runs/lr 0.1 #x", "--kd-teacher", "2024", "--epochs", "4",
             "--kd", "--isc", "--set", "epochs=5"]  # fmt: skip
     args = build_parser().parse_args(argv)
     cfg = load_config(path, list(args.set), values=train_flags(args))
-    # As YAML, "#3" would be a comment and 2024 a number; a path is text.
-    assert str(cfg.run_dir) == "/runs/lr 0.1 #3" and cfg.kd_teacher == "2024"
+    # As YAML, "#x" would be a comment and 2024 a number; a path is text.
+    assert str(cfg.run_dir) == "/runs/lr 0.1 #x" and cfg.kd_teacher == "2024"
     assert cfg.kd is True and cfg.model.isc is True and cfg.epochs == 5
 
 
