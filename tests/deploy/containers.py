@@ -41,6 +41,13 @@ def docker(cli: str, *args: str, timeout: float = 120, check: bool = True) -> st
     return r.stdout.strip()
 
 
+def logs(cli: str, container: str, tail: int | None = None) -> str:
+    """A container's output, stdout and stderr interleaved (the service logs to stderr)."""
+    args = [cli, "logs", *(["--tail", str(tail)] if tail else []), container]
+    r = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    return r.stdout
+
+
 def has_image(cli: str, tag: str) -> bool:
     r = subprocess.run([cli, "image", "inspect", tag], capture_output=True, timeout=60)
     return r.returncode == 0
@@ -62,5 +69,5 @@ def wait_healthy(cli: str, container: str, timeout: float) -> None:
         if not status.startswith("running") or status.endswith("unhealthy"):
             break
         time.sleep(1)
-    logs = docker(cli, "logs", "--tail", "40", container, check=False)
-    pytest.fail(f"{container}: {status!r}, not healthy within {timeout:.0f} s\n{logs}")
+    output = logs(cli, container, 40)
+    pytest.fail(f"{container}: {status!r}, not healthy within {timeout:.0f} s\n{output}")
