@@ -1,6 +1,6 @@
 """The metric contract between service/metrics.py and docker/ (dashboard, alerts), and PromQL helpers.
 
-``CONTRACT`` is the list of issue 5: every metric the service exports, its type and its labels.
+``CONTRACT`` is the contract: every metric the service exports, its type and its labels.
 The dashboard and the alert rules may name only these (histograms with ``_bucket``/``_count``/
 ``_sum``) and Prometheus' own ``up``.
 """
@@ -33,7 +33,7 @@ CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "anytime_flops_saved_total": ("counter", ("model",)),
     "anytime_rejections_total": ("counter", ("model", "reason")),
     "anytime_model_info": ("gauge", ("model", "version", "backend", "device", "num_exits")),
-    # Issue 7: deadline exits, the SLO controller and the accuracy guard.
+    # Deadline exits, the SLO controller and the accuracy guard.
     "anytime_deadline_exits_total": ("counter", ("model",)),
     "anytime_effective_budget": ("gauge", ("model",)),
     "anytime_exit_threshold": ("gauge", ("model", "exit")),

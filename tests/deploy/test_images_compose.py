@@ -1,6 +1,6 @@
 """Dockerfiles, .dockerignore, docker-compose.yml and the nginx config, checked by the real tools
 that run without a Docker engine (hadolint, Debian's docker-compose, nginx -t) plus the rules of
-issue 5 that no linter knows (multi-stage, non-root, HEALTHCHECK on /readyz, GPU reservation)."""
+project rules that no linter knows (multi-stage, non-root, HEALTHCHECK on /readyz, GPU reservation)."""
 
 from __future__ import annotations
 

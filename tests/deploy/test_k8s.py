@@ -105,7 +105,7 @@ def test_kserve_inference_service() -> None:
     assert container["name"] == "kserve-container"
     env = {e["name"]: e["value"] for e in container["env"]}
     assert int(env["ANYTIME_PORT"]) == container["ports"][0]["containerPort"]
-    # The service answers the Open Inference Protocol's health routes itself (issue 4).
+    # The service answers the Open Inference Protocol's health routes itself.
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert int(container["resources"]["limits"]["nvidia.com/gpu"]) == 1

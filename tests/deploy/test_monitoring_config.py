@@ -73,7 +73,7 @@ def test_queries_name_only_exported_metrics_and_labels(source: str) -> None:
         assert not bad, f"{source} query uses labels the service does not export: {bad}: {q}"
 
 
-# Panels issue 5 asks for: a word of the title -> series its queries must read.
+# Panels the dashboard must have: a word of the title -> series its queries must read.
 WANTED_PANELS = {
     "request rate": {"anytime_request_duration_seconds_count"},
     "latency": {"anytime_request_duration_seconds_bucket"},

@@ -171,7 +171,7 @@ def test_every_dashboard_and_alert_query_evaluates(stack: dict[str, Any]) -> Non
     # With traffic and errors sent, only the alerts (nothing is wrong) and the panels of things
     # that did not happen (no rejections, nothing in flight between requests) may be empty.
     # The traffic carries no deadlines and the accuracy guard is off (its default), so the
-    # issue-7 panels for those have no series here; tests/integration/test_engine_modes.py
+    # deadline and accuracy-guard panels have no series here; tests/integration/test_engine_modes.py
     # checks those metrics on a server that uses them.
     allowed_empty = {
         "panel Rejections by reason",
