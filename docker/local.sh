@@ -112,6 +112,7 @@ torch_index_args() {
     local dockerfile=$1 url
     if [ -n "${TORCH_INDEX_URL+set}" ]; then echo "--build-arg" "TORCH_INDEX_URL=$TORCH_INDEX_URL"; return; fi
     url=$(dockerfile_arg "$dockerfile" TORCH_INDEX_URL)
+    command -v curl >/dev/null || return 0  # cannot probe: keep the Dockerfile's default
     local cert=()
     [ -n "$CA_BUNDLE" ] && cert=(--cacert "$CA_BUNDLE")
     if ! curl -fsS -o /dev/null --max-time 20 "${cert[@]}" "$url/torch/"; then
@@ -121,10 +122,11 @@ torch_index_args() {
 }
 
 build_image() {
-    local tag=$1 dockerfile=$2 base_arg=$3 args=() start
-    # shellcheck disable=SC2207  # the helpers print whole words
-    args+=($(base_args "$dockerfile" "$base_arg"))
-    args+=($(torch_index_args "$dockerfile"))
+    local tag=$1 dockerfile=$2 base_arg=$3 base torch start
+    base=$(base_args "$dockerfile" "$base_arg")
+    torch=$(torch_index_args "$dockerfile")
+    # shellcheck disable=SC2206  # the helpers print words without spaces
+    local args=($base $torch)
     if [ -n "$CA_BUNDLE" ]; then
         [ -r "$CA_BUNDLE" ] || die "CA_BUNDLE=$CA_BUNDLE is not readable"
         args+=(--secret "id=ca-bundle,src=$CA_BUNDLE")
