@@ -145,6 +145,26 @@ def test_docker_compose_config_accepts_the_file() -> None:
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
 
 
+def test_local_override_swaps_only_the_stack_images() -> None:
+    """docker-compose.local.yml: the nginx and Prometheus images built by docker/local.sh."""
+    plain = _compose_config()["services"]
+    local = _compose_config("-f", str(ROOT / "docker-compose.local.yml"))["services"]
+    swapped = {name for name in plain if plain[name].get("image") != local[name].get("image")}
+    assert swapped == {"nginx", "nginx-cpu", "prometheus"}
+    built = {local[name]["image"].split(":")[0] for name in swapped}
+    assert built == {"anytime-local/nginx", "anytime-local/prometheus"}
+
+    def rest(service: dict[str, Any]) -> dict[str, Any]:
+        # Merging files may reorder lists (volumes): compare them as sets.
+        return {k: sorted(map(str, v)) if isinstance(v, list) else v
+                for k, v in service.items() if k != "image"}  # fmt: skip
+
+    for name in plain:  # everything else (mounts, ports, commands) is the same
+        assert rest(plain[name]) == rest(local[name]), name
+    script = (DOCKER / "local.sh").read_text()
+    assert "LOCAL_PREFIX=anytime-local" in script and "docker/local/Dockerfile.$name" in script
+
+
 def test_prometheus_and_nginx_target_the_compose_replicas() -> None:
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     names = set(services)
