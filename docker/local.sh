@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Build and run the images on this host, whatever it can reach (docs/deployment.md, "Building here").
+# Build and run the images on this host, whatever it can reach (docs/deployment.md, "Building the
+# images here").
 #
-#   docker/local.sh base        the Debian bookworm base, made with debootstrap when the official
-#                               python image can be neither found nor pulled
+#   docker/local.sh base        anytime-base:bookworm, a Debian bookworm base made with debootstrap
+#                               (`build` makes it when an official base can be neither found nor pulled)
 #   docker/local.sh build [cpu|gpu|stack]...   anytime:cpu (default), anytime:gpu, and the nginx +
 #                               Prometheus images of the compose stack when theirs cannot be pulled
 #   docker/local.sh smoke       the CPU image end to end (tests/deploy/test_docker_image.py)
