@@ -126,7 +126,7 @@ build_image() {
     local tag=$1 dockerfile=$2 base_arg=$3 base torch start
     base=$(base_args "$dockerfile" "$base_arg")
     torch=$(torch_index_args "$dockerfile")
-    # shellcheck disable=SC2206  # the helpers print words without spaces
+    # shellcheck disable=SC2206  # base_args and torch_index_args print words without spaces
     local args=($base $torch)
     if [ -n "$CA_BUNDLE" ]; then
         [ -r "$CA_BUNDLE" ] || die "CA_BUNDLE=$CA_BUNDLE is not readable"
