@@ -72,3 +72,22 @@ train-default: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Containers (docs/deployment.md, "Building the images here"). docker/local.sh starts dockerd when
+# no engine answers (as root), builds a local Debian bookworm base when the official base image
+# cannot be pulled, and trusts the host's CA bundle in the build (CA_BUNDLE=... to change it).
+# Not in CI: builds take minutes and the network; run docker-smoke when docker/ or the start
+# command changes.   make docker-build DOCKER_IMAGES="cpu gpu"
+.PHONY: docker-base docker-build docker-smoke docker-stack
+DOCKER_IMAGES ?= cpu
+docker-base:
+	docker/local.sh base
+
+docker-build:
+	docker/local.sh build $(DOCKER_IMAGES)
+
+docker-smoke: $(STAMP)
+	docker/local.sh smoke
+
+docker-stack: $(STAMP)
+	docker/local.sh stack

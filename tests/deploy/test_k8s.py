@@ -14,10 +14,12 @@ import pytest
 import yaml
 
 from tests.deploy.promql import DOCKER
+from tests.deploy.servers import missing_tool
 
-kubernetes_validate = pytest.importorskip(
-    "kubernetes_validate", reason="kubernetes-validate not installed (it is in the test extras)"
-)
+try:
+    import kubernetes_validate
+except ImportError:
+    missing_tool("kubernetes-validate not installed (it is in the test extras)")
 K8S = DOCKER / "k8s"
 VERSION = "1.30.0"  # oldest Kubernetes still widely run that these manifests target
 

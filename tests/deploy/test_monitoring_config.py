@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from tests.deploy.promql import (
     label_names,
     series_names,
 )
+from tests.deploy.servers import require_binary
 
 
 def _exported() -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -157,10 +157,7 @@ def test_alerts_cover_the_four_conditions() -> None:
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} not installed (Debian: apt-get install prometheus; .ci/run does)")
-    return path
+    return require_binary(name, "prometheus")
 
 
 def test_promtool_accepts_config_and_rules() -> None:
