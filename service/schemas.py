@@ -1,4 +1,4 @@
-"""Request and response models of the REST API (v1, KServe v2) and the one error envelope."""
+"""Request and response models of the REST API (v1, KServe v2), the options model, the errors."""
 
 from __future__ import annotations
 
@@ -19,9 +19,15 @@ class ErrorBody(BaseModel):
 
 
 class ErrorEnvelope(BaseModel):
-    """The one shape of every error response."""
+    """The shape of every error response of v1 and the health routes."""
 
     error: ErrorBody
+
+
+class V2Error(BaseModel):
+    """The shape of every error response under ``/v2`` (Open Inference Protocol)."""
+
+    error: str = Field(description="what went wrong, for a human")
 
 
 # -- v1 ----------------------------------------------------------------------------------------------
@@ -51,15 +57,32 @@ class ModelList(BaseModel):
     models: list[ModelInfo]
 
 
-class ClassifyOptions(_Request):
-    """Options of ``classify`` (query string or the JSON body)."""
+class InferenceOptions(_Request):
+    """The options of one inference request, the same model for every protocol.
 
-    budget: float | None = Field(None, gt=0, le=1, description="fraction of the full network's FLOPs")
-    max_exit: int | None = Field(None, ge=0, description="deepest exit an image may use (0-based)")
+    v1 reads them from the query string or the JSON body, v2 from the request's ``parameters``.
+    The ranges here are the schema's; what a model offers can be narrower (its budget table, its
+    number of exits): :func:`service.policy.resolve_plan` answers those with a 422 naming the
+    allowed range.
+    """
+
+    budget: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="fraction of the full network's FLOPs; model-dependent: the lowest budget a "
+        "model offers is the first row of its budget table (GET /v1/models/{name}), below it: 422",
+    )
+    max_exit: int | None = Field(
+        None,
+        ge=0,
+        description="deepest exit an image may use (0-based); model-dependent: at most "
+        "num_exits - 1 (GET /v1/models/{name}), beyond it: 422",
+    )
     threshold: float | None = Field(
         None, ge=0, le=1, description="one confidence for every exit; overrides the budget"
     )
-    top_k: int = Field(1, ge=1, le=1000, description="how many classes to list per image")
+    top_k: int = Field(1, ge=1, le=1000, description="how many classes to list per image (v1)")
     deadline_ms: float | None = Field(
         None,
         gt=0,
@@ -68,7 +91,7 @@ class ClassifyOptions(_Request):
     )
 
 
-class ClassifyJSON(ClassifyOptions):
+class ClassifyJSON(InferenceOptions):
     """JSON body of ``classify``: base64-encoded images plus the options."""
 
     images: list[str] = Field(description="base64-encoded image files")
@@ -160,3 +183,26 @@ class V2InferResponse(BaseModel):
     id: str | None = None
     parameters: dict[str, Any] | None = None
     outputs: list[V2OutputTensor]
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+# -- health ------------------------------------------------------------------------------------------
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    models: dict[str, bool] = Field(description="each configured model: loaded and warmed up")
