@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -122,9 +122,8 @@ class ClassifyResponse(BaseModel):
 
 
 # -- KServe v2 (Open Inference Protocol) -------------------------------------------------------------
-Datatype = Literal[
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-    "FP16", "FP32", "FP64", "BYTES",
+V2Output = Literal[
+    "probabilities", "class_index", "exit", "confidence", "compute_fraction", "deadline_exit"
 ]  # fmt: skip
 
 
@@ -151,21 +150,25 @@ class V2ModelMetadata(BaseModel):
 
 class V2InputTensor(BaseModel):
     name: str
-    shape: list[int]
-    datatype: Datatype
+    shape: list[Annotated[int, Field(ge=0)]]
+    datatype: Literal["BYTES", "FP32"] = Field(
+        description="BYTES: encoded image files [N]; FP32: preprocessed images [N, 3, H, W]"
+    )
     parameters: dict[str, Any] | None = None
-    data: Any = None
+    data: list[Any] | None = Field(
+        None, description="row-major values (BYTES as base64); absent with binary_data_size"
+    )
 
 
 class V2RequestedOutput(BaseModel):
-    name: str
+    name: V2Output
     parameters: dict[str, Any] | None = None
 
 
 class V2InferRequest(BaseModel):
     id: str | None = None
     parameters: dict[str, Any] | None = None
-    inputs: list[V2InputTensor] = Field(min_length=1)
+    inputs: list[V2InputTensor] = Field(min_length=1, max_length=1, description="exactly one input")
     outputs: list[V2RequestedOutput] | None = None
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 
 from service.auth import require_api_key
-from service.contract import V1_ERRORS, error_responses, inline_schema, query_parameters
+from service.contract import (
+    EXAMPLE_PNG_BASE64,
+    V1_ERRORS,
+    error_responses,
+    inline_schema,
+    query_parameters,
+)
 from service.engine import LoadedModel
 from service.routes.http import request_context
 from service.routes.v1_codec import read_classify_body, to_prediction
@@ -39,7 +45,10 @@ _CLASSIFY_BODY = {
             }
         },
         "image/*": {"schema": _BINARY},
-        "application/json": {"schema": inline_schema(ClassifyJSON)},
+        "application/json": {
+            "schema": inline_schema(ClassifyJSON),
+            "example": {"images": [EXAMPLE_PNG_BASE64], "budget": 1.0, "top_k": 3},
+        },
     },
 }
 
