@@ -6,6 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# A compute budget: the fraction of the full network's FLOPs, in (0, 1] (requests and settings).
+Budget = Annotated[float, Field(gt=0, le=1)]
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -66,10 +69,8 @@ class InferenceOptions(_Request):
     allowed range.
     """
 
-    budget: float | None = Field(
+    budget: Budget | None = Field(
         None,
-        gt=0,
-        le=1,
         description="fraction of the full network's FLOPs; model-dependent: the lowest budget a "
         "model offers is the first row of its budget table (GET /v1/models/{name}), below it: 422",
     )
