@@ -9,19 +9,21 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import anyio
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 import service
+from service.contract import build_openapi
 from service.engine import LoadedModel, load_model
 from service.metrics import ServiceMetrics
 from service.middleware import RequestMetricsMiddleware
 from service.routes import health, v1, v2
-from service.routes.deps import AppState
 from service.routes.handlers import install_handlers
 from service.settings import ServiceSettings
+from service.state import AppState
 
 log = logging.getLogger("service")
 
@@ -75,6 +77,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.anytime = state
+    app.openapi = partial(build_openapi, app)  # type: ignore[method-assign]
     install_handlers(app)
     routers = [health.router, v1.router, v2.health, v2.router]
     for router in routers:

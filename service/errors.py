@@ -1,11 +1,13 @@
 """Domain exceptions and their status codes, in one place (after KServe's errors.py).
 
-Every error leaves the service as one envelope ``{"error": {"code", "message", "detail"}}``;
-the handlers that render it live in :mod:`service.routes.handlers`.
+Each subclass fixes its status and machine-readable code in its class line. The handlers in
+:mod:`service.routes.handlers` render them: ``{"error": {"code", "message", "detail"}}`` on v1 and
+the health routes, ``{"error": "<message>"}`` on ``/v2`` (the Open Inference Protocol's shape).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -15,6 +17,10 @@ class ServiceError(Exception):
     status: int = 500
     code: str = "internal_error"
 
+    def __init_subclass__(cls, status: int = 500, code: str = "internal_error", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status, cls.code = status, code
+
     def __init__(self, message: str, detail: Any = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -22,69 +28,62 @@ class ServiceError(Exception):
         self.headers = headers or {}
 
 
-class ModelNotFoundError(ServiceError):
-    status, code = 404, "model_not_found"
-
-
-class InvalidOptionError(ServiceError):
-    """A request option (budget, max_exit, threshold, top_k, v2 parameter) is out of range."""
-
-    status, code = 422, "invalid_option"
-
-
-class BadRequestError(ServiceError):
+class BadRequestError(ServiceError, status=400, code="bad_request"):
     """Malformed request body (bad JSON, bad base64, wrong tensor shape, no images)."""
 
-    status, code = 400, "bad_request"
 
-
-class BadImageError(ServiceError):
+class BadImageError(ServiceError, status=400, code="bad_image"):
     """An image that cannot be decoded: not an image, truncated, empty."""
 
-    status, code = 400, "bad_image"
 
-
-class PayloadTooLargeError(ServiceError):
-    """Too many bytes, pixels or images."""
-
-    status, code = 413, "payload_too_large"
-
-
-class UnsupportedMediaTypeError(ServiceError):
-    status, code = 415, "unsupported_media_type"
-
-
-class UnauthorizedError(ServiceError):
-    status, code = 401, "unauthorized"
-
+class UnauthorizedError(ServiceError, status=401, code="unauthorized"):
     def __init__(self, message: str = "a valid API key is required") -> None:
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
-class QueueFullError(ServiceError):
-    """The model's bounded queue cannot take the request's images."""
+class ModelNotFoundError(ServiceError, status=404, code="model_not_found"):
+    """No served model has the requested name."""
 
-    status, code = 429, "queue_full"
+
+class PayloadTooLargeError(ServiceError, status=413, code="payload_too_large"):
+    """Too many bytes, pixels or images."""
+
+
+class UnsupportedMediaTypeError(ServiceError, status=415, code="unsupported_media_type"):
+    """A body in a media type the route does not read."""
+
+
+class InvalidOptionError(ServiceError, status=422, code="invalid_option"):
+    """A request option is out of range: of the schema, or of what the model offers."""
+
+
+class QueueFullError(ServiceError, status=429, code="queue_full"):
+    """The model's bounded queue cannot take the request's images."""
 
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
-class DeadlineExceededError(ServiceError):
-    status, code = 504, "deadline_exceeded"
-
-
-class ClientDisconnectedError(ServiceError):
+class ClientDisconnectedError(ServiceError, status=499, code="client_disconnected"):
     """The client went away before its answer; nobody reads this (499, as nginx logs it)."""
 
-    status, code = 499, "client_disconnected"
+
+class NotReadyError(ServiceError, status=503, code="not_ready"):
+    """The model is still loading or warming up."""
 
 
-class NotReadyError(ServiceError):
-    status, code = 503, "not_ready"
-
-
-class EngineStoppedError(ServiceError):
+class EngineStoppedError(ServiceError, status=503, code="shutting_down"):
     """The engine is shutting down and takes no new work."""
 
-    status, code = 503, "shutting_down"
+
+class DeadlineExceededError(ServiceError, status=504, code="deadline_exceeded"):
+    """No answer within the request's deadline (the service's timeout or the client's)."""
+
+
+def validation_problems(errors: Sequence[Any]) -> tuple[str, list[dict[str, str]]]:
+    """``(message, detail)`` of pydantic's ``errors()``: each offending field and its problem."""
+    problems = [
+        {"field": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
+        for e in errors
+    ]
+    return "; ".join(f"{p['field']}: {p['problem']}" for p in problems), problems

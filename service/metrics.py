@@ -1,6 +1,6 @@
 """Prometheus metrics on a registry owned by the app (never module globals: tests build many apps).
 
-The names and labels are a contract with the Grafana dashboard and the alert rules (issue 4).
+The names and labels are a contract with the Grafana dashboard and the alert rules.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class ServiceMetrics:
             ["model", "reason"],
             registry=r,
         )
-        # Issue 7: anytime deadlines, the SLO controller and the accuracy guard.
+        # Anytime deadlines, the SLO controller and the accuracy guard.
         self.deadline_exits = Counter(
             "anytime_deadline_exits",
             "Images answered at an earlier exit because the next stage would miss their deadline.",

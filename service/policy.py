@@ -41,29 +41,32 @@ def resolve_plan(
     max_exit: int | None = None,
     default_budget: float | None = None,
 ) -> ExitPlan:
-    """Thresholds for a request's options.
+    """Thresholds for a request's options, checked against what this model offers.
 
+    The options' own ranges (budget in (0, 1], threshold in [0, 1]) are the options model's
+    (:class:`service.schemas.InferenceOptions`); this is the one place that checks them against
+    the model: ``max_exit`` against its exits, ``budget`` against its budget table.
     ``threshold`` (one confidence for every exit) wins over ``budget``; without either, the
     service's ``default_budget``, else the package's, else 1.0 (every image to the last exit).
 
     Raises:
-        InvalidOptionError: a value out of range, or a budget the package has no thresholds for.
+        InvalidOptionError: an exit the model does not have, or a budget below its table's rows;
+            the message and ``detail`` give the allowed range.
     """
     k = manifest.num_exits
     if max_exit is None:
         max_exit = k - 1
     if not 0 <= max_exit < k:
-        raise InvalidOptionError(f"max_exit must be in 0..{k - 1} for this model, got {max_exit}")
+        raise InvalidOptionError(
+            f"max_exit must be in 0..{k - 1} for this model, got {max_exit}",
+            detail={"field": "max_exit", "min": 0, "max": k - 1},
+        )
     if threshold is not None:
-        if not 0.0 <= threshold <= 1.0:
-            raise InvalidOptionError(f"threshold must be in [0, 1], got {threshold}")
         return ExitPlan((float(threshold),) * k, max_exit, None)
     if budget is None:
         budget = default_budget if default_budget is not None else manifest.default_budget
     if budget is None:
         budget = 1.0
-    if not 0.0 < budget <= 1.0:
-        raise InvalidOptionError(f"budget must be in (0, 1], got {budget}")
     return ExitPlan(budget_thresholds(manifest, budget), max_exit, budget)
 
 
@@ -82,7 +85,7 @@ def budget_thresholds(manifest: Manifest, budget: float) -> tuple[float, ...]:
     allowed = f"between {rows[0]} and 1.0" if rows else "1.0 (the package has no budget table)"
     raise InvalidOptionError(
         f"budget {budget} is below what this model offers; use a budget {allowed}",
-        detail={"budgets": rows},
+        detail={"field": "budget", "min": rows[0] if rows else 1.0, "max": 1.0, "budgets": rows},
     )
 
 

@@ -1,10 +1,13 @@
-"""Request and response models of the REST API (v1, KServe v2) and the one error envelope."""
+"""Request and response models of the REST API (v1, KServe v2), the options model, the errors."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# A compute budget: the fraction of the full network's FLOPs, in (0, 1] (requests and settings).
+Budget = Annotated[float, Field(gt=0, le=1)]
 
 
 class _Request(BaseModel):
@@ -19,9 +22,15 @@ class ErrorBody(BaseModel):
 
 
 class ErrorEnvelope(BaseModel):
-    """The one shape of every error response."""
+    """The shape of every error response of v1 and the health routes."""
 
     error: ErrorBody
+
+
+class V2Error(BaseModel):
+    """The shape of every error response under ``/v2`` (Open Inference Protocol)."""
+
+    error: str = Field(description="what went wrong, for a human")
 
 
 # -- v1 ----------------------------------------------------------------------------------------------
@@ -51,15 +60,30 @@ class ModelList(BaseModel):
     models: list[ModelInfo]
 
 
-class ClassifyOptions(_Request):
-    """Options of ``classify`` (query string or the JSON body)."""
+class InferenceOptions(_Request):
+    """The options of one inference request, the same model for every protocol.
 
-    budget: float | None = Field(None, gt=0, le=1, description="fraction of the full network's FLOPs")
-    max_exit: int | None = Field(None, ge=0, description="deepest exit an image may use (0-based)")
+    v1 reads them from the query string or the JSON body, v2 from the request's ``parameters``.
+    The ranges here are the schema's; what a model offers can be narrower (its budget table, its
+    number of exits): :func:`service.policy.resolve_plan` answers those with a 422 naming the
+    allowed range.
+    """
+
+    budget: Budget | None = Field(
+        None,
+        description="fraction of the full network's FLOPs; model-dependent: the lowest budget a "
+        "model offers is the first row of its budget table (GET /v1/models/{name}), below it: 422",
+    )
+    max_exit: int | None = Field(
+        None,
+        ge=0,
+        description="deepest exit an image may use (0-based); model-dependent: at most "
+        "num_exits - 1 (GET /v1/models/{name}), beyond it: 422",
+    )
     threshold: float | None = Field(
         None, ge=0, le=1, description="one confidence for every exit; overrides the budget"
     )
-    top_k: int = Field(1, ge=1, le=1000, description="how many classes to list per image")
+    top_k: int = Field(1, ge=1, le=1000, description="how many classes to list per image (v1)")
     deadline_ms: float | None = Field(
         None,
         gt=0,
@@ -68,7 +92,7 @@ class ClassifyOptions(_Request):
     )
 
 
-class ClassifyJSON(ClassifyOptions):
+class ClassifyJSON(InferenceOptions):
     """JSON body of ``classify``: base64-encoded images plus the options."""
 
     images: list[str] = Field(description="base64-encoded image files")
@@ -99,9 +123,8 @@ class ClassifyResponse(BaseModel):
 
 
 # -- KServe v2 (Open Inference Protocol) -------------------------------------------------------------
-Datatype = Literal[
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-    "FP16", "FP32", "FP64", "BYTES",
+V2Output = Literal[
+    "probabilities", "class_index", "exit", "confidence", "compute_fraction", "deadline_exit"
 ]  # fmt: skip
 
 
@@ -128,21 +151,25 @@ class V2ModelMetadata(BaseModel):
 
 class V2InputTensor(BaseModel):
     name: str
-    shape: list[int]
-    datatype: Datatype
+    shape: list[Annotated[int, Field(ge=0)]]
+    datatype: Literal["BYTES", "FP32"] = Field(
+        description="BYTES: encoded image files [N]; FP32: preprocessed images [N, 3, H, W]"
+    )
     parameters: dict[str, Any] | None = None
-    data: Any = None
+    data: list[Any] | None = Field(
+        None, description="row-major values (BYTES as base64); absent with binary_data_size"
+    )
 
 
 class V2RequestedOutput(BaseModel):
-    name: str
+    name: V2Output
     parameters: dict[str, Any] | None = None
 
 
 class V2InferRequest(BaseModel):
     id: str | None = None
     parameters: dict[str, Any] | None = None
-    inputs: list[V2InputTensor] = Field(min_length=1)
+    inputs: list[V2InputTensor] = Field(min_length=1, max_length=1, description="exactly one input")
     outputs: list[V2RequestedOutput] | None = None
 
 
@@ -160,3 +187,26 @@ class V2InferResponse(BaseModel):
     id: str | None = None
     parameters: dict[str, Any] | None = None
     outputs: list[V2OutputTensor]
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+# -- health ------------------------------------------------------------------------------------------
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    models: dict[str, bool] = Field(description="each configured model: loaded and warmed up")

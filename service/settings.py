@@ -21,6 +21,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from service.schemas import Budget
+
 Backend = Literal["torch", "onnxruntime", "auto"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -138,10 +140,8 @@ class ServiceSettings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (0 = any free port)")
     backend: Backend = Field("auto", description="torch | onnxruntime | auto (faster one measured)")
     device: Device = Field("auto", description="auto = CUDA when it really works, else CPU")
-    default_budget: float | None = Field(
+    default_budget: Budget | None = Field(
         None,
-        gt=0,
-        le=1,
         description="budget when a request gives none (else the package's default); at least the "
         "package's lowest budget-table row, else start-up fails",
     )

@@ -1,7 +1,9 @@
-"""Exception handlers: every error leaves as ``{"error": {"code", "message", "detail"}}``.
+"""Exception handlers: every error leaves in its protocol's shape, with the status errors.py fixes.
 
-Bad input never gets a 500 and never a traceback: domain errors carry their own status, request
-validation is a 422, routing errors keep their status, anything unexpected is a bare 500.
+``/v2``: ``{"error": "<message>"}`` (Open Inference Protocol); everything else:
+``{"error": {"code", "message", "detail"}}``. Bad input never gets a 500 and never a traceback:
+domain errors carry their own status, request validation is a 422, routing errors keep their
+status, anything unexpected is a bare 500.
 """
 
 from __future__ import annotations
@@ -14,33 +16,39 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from service.errors import ServiceError
+from service.errors import ServiceError, validation_problems
 
 log = logging.getLogger("service")
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request"}
 
 
-def envelope(
-    status: int, code: str, message: str, detail: Any = None, headers: dict[str, str] | None = None
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    detail: Any = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "detail": detail}}
+    """The error in the shape of the protocol ``request`` speaks."""
+    path = request.url.path
+    if path == "/v2" or path.startswith("/v2/"):
+        body: dict[str, Any] = {"error": message}
+    else:
+        body = {"error": {"code": code, "message": message, "detail": detail}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)  # registered for ServiceError only
-    return envelope(exc.status, exc.code, exc.message, exc.detail, exc.headers)
+    return error_response(request, exc.status, exc.code, exc.message, exc.detail, exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    problems = [
-        {"field": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
-        for e in exc.errors()
-    ]
-    message = "; ".join(f"{p['field']}: {p['problem']}" for p in problems) or "invalid request"
-    return envelope(422, "invalid_option", message, problems)
+    message, problems = validation_problems(exc.errors())
+    return error_response(request, 422, "invalid_option", message or "invalid request", problems)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -49,12 +57,14 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 404 and message == "Not Found":
         message = f"no route {request.method} {request.url.path}"
-    return envelope(exc.status_code, code, message, None, dict(exc.headers or {}))
+    return error_response(request, exc.status_code, code, message, None, dict(exc.headers or {}))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unexpected error on %s %s: %r", request.method, request.url.path, exc, exc_info=exc)
-    return envelope(500, "internal_error", "internal error; the server log has the details")
+    return error_response(
+        request, 500, "internal_error", "internal error; the server log has the details"
+    )
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -6,18 +6,25 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.routes.deps import app_state, check_api_key
+from service.auth import require_api_key
+from service.contract import V1_ERRORS, error_responses
+from service.schemas import Health, Readiness
+from service.state import app_state
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
     """Alive: the process answers."""
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "A model is still loading."}},
+)
 async def readyz(request: Request) -> JSONResponse:
     """Ready: every configured model is loaded and warmed up (503 until then)."""
     state = app_state(request)
@@ -28,9 +35,18 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+              "description": "Prometheus text exposition."},
+        **error_responses(V1_ERRORS, 401),
+    },
+)  # fmt: skip
 async def metrics(request: Request) -> Response:
+    """Prometheus metrics (behind the API key when ``auth.protect_metrics`` is set)."""
     state = app_state(request)
     if state.settings.auth.protect_metrics:
-        check_api_key(request)
+        require_api_key(request)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -2,32 +2,31 @@
 
 Inputs: exactly one tensor, either ``BYTES [N]`` (encoded images) or ``FP32 [N, 3, H, W]``
 (already preprocessed). Request ``parameters``: ``budget``, ``max_exit``, ``threshold``,
-``binary_data_output``. Outputs: ``probabilities FP32 [N, C]``, ``class_index INT64 [N]``,
-``exit INT64 [N]``, ``confidence FP32 [N]``, ``compute_fraction FP32 [N]``.
+``deadline_ms``, ``binary_data_output``. Outputs: ``probabilities FP32 [N, C]``,
+``class_index INT64 [N]``, ``exit INT64 [N]``, ``confidence FP32 [N]``,
+``compute_fraction FP32 [N]``, ``deadline_exit BOOL [N]``. Errors: ``{"error": "<message>"}``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
-import torch
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 import service
-from service.engine import ImageResult, LoadedModel
-from service.errors import BadRequestError, InvalidOptionError, NotReadyError
-from service.policy import resolve_plan
-from service.routes.deps import (
-    app_state,
-    check_image_count,
-    decode_images,
-    get_model,
-    infer,
-    read_body,
-    require_api_key,
+from service.auth import require_api_key
+from service.contract import (
+    EXAMPLE_PNG_BASE64,
+    V2_ERRORS,
+    error_responses,
+    inline_schema,
+    option_schemas,
 )
+from service.engine import ImageResult
+from service.errors import InvalidOptionError, NotReadyError
+from service.routes.http import read_body, request_context
 from service.routes.v2_codec import (
     HEADER,
     decode_bytes_tensor,
@@ -37,40 +36,103 @@ from service.routes.v2_codec import (
     split_binary,
 )
 from service.schemas import (
+    InferenceOptions,
+    V2InferRequest,
     V2InferResponse,
+    V2Live,
     V2ModelMetadata,
+    V2ModelReady,
+    V2Output,
+    V2Ready,
+    V2RequestedOutput,
     V2ServerMetadata,
     V2TensorMetadata,
 )
+from service.serving import parse_options, serve
+from service.state import app_state, get_model
 
 health = APIRouter(prefix="/v2", tags=["v2"])
 router = APIRouter(prefix="/v2", tags=["v2"], dependencies=[Depends(require_api_key)])
 
-OUTPUTS = ("probabilities", "class_index", "exit", "confidence", "compute_fraction")
-_OPTIONS = {"budget": float, "max_exit": int, "threshold": float, "deadline_ms": float}
-# Output only on request, or by default when the request carries a deadline_ms (issue 7).
+# Every output but deadline_exit, which is sent on request or when the request has a deadline_ms.
 DEADLINE_OUTPUT = "deadline_exit"
+OUTPUTS = tuple(n for n in get_args(V2Output) if n != DEADLINE_OUTPUT)
+# The options a request's ``parameters`` may set (top_k is v1's: v2 returns every probability).
+PARAMETERS = ("budget", "max_exit", "threshold", "deadline_ms")
+_BINARY_OUTPUT = "binary_data_output"
 
 
-@health.get("/health/live")
-async def live() -> dict[str, bool]:
-    return {"live": True}
+def _infer_openapi() -> dict[str, Any]:
+    """The infer request as documented: JSON, or JSON plus binary tensors (the extension)."""
+    request = inline_schema(V2InferRequest)
+    request["properties"]["parameters"] = {
+        "type": "object",
+        "description": "inference options; other parameters are ignored",
+        "properties": {
+            **option_schemas(*PARAMETERS),
+            _BINARY_OUTPUT: {"type": "boolean", "description": "every output as binary data"},
+        },
+    }
+    length = {"type": "integer", "minimum": 0}
+    return {
+        "parameters": [
+            {"name": HEADER, "in": "header", "required": False, "schema": length,
+             "description": "binary extension: bytes of the JSON head before the tensors' bytes"}
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": request,
+                    "example": {
+                        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                    "data": [EXAMPLE_PNG_BASE64]}],
+                        "parameters": {"budget": 1.0},
+                    },
+                },
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+    }  # fmt: skip
 
 
-@health.get("/health/ready")
+_INFER_RESPONSES = {
+    **error_responses(V2_ERRORS, 400, 401, 404, 413, 422, 429, 503, 504),
+    200: {
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "headers": {HEADER: {"description": "binary outputs: length of the JSON head",
+                             "schema": {"type": "integer"}}},
+    },
+}  # fmt: skip
+
+
+@health.get("/health/live", response_model=V2Live)
+async def live() -> V2Live:
+    return V2Live(live=True)
+
+
+@health.get(
+    "/health/ready",
+    response_model=V2Ready,
+    responses={503: {"model": V2Ready, "description": "The models are still loading."}},
+)
 async def ready(request: Request) -> JSONResponse:
     ok = app_state(request).ready
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
-@router.get("", response_model=V2ServerMetadata)
+@router.get("", response_model=V2ServerMetadata, responses=error_responses(V2_ERRORS, 401))
 async def server_metadata() -> V2ServerMetadata:
     return V2ServerMetadata(
         name="anytime", version=service.__version__, extensions=["binary_tensor_data"]
     )
 
 
-@router.get("/models/{name}", response_model=V2ModelMetadata)
+@router.get(
+    "/models/{name}",
+    response_model=V2ModelMetadata,
+    responses=error_responses(V2_ERRORS, 401, 404, 503),
+)
 async def model_metadata(name: str, request: Request) -> V2ModelMetadata:
     m = get_model(request, name).package.manifest
     h, w = m.preprocessing.input_size
@@ -93,13 +155,20 @@ async def model_metadata(name: str, request: Request) -> V2ModelMetadata:
         ],
         parameters={
             "note": "send exactly one input: 'image' (encoded images) or 'input' (preprocessed)",
-            "request_parameters": sorted(_OPTIONS),
+            "request_parameters": sorted([*PARAMETERS, _BINARY_OUTPUT]),
             "num_exits": m.num_exits,
         },
     )
 
 
-@router.get("/models/{name}/ready")
+@router.get(
+    "/models/{name}/ready",
+    response_model=V2ModelReady,
+    responses={
+        **error_responses(V2_ERRORS, 401, 404),
+        503: {"model": V2ModelReady, "description": "The model is still loading."},
+    },
+)
 async def model_ready(name: str, request: Request) -> JSONResponse:
     try:
         get_model(request, name)
@@ -108,34 +177,27 @@ async def model_ready(name: str, request: Request) -> JSONResponse:
     return JSONResponse({"name": name, "ready": True})
 
 
-@router.post("/models/{name}/infer", response_model=V2InferResponse)
+@router.post(
+    "/models/{name}/infer",
+    response_model=V2InferResponse,
+    responses=_INFER_RESPONSES,
+    openapi_extra=_infer_openapi(),
+)
 async def model_infer(name: str, request: Request) -> Response:
     loaded = get_model(request, name)
-    state = app_state(request)
-    body = await read_body(request)
-    req, binary = parse_infer_body(body, request.headers.get(HEADER))
+    settings = app_state(request).settings
+    req, binary = parse_infer_body(await read_body(request), request.headers.get(HEADER))
     params = req.parameters or {}
-    options = _options(params)
-    deadline_ms = options.pop("deadline_ms", None)
-    if deadline_ms is not None and deadline_ms <= 0:
-        raise InvalidOptionError(f"parameter 'deadline_ms' must be > 0, got {deadline_ms}")
-    plan = resolve_plan(
-        loaded.package.manifest, default_budget=loaded.engine.default_budget(), **options
-    )
-    if len(req.inputs) != 1:
-        raise BadRequestError(f"expected exactly one input tensor, got {len(req.inputs)}")
-    t = req.inputs[0]
+    options = parse_options({k: params[k] for k in PARAMETERS if k in params}, InferenceOptions, True)
+    binary_all = params.get(_BINARY_OUTPUT, False)
+    if not isinstance(binary_all, bool):
+        raise InvalidOptionError(f"parameter {_BINARY_OUTPUT!r} must be a boolean, got {binary_all!r}")
+    t = req.inputs[0]  # the request model holds exactly one
     raw = split_binary(req.inputs, binary)[0]
-    if t.datatype == "BYTES":
-        images = await decode_images(decode_bytes_tensor(t, raw), loaded, state)
-    elif t.datatype == "FP32":
-        images = _check_fp32(decode_fp32_tensor(t, raw), loaded)
-        check_image_count(images.shape[0], state)
-    else:
-        raise BadRequestError(f"input {t.name!r}: datatype {t.datatype} unsupported; use BYTES or FP32")
-    results = await infer(request, loaded, images, plan, deadline_ms)
-    wanted, binary_out = _requested_outputs(req.outputs, params, deadline_ms is not None)
-    arrays = _output_arrays(results)
+    images = decode_bytes_tensor(t, raw) if t.datatype == "BYTES" else decode_fp32_tensor(t, raw)
+    served = await serve(loaded, images, options, request_context(request), settings)
+    wanted, binary_out = _requested_outputs(req.outputs, binary_all, options.deadline_ms is not None)
+    arrays = _output_arrays(served.results)
     tensors, blob = encode_outputs([(n, *arrays[n]) for n in wanted], binary_out)
     resp = V2InferResponse(
         model_name=name, model_version=loaded.package.manifest.version, id=req.id, outputs=tensors
@@ -146,43 +208,15 @@ async def model_infer(name: str, request: Request) -> Response:
     return Response(head + blob, media_type="application/octet-stream", headers={HEADER: str(len(head))})
 
 
-def _options(params: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, kind in _OPTIONS.items():
-        if key not in params:
-            continue
-        value = params[key]
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if kind is int and not isinstance(value, int):
-            ok = False
-        if not ok:
-            raise InvalidOptionError(f"parameter {key!r} must be a number, got {value!r}")
-        out[key] = kind(value)
-    return out
-
-
-def _check_fp32(x: torch.Tensor, loaded: LoadedModel) -> torch.Tensor:
-    h, w = loaded.package.manifest.preprocessing.input_size
-    if x.dim() != 4 or tuple(x.shape[1:]) != (3, h, w) or x.shape[0] < 1:
-        raise BadRequestError(f"FP32 input must have shape [N, 3, {h}, {w}], got {list(x.shape)}")
-    return x
-
-
 def _requested_outputs(
-    outputs: Any, params: dict[str, Any], with_deadline: bool = False
+    outputs: list[V2RequestedOutput] | None, all_binary: bool, with_deadline: bool
 ) -> tuple[list[str], set[str]]:
-    all_binary = bool(params.get("binary_data_output", False))
+    """The outputs to send, in order, and those to send as binary data."""
     if not outputs:
         names = [*OUTPUTS, DEADLINE_OUTPUT] if with_deadline else list(OUTPUTS)
         return names, set(names) if all_binary else set()
-    names, binary = [], set()
-    known = [*OUTPUTS, DEADLINE_OUTPUT]
-    for o in outputs:
-        if o.name not in known:
-            raise BadRequestError(f"unknown output {o.name!r}; outputs are {known}")
-        names.append(o.name)
-        if (o.parameters or {}).get("binary_data", all_binary):
-            binary.add(o.name)
+    names = [o.name for o in outputs]
+    binary: set[str] = {o.name for o in outputs if (o.parameters or {}).get("binary_data", all_binary)}
     return names, binary
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import struct
 from typing import Any
@@ -20,7 +19,8 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
-from service.errors import BadRequestError
+from service.errors import BadRequestError, validation_problems
+from service.routes.http import parse_json
 from service.schemas import V2InferRequest, V2InputTensor, V2OutputTensor
 
 HEADER = "inference-header-content-length"
@@ -29,7 +29,7 @@ HEADER = "inference-header-content-length"
 def parse_infer_body(body: bytes, header_length: str | None) -> tuple[V2InferRequest, bytes]:
     """Split a v2 infer body into the parsed JSON request and the trailing binary data."""
     if header_length is not None:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
+        if not header_length.strip().isdecimal() or int(header_length) > len(body):
             raise BadRequestError(
                 f"Inference-Header-Content-Length {header_length!r} is not a length within the body "
                 f"of {len(body)} bytes"
@@ -38,17 +38,13 @@ def parse_infer_body(body: bytes, header_length: str | None) -> tuple[V2InferReq
         head, binary = body[:n], body[n:]
     else:
         head, binary = body, b""
-    if not head:
-        raise BadRequestError("empty inference request")
-    try:
-        raw = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadRequestError(f"inference request is not valid JSON: {e}") from None
+    raw = parse_json(head, "inference request")
     try:
         return V2InferRequest.model_validate(raw), binary
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        raise BadRequestError(f"invalid inference request: {problems}") from None
+        raise BadRequestError(
+            f"invalid inference request: {validation_problems(e.errors())[0]}"
+        ) from None
 
 
 def split_binary(inputs: list[V2InputTensor], binary: bytes) -> list[bytes | None]:
@@ -124,7 +120,10 @@ def decode_fp32_tensor(t: V2InputTensor, raw: bytes | None) -> Tensor:
             raise BadRequestError(f"input {t.name!r}: FP32 data must be a (nested) list of numbers")
         if len(flat) != n:
             raise BadRequestError(f"input {t.name!r}: shape {t.shape} holds {n} values, got {len(flat)}")
-        arr = np.asarray(flat, dtype=np.float32)
+        try:
+            arr = np.asarray(flat, dtype=np.float32)
+        except OverflowError:  # an integer beyond what a float holds
+            raise BadRequestError(f"input {t.name!r}: a value is out of FP32's range") from None
     x = torch.from_numpy(arr.copy()).reshape(t.shape)
     if not bool(torch.isfinite(x).all()):
         raise BadRequestError(f"input {t.name!r}: contains NaN or infinite values")

@@ -60,7 +60,7 @@ def png_with_claimed_size(width: int, height: int) -> bytes:
     return raw + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
 
 
-def make_calibrated_package(root: Path, calibration: list[bytes]) -> Path:
+def make_calibrated_package(root: Path, calibration: list[bytes], name: str = NAME) -> Path:
     """Export a tiny ISC MSDNet (3 exits, with ONNX) whose budget table splits ``calibration``.
 
     Budget 0.6: about half the images leave at exit 0, half of the rest at exit 1.
@@ -85,13 +85,13 @@ def make_calibrated_package(root: Path, calibration: list[bytes]) -> Path:
     ]
     manifest = new_manifest(
         model,
-        name=NAME,
+        name=name,
         classes=[f"class_{i}" for i in range(model.num_classes)],
         preprocessing=CIFAR_PREPROCESSING,
         budgets=rows,
         default_budget=0.6,
     )
-    return save_package(model, manifest, root / NAME)
+    return save_package(model, manifest, root / name)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ def test_server_and_model_metadata(client: TestClient) -> None:
         "probabilities", "class_index", "exit", "confidence", "compute_fraction", "deadline_exit"
     ]  # fmt: skip
     assert client.get(f"/v2/models/{NAME}/ready").json() == {"name": NAME, "ready": True}
-    assert client.get("/v2/models/nope/ready").status_code == 404
+    missing = client.get("/v2/models/nope/ready")
+    assert missing.status_code == 404 and NAME in missing.json()["error"]
+    assert client.get("/v2/nothing").json() == {"error": "no route GET /v2/nothing"}
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
@@ -81,6 +83,9 @@ def test_requested_outputs_and_per_output_binary(client: TestClient, images: lis
         (lambda r: r["inputs"][0].update(data=["***"]), 400),
         (lambda r: r.update(parameters={"budget": "cheap"}), 422),
         (lambda r: r.update(parameters={"max_exit": 9}), 422),
+        (lambda r: r.update(parameters={"budget": True}), 422),  # JSON types: a bool is no number
+        (lambda r: r.update(parameters={"deadline_ms": 0}), 422),
+        (lambda r: r.update(parameters={"binary_data_output": "yes"}), 422),
         (lambda r: r.update(outputs=[{"name": "logits"}]), 400),
     ],
 )
@@ -92,13 +97,14 @@ def test_bad_v2_requests(
     mutate(req)
     r = client.post(INFER, content=json.dumps(req), headers=headers)
     assert r.status_code == status, r.text
-    assert "message" in r.json()["error"]
+    body = r.json()  # the Open Inference Protocol's error shape, not v1's envelope
+    assert list(body) == ["error"] and isinstance(body["error"], str) and body["error"]
 
 
 def test_bad_fp32_tensors_and_binary_framing(client: TestClient) -> None:
     wrong = np.zeros((1, 3, 16, 16), dtype=np.float32)
     r = client.post(INFER, content=fp32_request(wrong, True)[0], headers=fp32_request(wrong, True)[1])
-    assert r.status_code == 400 and "[N, 3, 32, 32]" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "[N, 3, 32, 32]" in r.json()["error"]
     nan = np.full((1, 3, 32, 32), np.nan, dtype=np.float32)
     body, headers = fp32_request(nan, True)
     assert client.post(INFER, content=body, headers=headers).status_code == 400

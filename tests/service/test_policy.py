@@ -9,6 +9,8 @@ from models.exit_policy import NEVER_EXIT
 from models.package import ModelPackage
 from service.errors import InvalidOptionError
 from service.policy import leaving_now, resolve_plan
+from service.schemas import InferenceOptions
+from service.serving import parse_options
 
 
 def test_budget_picks_the_largest_row_not_above_it(reference_package: ModelPackage) -> None:
@@ -30,19 +32,39 @@ def test_defaults_threshold_and_max_exit(reference_package: ModelPackage) -> Non
 
 
 @pytest.mark.parametrize(
-    "options",
+    ("options", "allowed"),
     [
-        dict(budget=0.5),
-        dict(budget=0.0),
-        dict(budget=1.5),
-        dict(max_exit=3),
-        dict(max_exit=-1),
-        dict(threshold=1.2),
+        (dict(budget=0.5), {"field": "budget", "min": 0.6, "max": 1.0}),
+        (dict(budget=0.0), {"field": "budget", "min": 0.6, "max": 1.0}),
+        (dict(max_exit=3), {"field": "max_exit", "min": 0, "max": 2}),
+        (dict(max_exit=-1), {"field": "max_exit", "min": 0, "max": 2}),
     ],
 )
-def test_out_of_range_options_are_rejected(reference_package: ModelPackage, options: dict) -> None:
-    with pytest.raises(InvalidOptionError):
+def test_options_the_model_does_not_offer_name_the_allowed_range(
+    reference_package: ModelPackage, options: dict, allowed: dict
+) -> None:
+    with pytest.raises(InvalidOptionError) as e:
         resolve_plan(reference_package.manifest, **options)
+    assert {k: e.value.detail[k] for k in allowed} == allowed
+    assert f"{allowed['min']}" in e.value.message
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(budget=0.0), dict(budget=1.5), dict(threshold=1.2), dict(threshold=-0.1), dict(top_k=0),
+     dict(max_exit=-1), dict(deadline_ms=0), dict(bogus=1)],
+)  # fmt: skip
+def test_the_options_model_holds_the_schema_ranges(options: dict) -> None:
+    with pytest.raises(InvalidOptionError, match=next(iter(options))):
+        parse_options(options, InferenceOptions)
+
+
+def test_strict_options_take_json_types_only() -> None:
+    assert parse_options({"budget": 1, "max_exit": 0}, InferenceOptions, strict=True).budget == 1.0
+    for bad in ({"budget": "0.5"}, {"budget": True}, {"max_exit": 1.0}):
+        with pytest.raises(InvalidOptionError):
+            parse_options(bad, InferenceOptions, strict=True)
+    assert parse_options({"budget": "0.5"}, InferenceOptions).budget == 0.5  # query strings
 
 
 def test_budget_one_without_a_table_runs_to_the_end(reference_package: ModelPackage) -> None:

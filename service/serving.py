@@ -1,0 +1,165 @@
+"""Protocol-neutral inference: options -> plan -> images -> engine -> per-image results.
+
+The routers are codecs over :func:`serve` (after vLLM's ``serving_*.py`` and KServe's data
+plane): they parse their protocol into images and one :class:`InferenceOptions`, and shape
+the results into their protocol's answer. Everything between happens here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+from pydantic import ValidationError
+from torch import Tensor
+
+from service.engine import ImageResult, LoadedModel, ModelEngine, RequestWork
+from service.engine.images import ImageLimits, images_to_batch
+from service.errors import (
+    BadRequestError,
+    ClientDisconnectedError,
+    DeadlineExceededError,
+    InvalidOptionError,
+    PayloadTooLargeError,
+    validation_problems,
+)
+from service.policy import ExitPlan, resolve_plan
+from service.schemas import InferenceOptions
+from service.settings import ServiceSettings
+
+Options = TypeVar("Options", bound=InferenceOptions)
+
+
+def parse_options(raw: dict[str, Any], model: type[Options], strict: bool = False) -> Options:
+    """The options model from a protocol's raw values (422 naming each bad field).
+
+    ``strict``: values must have their JSON types already (v2 parameters); lax parses strings
+    (v1 query parameters).
+    """
+    try:
+        return model.model_validate(raw, strict=strict)
+    except ValidationError as e:
+        message, problems = validation_problems(e.errors())
+        raise InvalidOptionError(f"invalid options: {message}", detail=problems) from None
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What the protocol knows of a request beyond its payload.
+
+    Attributes:
+        arrived: ``time.monotonic()`` when the request reached the service: the one clock of its
+            queue wait, the SLO controller and its deadline.
+        disconnected: returns once the client has gone away.
+    """
+
+    arrived: float
+    disconnected: Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Served:
+    """The plan a request ran under and one result per image, in request order."""
+
+    plan: ExitPlan
+    results: list[ImageResult]
+
+
+async def serve(
+    loaded: LoadedModel,
+    images: Sequence[bytes] | Tensor,
+    options: InferenceOptions,
+    context: RequestContext,
+    settings: ServiceSettings,
+) -> Served:
+    """Run a request's images through ``loaded``'s engine under ``options``.
+
+    Args:
+        images: encoded image files, or an already preprocessed ``[N, 3, H, W]`` float tensor.
+
+    Raises:
+        InvalidOptionError (422): an option the model does not offer (the message says what it does).
+        BadRequestError, BadImageError (400), PayloadTooLargeError (413): the images.
+        QueueFullError (429), EngineStoppedError (503), DeadlineExceededError (504).
+        ClientDisconnectedError: the client left; its queued work was dropped.
+    """
+    # Options first: a request the model cannot serve is refused before any image is decoded.
+    plan = resolve_plan(
+        loaded.package.manifest,
+        budget=options.budget,
+        threshold=options.threshold,
+        max_exit=options.max_exit,
+        default_budget=loaded.engine.default_budget(),
+    )
+    batch = await to_batch(images, loaded, settings)
+    timeout = settings.request_timeout_s
+    if options.deadline_ms is not None:
+        timeout = min(timeout, options.deadline_ms / 1000.0)
+    results = await _await_answers(loaded.engine, batch, plan, context, timeout)
+    return Served(plan, results)
+
+
+def check_image_count(n: int, settings: ServiceSettings) -> None:
+    limit = settings.limits.max_images_per_request
+    if n < 1:  # e.g. a v2 BYTES input of shape [0]
+        raise BadRequestError("the request holds no image")
+    if n > limit:
+        raise PayloadTooLargeError(
+            f"{n} images in one request; the limit is {limit}", detail={"images": n, "limit": limit}
+        )
+
+
+async def to_batch(
+    images: Sequence[bytes] | Tensor, loaded: LoadedModel, settings: ServiceSettings
+) -> Tensor:
+    """The ``[N, 3, H, W]`` batch of a request: encoded files are decoded in a worker thread."""
+    if isinstance(images, Tensor):
+        h, w = loaded.package.manifest.preprocessing.input_size
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, h, w) or images.shape[0] < 1:
+            raise BadRequestError(
+                f"preprocessed input must have shape [N, 3, {h}, {w}], got {list(images.shape)}"
+            )
+        check_image_count(images.shape[0], settings)
+        return images
+    check_image_count(len(images), settings)
+    limits = ImageLimits(settings.limits.max_image_bytes, settings.limits.max_image_pixels)
+    pre = loaded.package.manifest.preprocessing
+    # Decoding is CPU work: never on the event loop.
+    return await anyio.to_thread.run_sync(images_to_batch, list(images), pre, limits)
+
+
+async def _await_answers(
+    engine: ModelEngine, batch: Tensor, plan: ExitPlan, context: RequestContext, timeout: float
+) -> list[ImageResult]:
+    """Submit ``batch`` and race its answers against the deadline and the client's leaving.
+
+    The deadline runs from arrival: an image that would miss it by running its next stage gets
+    its latest exit's answer (``deadline_exit``); only one that cannot reach even exit 0 makes
+    the request a 504.
+    """
+    deadline = context.arrived + timeout
+    work: RequestWork = engine.submit(batch, plan, deadline, context.arrived)
+    answer: asyncio.Future[list[ImageResult]] = asyncio.wrap_future(work.future)
+    gone: asyncio.Future[None] = asyncio.ensure_future(context.disconnected())
+    pending: list[asyncio.Future[Any]] = [answer, gone]
+    try:
+        done, _ = await asyncio.wait(
+            pending, timeout=max(0.0, deadline - time.monotonic()), return_when="FIRST_COMPLETED"
+        )
+    finally:
+        gone.cancel()
+    if answer in done:
+        return answer.result()
+    # Tell the engine first (it counts the rejection), then stop awaiting the answer.
+    reason = "disconnected" if gone in done else "deadline"
+    engine.cancel(work, reason)
+    answer.cancel()
+    if reason == "disconnected":
+        raise ClientDisconnectedError("client disconnected; its queued work was dropped")
+    raise DeadlineExceededError(
+        f"no answer within the request deadline of {timeout} s", detail={"deadline_s": timeout}
+    )
