@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from training.checks import SPLIT_KEYS
 from training.cli import build_parser, main, train_flags
 from training.config import ConfigError, load_config
-from training.trainer import SPLIT_KEYS
 
 from .helpers import tiny_config, write_config
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import training.trainer as trainer
+import training.stages as stages
 from training.checkpoint import load_checkpoint
 from training.cli import main
 from training.config import ConfigError, validate_config
@@ -84,7 +84,7 @@ def test_nan_guard_stops_and_keeps_the_last_checkpoint(
         calls.append(1)
         return sum(z.sum() for z in logits) * float("nan")  # type: ignore[return-value]
 
-    monkeypatch.setattr(trainer, "multi_exit_ce", nan_loss)
+    monkeypatch.setattr(stages, "multi_exit_ce", nan_loss)
     assert main(["train", "--config", str(path), "--resume", "--set", "max_bad_steps=3"]) == 4
     err = capsys.readouterr().err
     assert "NaN/Inf for 3 steps in a row" in err and "Traceback" not in err
