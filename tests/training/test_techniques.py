@@ -125,15 +125,31 @@ def _stage2_plan(tmp_path: Path, bn: str, **model: Any) -> tuple[StagePlan, Any,
     return plan, config, stage1
 
 
-def official_kd_by_hand(z: list[Tensor], y: Tensor, teacher: Tensor, t: float, g: float) -> Tensor:
+def official_kd_by_hand(
+    z: list[Tensor], y: Tensor, teacher: Tensor, t: float, g: float, per_class: bool = True
+) -> Tensor:
     """kalviny/IMTA's loss written out: CE at the last exit; at the others (1 - g) CE plus
-    g T^2 sum_c p_t (log p_t - log p_s) / (N C)."""
+    g T^2 sum_c p_t (log p_t - log p_s) / (N C) (``per_class``; else / N, the batchmean form)."""
     p_t = F.softmax(teacher / t, dim=1)
     total = F.cross_entropy(z[-1], y)
     for zk in z[:-1]:
-        kl = (p_t * (p_t.log() - F.log_softmax(zk / t, dim=1))).sum() / p_t.numel()
+        kl = (p_t * (p_t.log() - F.log_softmax(zk / t, dim=1))).sum()
+        kl = kl / (p_t.numel() if per_class else p_t.shape[0])
         total = total + (1 - g) * F.cross_entropy(zk, y) + g * t * t * kl
     return total
+
+
+@pytest.mark.parametrize("form", ["batchmean", "official"])
+def test_joint_kd_loss_is_ofa_kd_by_hand(tmp_path: Path, form: str) -> None:
+    # Joint recipe: the run's own last exit, detached, teaches the earlier ones.
+    plan, cfg = _plan(tmp_path, "joint", kd=True, kd_form=form, model={**TINY_MODEL, "isc": True})
+    x, y = _batch()
+    with torch.no_grad():
+        z = copy.deepcopy(plan.model).train()(x)
+        expected = official_kd_by_hand(z, y, z[-1], 3.0, cfg.kd_weight, per_class=form == "official")
+    _, loss = _one_step(plan, cfg, batch=(x, y))
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    assert loss != pytest.approx(sum(F.cross_entropy(zk, y) for zk in z).item(), rel=1e-3)
 
 
 @pytest.mark.parametrize("bn", ["eval", "train"])
