@@ -11,7 +11,7 @@ import torch
 import training.stages as stages
 from training.checkpoint import load_checkpoint
 from training.cli import main
-from training.config import ConfigError, validate_config
+from training.config import ConfigError, load_config, validate_config
 from training.trainer import run_training
 
 from .helpers import TINY_MODEL, tiny_config, write_config
@@ -155,3 +155,23 @@ def test_channels_last_training_checkpoints_plain_weights(tmp_path: Path) -> Non
     with torch.no_grad():
         for a, b in zip(live(x), rebuilt(x), strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_a_checkpoint_older_than_the_newest_keys_resumes(tmp_path: Path) -> None:
+    # The shipped default's runs were saved before lr_scaled, kd_form and stage2_bn existed.
+    run = tmp_path / "run"
+    run_training(validate_config(tiny_config(run, epochs=2, stop_after=1)))
+    blob = load_checkpoint(run / "last.pt")
+    for key in ("lr_scaled", "kd_form", "stage2_bn"):
+        del blob["config"][key]
+    torch.save(blob, run / "last.pt")
+    assert run_training(validate_config(tiny_config(run, epochs=2)), resume=True)["complete"]
+
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")))
+def test_every_shipped_config_loads(path: str) -> None:
+    init = {"init_from": "run/last.pt"} if "stage2" in path else None  # recipe stage2 needs one
+    load_config(CONFIGS / path, values=init)
