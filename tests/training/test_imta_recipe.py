@@ -12,6 +12,9 @@ import torch
 from training.checkpoint import load_checkpoint
 from training.cli import EXIT_CONFIG, main
 from training.config import ConfigError, load_config
+from training.data import load_dataset, train_batches
+from training.stages import build_stage
+from training.trainer import seed_everything
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE1, STAGE2 = ROOT / "configs/imta/stage1.yaml", ROOT / "configs/imta/stage2_isc_kd.yaml"
@@ -81,3 +84,20 @@ def test_stage2_refuses_an_unfinished_or_isc_network(
     _train(STAGE1, isc, "--isc", "--set", "epochs=1")
     assert main([*args, "--init-from", str(isc / "last.pt")]) == EXIT_CONFIG
     assert "without ISC" in capsys.readouterr().err
+
+
+def test_the_seed_changes_initialisation_and_data_order_not_the_split(tmp_path: Path) -> None:
+    cfg = {s: load_config(STAGE1, [a for a in SYNTHETIC if "=" in a] + [f"seed={s}"]) for s in (0, 1)}
+    weights, first_batch, splits = {}, {}, {}
+    for s, c in cfg.items():
+        seed_everything(c.seed, False)
+        weights[s] = build_stage(c, "joint", 10, tmp_path, torch.device("cpu")).model.state_dict()
+        data = load_dataset(c.data)
+        batches, _ = train_batches(data.train, c.data, c.batch_size, 0, c.seed)
+        first_batch[s] = next(iter(batches))[1]
+        splits[s] = data.info["test_indices_sha256"]
+    assert not torch.equal(
+        weights[0]["blocks.0.0.layers.0.0.weight"], weights[1]["blocks.0.0.layers.0.0.weight"]
+    )
+    assert not torch.equal(first_batch[0], first_batch[1])
+    assert splits[0] == splits[1]
