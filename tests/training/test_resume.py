@@ -11,7 +11,7 @@ import torch
 import training.stages as stages
 from training.checkpoint import load_checkpoint
 from training.cli import main
-from training.config import ConfigError, load_config, validate_config
+from training.config import ConfigError, validate_config
 from training.trainer import run_training
 
 from .helpers import TINY_MODEL, tiny_config, write_config
@@ -166,12 +166,3 @@ def test_a_checkpoint_older_than_the_newest_keys_resumes(tmp_path: Path) -> None
         del blob["config"][key]
     torch.save(blob, run / "last.pt")
     assert run_training(validate_config(tiny_config(run, epochs=2)), resume=True)["complete"]
-
-
-CONFIGS = Path(__file__).parents[2] / "configs"
-
-
-@pytest.mark.parametrize("path", sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")))
-def test_every_shipped_config_loads(path: str) -> None:
-    init = {"init_from": "run/last.pt"} if "stage2" in path else None  # recipe stage2 needs one
-    load_config(CONFIGS / path, values=init)
