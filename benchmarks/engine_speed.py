@@ -35,13 +35,16 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+_RUN_FILE = "import runpy, sys; sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')"
 
 
 class StubBackend:
-    """Zero-cost stages: logits are preallocated ``[rows, C]`` slices; the state passes through.
+    """Zero-cost stages: logits and the carried state are preallocated ``[rows, ...]`` slices.
 
     Confidences vary from row to row (random logits, one array per stage), so a budget below 1
-    sends some images out at every exit, as real traffic would.
+    sends some images out at every exit, as real traffic would. The carried state is one float
+    per image: gathering survivors costs what the engine's bookkeeping costs, not a copy of the
+    network's feature maps.
     """
 
     name, device = "stub", "cpu"
@@ -49,11 +52,13 @@ class StubBackend:
     def __init__(self, num_exits: int, num_classes: int, rows: int = 4096, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
         self.logits = [3.0 * torch.randn(rows, num_classes, generator=g) for _ in range(num_exits)]
+        self.state = torch.zeros(rows, 1)
 
     def run_stage(
         self, k: int, state: tuple[torch.Tensor, ...]
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        return state, self.logits[k][: state[0].shape[0]]
+        n = state[0].shape[0]
+        return (self.state[:n],), self.logits[k][:n]
 
 
 def make_engine(pkg: Any, backend: Any, mode: str, batch: int, threads: int) -> Any:
@@ -81,7 +86,12 @@ def real_backend(pkg: Any, name: str, device: str, threads: int) -> Any:
 
 
 def closed_loop(
-    engine: Any, plan: Any, x: torch.Tensor, labels: np.ndarray | None, size: int, clients: int,
+    engine: Any,
+    plan: Any,
+    x: torch.Tensor,
+    labels: np.ndarray | None,
+    size: int,
+    clients: int,
     seconds: float,
 ) -> dict[str, Any]:
     """Run the load for ``seconds``; returns the row's figures (warm-up excluded)."""
@@ -203,7 +213,10 @@ def compare(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
         for label, tree in (("before", Path(args.compare).resolve()), ("after", here)):
             env = {**os.environ, "PYTHONPATH": str(tree)}
             with tempfile.NamedTemporaryFile(suffix=".json") as out:
-                cmd = [sys.executable, str(Path(__file__).resolve()), *child, "--json", out.name]
+                # Run by path but with the tree's root first on sys.path (not benchmarks/, whose
+                # profile.py would shadow the standard library's).
+                cmd = [sys.executable, "-c", _RUN_FILE, str(Path(__file__).resolve()), *child,
+                       "--json", out.name]  # fmt: skip
                 subprocess.run(cmd, cwd=tree, env=env, check=True)
                 runs[label].append(json.loads(Path(out.name).read_text()))
     rows = []
