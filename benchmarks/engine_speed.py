@@ -61,28 +61,41 @@ class StubBackend:
         return (self.state[:n],), self.logits[k][:n]
 
 
-def make_engine(pkg: Any, backend: Any, mode: str, batch: int, threads: int) -> Any:
+def make_engine(pkg: Any, args: argparse.Namespace, mode: str, dtype: str, device: str) -> Any:
     """The engine of whichever checkout is on ``sys.path`` (``--compare`` runs an older one)."""
     from service.metrics import ServiceMetrics
 
+    m = pkg.manifest
+    stub = StubBackend(m.num_exits, len(m.classes)) if args.backend == "stub" else None
     try:
         from service.engine import EngineConfig, build_engine
+        from service.engine.factory import default_max_batch
     except ImportError:  # a checkout from before build_engine
         from service.engine import EngineConfig, ModelEngine
+        from service.engine.backends import build_backend
 
-        cfg = EngineConfig(max_batch_size=batch, queue_size=10**6, mode=mode, intra_op_threads=threads)
-        engine = ModelEngine(pkg.manifest.name, pkg.manifest, backend, cfg, ServiceMetrics())
+        backend = stub or build_backend(pkg, args.backend, device, dtype, args.threads)
+        cfg = EngineConfig(
+            max_batch_size=args.batch or 32, queue_size=10**6, mode=mode, intra_op_threads=args.threads
+        )
+        engine = ModelEngine(m.name, m, backend, cfg, ServiceMetrics())
         engine.warmup()
         engine.start()
         return engine
-    cfg = EngineConfig(max_batch_size=batch, queue_size=10**6, mode=mode, intra_op_threads=threads)
-    return build_engine(pkg, backend, cfg, ServiceMetrics())
+    batch = args.batch or default_max_batch(device)
+    cfg = EngineConfig(max_batch_size=batch, queue_size=10**6, mode=mode, intra_op_threads=args.threads)
+    return build_engine(
+        pkg, stub or args.backend, cfg, ServiceMetrics(), device=device, dtype=dtype,
+        threads=args.threads,
+    )  # fmt: skip
 
 
-def real_backend(pkg: Any, name: str, device: str, threads: int) -> Any:
-    from service.engine.backends import build_backend
-
-    return build_backend(pkg, name, device, "float32", threads)
+def full_accuracy(engine: Any, plan: Any, x: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
+    """``(accuracy, mean compute fraction)`` over every image, sent as 16-image requests."""
+    works = [engine.submit(x[i : i + 16], plan, time.monotonic() + 600) for i in range(0, len(x), 16)]
+    got = [r for w in works for r in w.future.result(timeout=600)]
+    pred = np.array([int(r.probs.argmax()) for r in got])
+    return float((pred == labels).mean()), float(np.mean([r.compute_fraction for r in got]))
 
 
 def closed_loop(
@@ -175,39 +188,48 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         labels = None
     else:
         x, labels = load_images(args.images_npz, pkg, args.data_dir)
+        if args.limit_images:
+            x = x[: args.limit_images]
+            labels = None if labels is None else labels[: args.limit_images]
     from service.engine.backends import resolve_device
 
     device = resolve_device(args.device)
     rows = []
-    for budget in args.budgets:
-        for size in args.images:
-            backend = (
-                StubBackend(m.num_exits, len(m.classes))
-                if args.backend == "stub"
-                else real_backend(pkg, args.backend, device, args.threads)
-            )
-            engine = make_engine(pkg, backend, args.mode, args.batch, args.threads)
-            plan = resolve_plan(m, budget=budget)
-            try:
-                closed_loop(engine, plan, x, labels, size, args.clients, min(0.5, args.seconds))
-                row = closed_loop(engine, plan, x, labels, size, args.clients, args.seconds)
-            finally:
-                engine.stop()
-            row = dict(
-                backend=backend.name, mode=args.mode, budget=budget, request_images=size,
-                clients=args.clients, device=backend.device, **row,
-            )  # fmt: skip
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    for dtype in args.dtypes:
+        for mode in args.modes:
+            for budget in args.budgets:
+                for size in args.images:
+                    engine = make_engine(pkg, args, mode, dtype, device)
+                    plan = resolve_plan(m, budget=budget)
+                    try:
+                        closed_loop(engine, plan, x, labels, size, args.clients, min(0.5, args.seconds))
+                        row = closed_loop(engine, plan, x, labels, size, args.clients, args.seconds)
+                        if args.full_accuracy and labels is not None:
+                            acc, fraction = full_accuracy(engine, plan, x, labels)
+                            row.update(accuracy=acc, mean_compute_fraction=fraction)
+                    finally:
+                        engine.stop()
+                    row = dict(
+                        mode=mode, budget=budget, request_images=size, clients=args.clients,
+                        backend=engine.backend.name, device=engine.backend.device,
+                        # what ran: the CPU runs float32 whatever was asked
+                        dtype=str(getattr(engine.backend, "dtype", dtype)).removeprefix("torch."),
+                        **row,
+                    )  # fmt: skip
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     return rows
 
 
 def compare(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
     """Alternate child runs on ``args.compare`` (before) and this checkout (after)."""
     here = Path(__file__).resolve().parents[1]
-    child = [a for a in argv]
+    child = list(argv)
     i = child.index("--compare")
     del child[i : i + 2]
+    for j, a in enumerate(child[:-1]):  # the children run in the other tree: absolute paths
+        if a in ("--images-npz", "--package", "--data-dir"):
+            child[j + 1] = str(Path(child[j + 1]).resolve())
     runs: dict[str, list[list[dict[str, Any]]]] = {"before": [], "after": []}
     for _ in range(args.repeat):
         for label, tree in (("before", Path(args.compare).resolve()), ("after", here)):
@@ -221,8 +243,8 @@ def compare(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
                 runs[label].append(json.loads(Path(out.name).read_text()))
     rows = []
     for j, row in enumerate(runs["after"][0]):
-        key = {k: row[k] for k in ("budget", "request_images")}
-        summary: dict[str, Any] = dict(key, backend=row["backend"], mode=row["mode"])
+        key = {k: row[k] for k in ("mode", "budget", "request_images", "dtype")}
+        summary: dict[str, Any] = dict(key, backend=row["backend"])
         for label in ("before", "after"):
             ips = [r[j]["images_per_s"] for r in runs[label]]
             summary[f"{label}_images_per_s"] = [round(v, 1) for v in ips]
@@ -234,6 +256,20 @@ def compare(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
         summary["speedup"] = statistics.median(summary["after_images_per_s"]) / statistics.median(
             summary["before_images_per_s"]
         )
+        for label in ("before", "after"):
+            # Within each run: this row's images/s over the same row at budget 1.0.
+            ref = next(
+                (
+                    i
+                    for i, r in enumerate(runs["after"][0])
+                    if r["budget"] == 1.0 and all(r[k] == row[k] for k in key if k != "budget")
+                ),
+                None,
+            )
+            if ref is not None and ref != j:
+                summary[f"{label}_vs_budget_1"] = [
+                    round(r[j]["images_per_s"] / r[ref]["images_per_s"], 3) for r in runs[label]
+                ]
         rows.append(summary)
         print(json.dumps(summary), flush=True)
     return rows
@@ -243,19 +279,30 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="stub", choices=["stub", "torch", "onnxruntime", "auto"])
     ap.add_argument("--package", type=Path, default=Path("packages/default"))
-    ap.add_argument("--mode", default="shrink", choices=["run_to_end", "shrink", "rebatch"])
+    ap.add_argument(
+        "--modes", nargs="+", default=["shrink"], choices=["run_to_end", "shrink", "rebatch"]
+    )
+    dtypes = ["float32", "float16", "bfloat16"]
+    ap.add_argument("--dtypes", nargs="+", default=["float32"], choices=dtypes,
+                    help="torch compute dtypes (CUDA only; the CPU always runs float32)")  # fmt: skip
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.5])
     ap.add_argument("--images", type=int, nargs="+", default=[1, 16], help="images per request")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each row's load")
-    ap.add_argument("--batch", type=int, default=32, help="max_batch_size")
+    ap.add_argument("--batch", type=int, help="max_batch_size (default: the device's)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     ap.add_argument("--data-dir", help="where the package's training data is (default: its config's)")
     ap.add_argument("--images-npz", type=Path, help="preprocessed images: arrays x [N,3,H,W], y [N]")
+    ap.add_argument("--limit-images", type=int, help="use only the first N test images")
     ap.add_argument("--save-images", type=Path, help="write the labelled test images as .npz, exit")
     ap.add_argument("--compare", help="another checkout: alternate its engine (before) with this one")
     ap.add_argument("--repeat", type=int, default=3, help="alternations of --compare")
+    ap.add_argument(
+        "--full-accuracy",
+        action="store_true",
+        help="accuracy and compute fraction over every test image (not the load's sample)",
+    )
     ap.add_argument("--json", type=Path, help="write the rows here")
     return ap.parse_args(argv)
 
