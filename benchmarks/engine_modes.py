@@ -270,7 +270,7 @@ def _acc(row: dict[str, Any]) -> str:
 
 def markdown(meta: dict[str, Any], modes: list[dict[str, Any]], ctl: list[dict[str, Any]]) -> str:
     lines = [
-        "### Engine modes (issue 7)",
+        "### Engine modes",
         "",
         f"Model: {meta['model']}; device {meta['device']}; {meta['seconds']} s per run; "
         f"{meta['note']}. Images: {meta['images']}. Reproduce: `{meta['command']}`.",
