@@ -1,6 +1,6 @@
 """Backends run one stage of a package on a batch: PyTorch (eager) and ONNX Runtime.
 
-Both take and return torch tensors with the batch on dim 0, so the executor does not care which
+Both take and return torch tensors with the batch on dim 0, so the engine does not care which
 one runs. ONNX Runtime runs the package's per-stage graphs (``manifest.onnx``): it cannot stop a
 single graph part-way, which is why the package exports one graph per stage.
 """
@@ -30,7 +30,7 @@ class BackendError(RuntimeError):
 
 
 class StageBackend(Protocol):
-    """What the executor needs from a backend."""
+    """What the engine needs from a backend."""
 
     name: str
     device: str

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.engine.runner import StageRunner
-from service.engine.work import StageBatch
+from service.engine.work import RequestWork, StageBatch
 
 _rng = np.random.default_rng()
 
@@ -50,7 +50,7 @@ class Answers:
     """
 
     exit: int
-    owners: list
+    owners: list[RequestWork]
     owner: np.ndarray
     row: np.ndarray
     probs: np.ndarray
