@@ -168,7 +168,9 @@ def summarise(runs: list[WrkResult]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.wrk_load", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.wrk_load", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--url", required=True, help="http://127.0.0.1:PORT")
     p.add_argument("--path", required=True, help="request path with its query")
     p.add_argument("--images", type=Path, required=True, help="a folder with labels.txt")
