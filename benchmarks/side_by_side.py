@@ -222,5 +222,32 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     return 0
 
 
+def bench_peers(args: argparse.Namespace, out: Path, quick: bool) -> int:
+    """``python -m benchmarks --only peers``: the side-by-side run and the request-cost profile
+    (:mod:`benchmarks.profile`) into ``out``, then ``BENCHMARKS.md`` rendered anew from
+    ``out/results.json`` (the other sections' figures stay as measured)."""
+    from benchmarks import profile
+    from benchmarks.report import render
+
+    common = ["--data-dir", args.data_dir] if args.data_dir else []
+    if args.serve_package:
+        common += ["--package", str(args.serve_package)]
+    seconds = args.max_seconds or (2.0 if quick else 5.0)
+    repeats = "1" if quick else "3"
+    code = main(
+        [*common, "--out", str(out / "peers.json"), "--seconds", str(seconds), "--repeats", repeats]
+    )
+    if code == 0 and not args.no_profile:
+        prof_out = str(out / "profile_components.json")
+        code = profile.main([*common, "--out", prof_out, "--seconds", str(2 * seconds)])
+    results = out / "results.json"
+    if code == 0 and results.is_file():
+        published = out.resolve() == (REPO / "benchmarks" / "results").resolve()
+        md = args.markdown or (REPO / "BENCHMARKS.md" if published else out / "BENCHMARKS.md")
+        md.write_text(render(json.loads(results.read_text()), out, REPO))
+        print(f"wrote {md}")
+    return code
+
+
 if __name__ == "__main__":
     sys.exit(main())
