@@ -26,15 +26,22 @@ class LaunchError(RuntimeError):
     """A server did not become ready; the message carries the end of its log."""
 
 
+_HANDED_OUT: set[int] = set()  # ports given to servers not listening yet
+
+
 def free_port_block(n: int = 1, start: int = 20000, stop: int = 60000) -> int:
-    """The first of ``n`` consecutive free ports on 127.0.0.1 (Triton takes http, grpc, metrics)."""
+    """The first of ``n`` consecutive free ports on 127.0.0.1 (Triton takes http, grpc, metrics),
+    none of them handed out before by this process."""
     for base in range(start + os.getpid() % 1000 * 37, stop, 7):
+        if _HANDED_OUT & set(range(base, base + n)):
+            continue
         try:
             for p in range(base, base + n):
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", p))
         except OSError:
             continue
+        _HANDED_OUT.update(range(base, base + n))
         return base
     raise LaunchError(f"no {n} consecutive free ports in [{start}, {stop})")
 

@@ -22,6 +22,13 @@ def _num(v: Any, fmt: str = ".1f") -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
+def _accuracy(acc: float | None, n: int | None) -> str:
+    """``89.10 ± 1.05``: the share of right answers and its binomial standard error, in %."""
+    if acc is None or not n or math.isnan(acc):
+        return "-"
+    return f"{100 * acc:.2f} ± {100 * math.sqrt(acc * (1 - acc) / n):.2f}"
+
+
 def ratio_lines(ratios: dict[str, Any]) -> list[str]:
     """The ratios as sentences, each with its target and whether this run met it."""
     out = []
@@ -61,7 +68,7 @@ def peers_section(peers: dict[str, Any], profile: dict[str, Any] | None = None) 
         f"- this service: {s['service']}; peers: {s['peers']}; the in-process engine: same "
         "engine settings, one image per request from 16 concurrent clients, decoded in the process",
         "",
-        "| server | request body | images/s | p50 ms | p99 ms | accuracy % | answers | failed "
+        "| server | request body | images/s | p50 ms | p99 ms | accuracy % (± s.e.) | answers | failed "
         "| server CPU ms/image |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -71,10 +78,16 @@ def peers_section(peers: dict[str, Any], profile: dict[str, Any] | None = None) 
         lines.append(
             f"| {label} | {r['body']} | {_num(r['images_per_s'])} ({_num(lo)}-{_num(hi)}) | "
             f"{_num(r.get('p50_ms'))} | {_num(r.get('p99_ms'))} | "
-            f"{_num(100 * acc if acc is not None else None, '.2f')} | {r.get('answers', '-')} | "
+            f"{_accuracy(acc, r.get('answers'))} | {r.get('answers', '-')} | "
             f"{r.get('failed', '-')} | {_num(r.get('server_cpu_ms_per_image'), '.2f')} |"
         )
     lines += ["", *ratio_lines(peers["ratios"])]
+    if acc := s.get("package_accuracy"):
+        cells = ", ".join(f"budget {b}: {100 * a:.2f} %" for b, a in acc.items())
+        lines.append(
+            f"- Accuracy on the whole held test part (the package's budget table): {cells}; the wrk "
+            "accuracies above are over the answers of these short runs only (standard error shown)."
+        )
     if profile:
         lines += [
             "",

@@ -102,6 +102,14 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def package_accuracy(package: Path) -> dict[str, float]:
+    """Test accuracy of the budget-table rows 1.0 and 0.5, as calibration recorded it."""
+    from models.package import read_manifest
+
+    rows = {r.budget: r.accuracy for r in read_manifest(package).budgets}
+    return {str(b): a for b in (1.0, 0.5) if (a := rows.get(b)) is not None}
+
+
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
@@ -206,7 +214,10 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
             "repeats": args.repeats,
             "connections": args.connections,
             "images": len(list(images.glob("*.jpg"))),
-            "package": str(args.package),
+            "package": str(args.package.resolve().relative_to(REPO))
+            if args.package.resolve().is_relative_to(REPO)
+            else str(args.package),
+            "package_accuracy": package_accuracy(args.package),
             "service": "python -m service --backend torch --device cpu (defaults: batching on, "
             "max batch 32, delay 0, 1 intra-op thread)",
             "peers": f"torch {args.peer_threads} intra-op thread(s), max batch 32; Triton dynamic "
