@@ -167,7 +167,7 @@ def component_table(
     samples (a native pool) is its own row; samples of a thread ``cpu_s`` does not know are
     left out of the ms (their share still shows).
     """
-    ms: Counter[str] = Counter()
+    ms: dict[str, float] = dict.fromkeys([n for n, _ in COMPONENTS] + [OTHER, NATIVE], 0.0)
     total: Counter[str] = Counter()
     for tid, counts in by_thread.items():
         total.update(counts)
@@ -179,8 +179,7 @@ def component_table(
         if tid not in by_thread:
             ms[NATIVE] += 1e3 * seconds / max(images, 1e-9)
     all_samples = sum(total.values()) or 1
-    names = list(dict.fromkeys([n for n, _ in COMPONENTS] + [OTHER, NATIVE]))
-    return [{"component": n, "ms_per_image": ms[n], "share": total[n] / all_samples} for n in names]
+    return [{"component": n, "ms_per_image": v, "share": total[n] / all_samples} for n, v in ms.items()]
 
 
 def profile_components(
@@ -209,15 +208,15 @@ def profile_components(
     if proc.returncode != 0 or not raw.is_file():
         raise RuntimeError(f"py-spy exited {proc.returncode}: {err.decode(errors='replace')[-300:]}")
     w = result["wrk"]
-    images = w.images_per_s * (t1 - t0)  # the CPU window's share of the load's answers
+    answered = w.images_per_s * (t1 - t0)  # the CPU window's share of the load's answers
     cpu = {tid: cpu1[tid] - cpu0.get(tid, 0.0) for tid in cpu1}
-    rows = component_table(attribute(raw), cpu, images)
+    rows = component_table(attribute(raw), cpu, answered)
     return {
         "seconds": round(t1 - t0, 2),
         "images_per_s": w.images_per_s,
         "accuracy": w.accuracy,
         "rows": rows,
-        "cpu_ms_per_image": 1e3 * sum(cpu.values()) / max(images, 1e-9),
+        "cpu_ms_per_image": 1e3 * sum(cpu.values()) / max(answered, 1e-9),
         "raw": str(raw),
         "method": next(p for p in __doc__.split("\n\n") if p.startswith("Method")).replace("\n", " "),
     }

@@ -85,7 +85,9 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     def ips(key: str) -> float:
         return float(rows[key]["images_per_s"]) if key in rows else float("nan")
 
-    peers = {k: ips(k) for k in ("triton (full network)", "litserve (full network)") if k in rows}
+    peers: dict[str, float] = {
+        k: ips(k) for k in ("triton (full network)", "litserve (full network)") if k in rows
+    }
     better = max(peers, key=lambda k: peers[k]) if peers else None
     b10, b05 = ips("anytime HTTP, budget 1.0"), ips("anytime HTTP, budget 0.5")
     out: dict[str, Any] = {
