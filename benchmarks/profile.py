@@ -94,13 +94,16 @@ def top_frames(raw: Path, n: int = 12) -> list[tuple[str, float]]:
 
 
 def top_threads(raw: Path) -> list[tuple[str, float]]:
-    """Share of samples per thread (the first frame of each collapsed stack names the thread)."""
+    """Share of samples per thread (the first frame of each collapsed stack names the thread, after
+    the process with ``--subprocesses``)."""
     threads: Counter[str] = Counter()
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if stack and count.isdigit():
+            frames = stack.split(";")
+            name = frames[1] if frames[0].startswith("process ") and len(frames) > 1 else frames[0]
             # "thread (27541): AnyIO worker thread" -> one row per thread name, not per id.
-            threads[re.sub(r"\s*\(\d+\)", "", stack.split(";")[0]).strip()] += int(count)
+            threads[re.sub(r"\s*\(\d+\)", "", name).strip()] += int(count)
     total = sum(threads.values()) or 1
     return [(t, c / total) for t, c in threads.most_common(6)]
 
