@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="model package for the serving figures (default: packages/default, the shipped model, "
         "in a full run; the GE + ISC + KD arm's own package in --quick / --synthetic runs)",
     )
+    p.add_argument(
+        "--only",
+        choices=["peers"],
+        help="peers: only the side-by-side with Triton and LitServe (make peers first), then "
+        "BENCHMARKS.md from the results on disk",
+    )
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the server")
     p.add_argument("--no-grid", action="store_true", help="skip the backend x batching x mode grid")
     p.add_argument("--concurrency", type=int, help="closed-loop clients (default 16, quick 8)")
@@ -223,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     arms = tuple(a for a in ARMS if a.name in args.arms.split(","))
     if args.report_only:
         return write_report(json.loads((out / "results.json").read_text()), out, args, quick)
+    if args.only == "peers":
+        from benchmarks.side_by_side import bench_peers
+
+        return bench_peers(args, out, quick)
     t0 = time.time()
     load_at_start = os.getloadavg()[0]  # the cores may be shared (another training run): say so
     try:
