@@ -85,13 +85,15 @@ def verdict(
     :func:`compare`): ``gain at every exit``, ``gain on average, not at every exit``, ``loss``,
     ``no detectable difference``; ``partial`` when fewer than the planned seeds are in it."""
     if primary is None:
-        return {"outcome": "no result", "partial": True, "text": "No seed has both arms finished yet."}
+        primary = {"seeds": [], "exits": [], "mean_over_exits": None}
     mean = primary["mean_over_exits"]
     exits = primary["exits"]
     worse = [i for i, e in enumerate(exits) if e["estimate"] < 0]
     sig_worse = [i for i, e in enumerate(exits) if e["estimate"] < 0 and e["p_holm"] < alpha]
     sig_better = [i for i, e in enumerate(exits) if e["estimate"] > 0 and e["p_holm"] < alpha]
-    if mean["low"] > 0 and not worse:
+    if mean is None:
+        outcome = "no result"
+    elif mean["low"] > 0 and not worse:
         outcome = "gain at every exit"
     elif mean["low"] > 0:
         outcome = "gain on average, not at every exit"

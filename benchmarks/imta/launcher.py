@@ -45,6 +45,7 @@ class LaunchSettings:
     runs: tuple[Run, ...]
     overrides: tuple[str, ...] = ()  # extra `train` arguments for every run (smoke tests)
     repo: Path = REPO  # where `python -m training` runs: the relative config paths resolve here
+    epochs_of: Callable[[list[str]], int] | None = None  # default: expected_epochs in ``repo``
 
 
 def subprocess_runner(repo: Path) -> Runner:
@@ -95,6 +96,7 @@ def log_line(runs_dir: Path, text: str) -> None:
 
 def write_plan(s: LaunchSettings) -> None:
     """``plan.json``: what the launcher will run, for ``status`` and ``evaluate``."""
+    epochs = s.epochs_of or (lambda argv: expected_epochs(argv, s.repo))
     runs = []
     for r in s.runs:
         argv = r.train_argv(s.runs_dir, s.overrides)
@@ -105,7 +107,7 @@ def write_plan(s: LaunchSettings) -> None:
                 "seed": r.seed,
                 "stage": r.arm.stage,
                 "run_dir": str(r.run_dir(s.runs_dir)),
-                "epochs": expected_epochs(argv, s.repo),
+                "epochs": epochs(argv),
                 "command": ["python", "-m", "training", *argv],
             }
         )

@@ -87,7 +87,12 @@ def status_text(runs_dir: Path) -> str:
         lines.append(f"{r['key']:<24} {r['state']:<9} {r['done']:>3}/{r['epochs']:<4} {per:>7}")
     finished = sum(r["state"] == "finished" for r in rows)
     left, borrowed = seconds_left(rows)
-    eta = "unknown (no epoch measured yet)" if left is None else f"{left / 3600:.1f} h of training"
+    eta = "unknown (no epoch measured yet)" if left is None else f"{_duration(left)} of training"
     note = " (stage 2 timed as stage 1: an upper bound)" if borrowed else ""
     lines.append(f"{finished}/{len(rows)} runs finished; time left: {eta}{note}")
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"

@@ -90,18 +90,23 @@ def paired_bootstrap(
     """
     _check_paired(right_a, right_b)
     s, k, n = right_a.shape
-    # diff[s, i, j]: per image, A's correctness minus B's at exit j; the last column their mean.
+    # diff[s, i, j]: per image, A's correctness minus B's at exit j; the last column their sum.
+    # Integer counts throughout, divided once at the end: a certain difference stays exact.
+    # (Whole numbers held as float64 are exact below 2**53, and BLAS multiplies them fast.)
     diff = right_a.astype(np.float64) - right_b.astype(np.float64)
-    diff = np.concatenate([diff, diff.mean(axis=1, keepdims=True)], axis=1).transpose(0, 2, 1)
+    diff = np.concatenate([diff, diff.sum(axis=1, keepdims=True)], axis=1).transpose(0, 2, 1)
+    scale = np.array([s * n] * k + [s * n * k], dtype=np.float64)
     rng = np.random.default_rng(seed)
     stats = np.empty((resamples, k + 1))
     for start in range(0, resamples, chunk):
         b = min(chunk, resamples - start)
-        images = rng.multinomial(n, np.full(n, 1.0 / n), size=b) / n  # [b, N] image weights
-        seeds = rng.multinomial(s, np.full(s, 1.0 / s), size=b) / s  # [b, S] seed weights
-        per_seed = np.einsum("bn,snj->bsj", images, diff)  # [b, S, K+1]
-        stats[start : start + b] = np.einsum("bs,bsj->bj", seeds, per_seed)
-    point = diff.mean(axis=(0, 1))
+        images = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(
+            np.float64
+        )  # [b, N] times each image drawn
+        seeds = rng.multinomial(s, np.full(s, 1.0 / s), size=b)  # [b, S] times each seed drawn
+        per_seed = np.stack([images @ diff[i] for i in range(s)], axis=1)  # [b, S, K+1]
+        stats[start : start + b] = np.einsum("bs,bsj->bj", seeds, per_seed) / scale
+    point = diff.sum(axis=(0, 1)) / scale
     tail = (1 - confidence) / 2
     low, high = np.quantile(stats, [tail, 1 - tail], axis=0)
     below, above = (stats <= 0).mean(axis=0), (stats >= 0).mean(axis=0)
