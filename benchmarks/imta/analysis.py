@@ -7,14 +7,13 @@ a comparison uses the seeds finished in both of its arms.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from benchmarks.imta.collect import RunScores
 from benchmarks.imta.plan import PRIMARY
-from benchmarks.imta.stats import holm, mcnemar_per_exit, paired_bootstrap
+from benchmarks.imta.stats import Interval, holm, mcnemar_per_exit, paired_bootstrap
 
 ALPHA = 0.05
 MIN_SEEDS = 2  # a verdict on fewer seeds is partial, whatever was planned
@@ -70,12 +69,22 @@ def compare(
         "b": b,
         "seeds": seeds,
         "exits": [
-            {**asdict(m), **asdict(iv), "p_holm": p}
+            {
+                "only_a": m.only_a,
+                "only_b": m.only_b,
+                "mcnemar_p": m.p_value,
+                "mcnemar_p_holm": p,
+                **_interval(iv),
+            }
             for m, iv, p in zip(pooled, intervals[:-1], adjusted, strict=True)
         ],
-        "mean_over_exits": asdict(intervals[-1]),
+        "mean_over_exits": _interval(intervals[-1]),
         "per_seed": per_seed,
     }
+
+
+def _interval(iv: Interval) -> dict[str, float]:
+    return {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "bootstrap_p": iv.p_value}
 
 
 def verdict(
@@ -89,8 +98,8 @@ def verdict(
     mean = primary["mean_over_exits"]
     exits = primary["exits"]
     worse = [i for i, e in enumerate(exits) if e["estimate"] < 0]
-    sig_worse = [i for i, e in enumerate(exits) if e["estimate"] < 0 and e["p_holm"] < alpha]
-    sig_better = [i for i, e in enumerate(exits) if e["estimate"] > 0 and e["p_holm"] < alpha]
+    sig_worse = [i for i, e in enumerate(exits) if e["estimate"] < 0 and e["mcnemar_p_holm"] < alpha]
+    sig_better = [i for i, e in enumerate(exits) if e["estimate"] > 0 and e["mcnemar_p_holm"] < alpha]
     if mean is None:
         outcome = "no result"
     elif mean["low"] > 0 and not worse:

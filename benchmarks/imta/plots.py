@@ -71,8 +71,9 @@ def plot_budgeted(stats: dict[str, Any], path: Path) -> None:
             [full * c for c, _ in pts], [100 * a for _, a in pts], "o-", color=COLOURS[arm], label=arm
         )
         grid = np.linspace(0, 1, 41)
-        curves = [_interpolate(r["geometric_curve"], grid) for r in runs]
-        ax.plot(full * grid, 100 * np.nanmean(curves, axis=0), ":", color=COLOURS[arm])
+        curves = np.array([_interpolate(r["geometric_curve"], grid) for r in runs])
+        reached = ~np.isnan(curves).any(axis=0)  # compute every seed's curve covers
+        ax.plot(full * grid[reached], 100 * curves[:, reached].mean(0), ":", color=COLOURS[arm])
     ax.set(
         title="Budgeted: validation-fitted thresholds, test images",
         xlabel="mean multiply-adds per image (M)",

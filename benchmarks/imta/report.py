@@ -40,7 +40,10 @@ def _pts(v: float) -> str:
     return f"{100 * v:+.2f}"
 
 
-def _p(v: float) -> str:
+def _p(v: float, resamples: int | None = None) -> str:
+    """A p-value; a bootstrap p of 0 means below one resample's share."""
+    if resamples is not None and v == 0:
+        return f"< {1 / resamples:.0e}"
     return f"{v:.3f}" if v >= 0.001 else f"{v:.0e}"
 
 
@@ -63,7 +66,7 @@ def accuracy_table(stats: dict[str, Any]) -> list[str]:
     return lines
 
 
-def comparison_table(c: dict[str, Any]) -> list[str]:
+def comparison_table(c: dict[str, Any], resamples: int) -> list[str]:
     """Per exit and for the mean over exits: the pooled difference, its bootstrap interval, the
     McNemar p (pooled over seeds; Holm over exits), and each seed's difference beside it."""
     seeds = c["per_seed"]
@@ -76,13 +79,13 @@ def comparison_table(c: dict[str, Any]) -> list[str]:
         per = " | ".join(f"{_pts(s['difference'][i])} ({_p(s['mcnemar_p'][i])})" for s in seeds)
         lines.append(
             f"| {i} | {_pts(e['estimate'])} | [{_pts(e['low'])}, {_pts(e['high'])}] | "
-            f"{_p(e['p_value'])} ({_p(e['p_holm'])}) | {per} |"
+            f"{_p(e['mcnemar_p'])} ({_p(e['mcnemar_p_holm'])}) | {per} |"
         )
     m = c["mean_over_exits"]
     per = " | ".join(_pts(s["mean_difference"]) for s in seeds)
     lines.append(
         f"| **mean** | **{_pts(m['estimate'])}** | [{_pts(m['low'])}, {_pts(m['high'])}] | "
-        f"bootstrap {_p(m['p_value'])} | {per} |"
+        f"bootstrap {_p(m['bootstrap_p'], resamples)} | {per} |"
     )
     return lines
 
@@ -94,10 +97,10 @@ def verdict_paragraph(stats: dict[str, Any]) -> str:
     if primary is not None:
         m = primary["mean_over_exits"]
         per_exit = ", ".join(_pts(e["estimate"]) for e in primary["exits"])
+        p = _p(m["bootstrap_p"], stats["resamples"])
         text += (
             f" IMTA − plain, mean over exits: {_pts(m['estimate'])} points (95 % CI "
-            f"[{_pts(m['low'])}, {_pts(m['high'])}], bootstrap p = {_p(m['p_value'])}); per exit "
-            f"{per_exit}."
+            f"[{_pts(m['low'])}, {_pts(m['high'])}], bootstrap p = {p}); per exit {per_exit}."
         )
         worse, better = v["exits_significantly_worse"], v["exits_significantly_better"]
         if better or worse:
@@ -145,7 +148,7 @@ def render_section(stats: dict[str, Any], plots: str) -> str:
     ]
     for c in stats["comparisons"]:
         lines += [f"**{c['role']}** — `{c['a']}` vs `{c['b']}`, seeds {c['seeds']}", ""]
-        lines += [*comparison_table(c), ""]
+        lines += [*comparison_table(c, stats["resamples"]), ""]
     lines += [
         f"![anytime]({plots}/anytime.png) ![budgeted]({plots}/budgeted.png)",
         "",
