@@ -161,3 +161,23 @@ def test_update_benchmarks_inserts_once_then_replaces(tmp_path: Path) -> None:
     assert text.count(HEADING) == 1 and "second" in text and "first" not in text and "v1" not in text
     assert text.index("## IMTA ablation") < text.index(HEADING) < text.index("## Serving")
     assert text.endswith("rows\n")
+
+
+def test_regenerated_benchmarks_page_keeps_the_imta_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import benchmarks.report
+
+    section = tmp_path / "imta.md"
+    section.write_text(f"{HEADING} (x)\n\nthe factorial\n")
+    monkeypatch.setattr(benchmarks.report, "IMTA_SECTION", section)
+    meta = {
+        "quick": False,
+        "command": "c",
+        "machine": "m",
+        "date": "d",
+        "commit": "0",
+        "full_command": "f",
+    }
+    text = benchmarks.report.render({"meta": meta}, tmp_path, tmp_path)
+    assert f"{HEADING} (x)\n\nthe factorial\n" in text
