@@ -83,7 +83,7 @@ def plan(seeds: tuple[int, ...] = DEFAULT_SEEDS, arms: tuple[str, ...] = ARM_NAM
     unknown = [a for a in arms if a not in BY_NAME]
     if unknown:
         raise PlanError(f"unknown arm(s) {unknown}; known: {list(ARM_NAMES)}")
-    missing = sorted({BY_NAME[a].parent for a in arms} - {None} - set(arms))  # type: ignore[arg-type]
+    missing = sorted({p for a in arms if (p := BY_NAME[a].parent) is not None} - set(arms))
     if missing:
         raise PlanError(f"stage-2 arms need their stage-1 arm(s) {missing} in the plan as well")
     if not seeds or len(set(seeds)) != len(seeds):

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -160,7 +161,7 @@ def test_status_and_time_left_from_measured_epochs(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def sleeper(tmp_path: Path):  # type: ignore[no-untyped-def]
+def sleeper(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A process in its own session standing in for a running launcher, with its pid file."""
     child = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
@@ -180,7 +181,9 @@ def _wait_for(pid: int, state: str) -> str:
     return process_state(pid)
 
 
-def test_pause_continue_stop_signal_the_process_group(tmp_path: Path, sleeper) -> None:  # type: ignore[no-untyped-def]
+def test_pause_continue_stop_signal_the_process_group(
+    tmp_path: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
     signal_launcher(tmp_path, "pause")
     assert _wait_for(sleeper.pid, "paused") == "paused"
     signal_launcher(tmp_path, "continue")
