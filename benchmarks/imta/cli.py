@@ -20,8 +20,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks.imta.collect import CollectError
 from benchmarks.imta.launcher import REPO, LauncherError, LaunchSettings, launch, signal_launcher
 from benchmarks.imta.plan import ARM_NAMES, DEFAULT_SEEDS, PlanError, parse_seeds, plan
+from training.config import ConfigError
 
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
@@ -136,6 +138,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "evaluate":
             return _evaluate(args)
         return _report(args)
-    except (PlanError, LauncherError, FileNotFoundError) as e:
+    except (PlanError, LauncherError, ConfigError, CollectError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -209,11 +209,18 @@ def signal_launcher(runs_dir: Path, action: str) -> str:
     return f"{action}: sent to process group {pgid} (launcher pid {pid})"
 
 
-def start_background(argv: list[str], runs_dir: Path, repo: Path) -> int:
+def start_background(argv: list[str], runs_dir: Path, repo: Path, wait_s: float = 60.0) -> int:
     """Start ``python -m benchmarks.imta run <argv>`` detached, in its own session and process
-    group (what ``pause`` signals); returns its pid. Output goes to ``launcher.out``."""
+    group (what ``pause`` signals); returns its pid once it has written its plan. Output goes to
+    ``launcher.out``.
+
+    Raises:
+        LauncherError: it exited before that (a bad config, another launcher running, ...).
+    """
     runs_dir.mkdir(parents=True, exist_ok=True)
-    with open(runs_dir / "launcher.out", "a") as out:
+    out_file = runs_dir / "launcher.out"
+    begun = time.time()
+    with open(out_file, "a") as out:
         child = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.imta", "run", *argv],
             cwd=repo,
@@ -222,4 +229,12 @@ def start_background(argv: list[str], runs_dir: Path, repo: Path) -> int:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    plan_file = runs_dir / PLAN
+    while time.time() - begun < wait_s:
+        if child.poll() is not None:
+            tail = out_file.read_text().strip().splitlines()[-3:]
+            raise LauncherError(f"the launcher exited ({child.returncode}): " + " / ".join(tail))
+        if plan_file.is_file() and plan_file.stat().st_mtime >= begun:
+            break
+        time.sleep(0.2)
     return child.pid

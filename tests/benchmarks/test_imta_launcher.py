@@ -23,12 +23,14 @@ from benchmarks.imta.launcher import (
     FINISHED,
     LOCK,
     PID,
+    REPO,
     LauncherError,
     LaunchSettings,
     expected_epochs,
     launch,
     process_state,
     signal_launcher,
+    start_background,
 )
 from benchmarks.imta.plan import ARM_NAMES, PlanError, plan
 from benchmarks.imta.progress import read_log, run_rows, seconds_left, status_text
@@ -192,3 +194,8 @@ def test_pause_continue_stop_signal_the_process_group(
     assert sleeper.wait(timeout=10) == -signal.SIGTERM
     with pytest.raises(LauncherError, match="no launcher is running"):
         signal_launcher(tmp_path, "pause")
+
+
+def test_start_reports_a_launcher_that_exits_at_once(tmp_path: Path) -> None:
+    with pytest.raises(LauncherError, match="seeds must be comma-separated integers"):
+        start_background(["--runs-dir", str(tmp_path), "--seeds", "x"], tmp_path, REPO)
