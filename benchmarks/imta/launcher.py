@@ -129,6 +129,7 @@ def launch(s: LaunchSettings, runner: Runner) -> int:
     except Timeout:
         found = read_pid(s.runs_dir)
         raise LauncherError(f"another launcher is running on {s.runs_dir} ({found})") from None
+    previous = signal.signal(signal.SIGTERM, _stop_requested)
     try:
         (s.runs_dir / PID).write_text(f"{os.getpid()} {os.getpgid(0)}\n")
         write_plan(s)
@@ -145,7 +146,11 @@ def launch(s: LaunchSettings, runner: Runner) -> int:
             command = f"python -m training {' '.join(argv)}"
             log_line(s.runs_dir, f"[{i}/{len(s.runs)}] {verb} {r.key}: {command}")
             start = time.time()
-            code = runner(argv, run_dir / "train.log")
+            try:
+                code = runner(argv, run_dir / "train.log")
+            except StopRequested:
+                log_line(s.runs_dir, f"stopped (SIGTERM) during {r.key}; start again to resume it")
+                raise
             if code != 0:
                 log_line(s.runs_dir, f"{r.key} failed (exit {code}); see {run_dir / 'train.log'}")
                 raise LauncherError(f"{r.key} exited {code}; see {run_dir / 'train.log'}")
@@ -161,8 +166,17 @@ def launch(s: LaunchSettings, runner: Runner) -> int:
         log_line(s.runs_dir, f"all {len(s.runs)} runs finished")
         return done
     finally:
+        signal.signal(signal.SIGTERM, previous)
         (s.runs_dir / PID).unlink(missing_ok=True)
         lock.release()
+
+
+class StopRequested(SystemExit):
+    """SIGTERM reached the launcher (``stop``): leave through the ``finally`` clauses."""
+
+
+def _stop_requested(signum: int, frame: object) -> None:
+    raise StopRequested(128 + signum)
 
 
 def read_pid(runs_dir: Path) -> tuple[int, int] | None:

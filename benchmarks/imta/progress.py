@@ -1,8 +1,9 @@
 """``status``: which runs are finished, which one runs, and the time left from measured epochs.
 
-The time left is the remaining epochs of every unfinished run times the mean measured epoch
+The time left is the remaining epochs of every unfinished run times the median measured epoch
 time (``epoch_s`` of the runs' ``log.jsonl``, training only, without the per-epoch validation
-pass) of runs of the same stage; stage-2 runs with none measured yet borrow the stage-1 mean,
+pass) of runs of the same stage (the median: an epoch during which the launcher was paused
+counts the pause); stage-2 runs with none measured yet borrow the stage-1 mean,
 an upper bound (their backbone is frozen). Figures are as fast as the machine was while they ran.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from statistics import mean
+from statistics import median
 from typing import Any
 
 from benchmarks.imta.launcher import PLAN, is_finished, process_state, read_pid
@@ -53,7 +54,7 @@ def run_rows(runs_dir: Path) -> list[dict[str, Any]]:
                 "state": state,
                 "done": len(log),
                 "epochs": r["epochs"],
-                "epoch_s": mean(times) if times else None,
+                "epoch_s": median(times) if times else None,
             }
         )
     return rows
@@ -67,7 +68,7 @@ def seconds_left(rows: list[dict[str, Any]]) -> tuple[float | None, bool]:
     }
     if not by_stage[1] and not by_stage[2]:
         return None, False
-    per_epoch = {st: mean(v) for st, v in by_stage.items() if v}
+    per_epoch = {st: median(v) for st, v in by_stage.items() if v}
     borrowed = 2 not in per_epoch and any(r["stage"] == 2 and r["state"] != "finished" for r in rows)
     per_epoch.setdefault(2, per_epoch.get(1, 0.0))
     per_epoch.setdefault(1, per_epoch[2])
@@ -82,6 +83,10 @@ def status_text(runs_dir: Path) -> str:
     found = read_pid(runs_dir)
     launcher = "not running" if found is None else f"{process_state(found[0])} (pid {found[0]})"
     lines = [f"launcher: {launcher}", "run                      state     epochs   s/epoch"]
+    if found is not None:  # runs go one after another: the first unfinished one is under way
+        current = next((r for r in rows if r["state"] != "finished"), None)
+        if current is not None:
+            current["state"] = process_state(found[0])
     for r in rows:
         per = f"{r['epoch_s']:.0f}" if r["epoch_s"] is not None else "-"
         lines.append(f"{r['key']:<24} {r['state']:<9} {r['done']:>3}/{r['epochs']:<4} {per:>7}")

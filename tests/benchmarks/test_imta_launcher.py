@@ -26,6 +26,7 @@ from benchmarks.imta.launcher import (
     REPO,
     LauncherError,
     LaunchSettings,
+    StopRequested,
     expected_epochs,
     launch,
     process_state,
@@ -199,3 +200,20 @@ def test_pause_continue_stop_signal_the_process_group(
 def test_start_reports_a_launcher_that_exits_at_once(tmp_path: Path) -> None:
     with pytest.raises(LauncherError, match="seeds must be comma-separated integers"):
         start_background(["--runs-dir", str(tmp_path), "--seeds", "x"], tmp_path, REPO)
+
+
+def test_sigterm_stops_the_launcher_cleanly_and_the_run_resumes(tmp_path: Path) -> None:
+    settings = LaunchSettings(tmp_path, tuple(plan((0,), ("plain",))), epochs_of=lambda a: EPOCHS)
+
+    def killed_mid_run(argv: list[str], log_file: Path) -> int:
+        FakeTraining(epochs_per_call=1)(argv, log_file)
+        os.kill(os.getpid(), signal.SIGTERM)  # what `stop` sends to the launcher's group
+        return 0
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(StopRequested):
+        launch(settings, killed_mid_run)
+    assert signal.getsignal(signal.SIGTERM) == previous  # the handler is the launcher's only
+    assert "stopped (SIGTERM) during plain/seed0" in (tmp_path / "launcher.log").read_text()
+    assert not (tmp_path / PID).exists()
+    assert launch(settings, FakeTraining()) == 1  # the lock was released; the run resumes
