@@ -25,10 +25,10 @@ TINY = (
 )
 def test_launch_evaluate_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     runs, out, md = tmp_path / "runs", tmp_path / "out", tmp_path / "BENCHMARKS.md"
-    assert main(["run", "--runs-dir", str(runs), "--seeds", "0,1", *TINY]) == 0
-    assert main(["run", "--runs-dir", str(runs), "--seeds", "0,1", *TINY]) == 0  # all skipped
+    assert main(["run", "--runs-dir", str(runs), "--seeds", "0", *TINY]) == 0
+    assert main(["run", "--runs-dir", str(runs), "--seeds", "0", *TINY]) == 0  # all skipped
     assert main(["status", "--runs-dir", str(runs)]) == 0
-    assert "10/10 runs finished" in capsys.readouterr().out
+    assert "5/5 runs finished" in capsys.readouterr().out
     assert main(["evaluate", "--runs-dir", str(runs), "--out", str(out), "--resamples", "200"]) == 0
     results = json.loads((out / "imta.json").read_text())
     assert results["n_eval"] == 60 and results["epochs"] == 1
