@@ -115,7 +115,14 @@ def plot_norms(stats: dict[str, Any], path: Path) -> bool:
             for block in range(mean.shape[1]):
                 colour = plt.cm.viridis(block / max(mean.shape[1] - 1, 1))
                 label = f"{arm}, block {block}" if arm == arms[0] or block == 0 else None
-                ax.plot(range(1, length + 1), mean[:, block], styles[arm], color=colour, label=label)
+                ax.plot(
+                    range(1, length + 1),
+                    mean[:, block],
+                    styles[arm],
+                    marker=".",
+                    color=colour,
+                    label=label,
+                )
         ax.set(title=f"per block: {title}", xlabel="epoch", yscale="log")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=6, ncol=2)

@@ -107,8 +107,9 @@ def verdict_paragraph(stats: dict[str, Any]) -> str:
             text += f" McNemar (Holm, α = {stats['alpha']}): better at exits {better or 'none'}, "
             text += f"worse at exits {worse or 'none'}."
     if v["partial"]:
+        needed = max(len(v["planned_seeds"]), 2)  # the rule needs every planned seed, two at least
         text = (
-            f"**Partial result ({len(v.get('seeds', []))} of {len(v['planned_seeds'])} planned seeds): "
+            f"**Partial result ({len(v['seeds'])} of the {needed} seeds the rule needs): "
             f"not the pre-registered verdict.** " + text
         )
     return text

@@ -149,7 +149,7 @@ def test_norms_plot_is_skipped_without_logged_norms(tmp_path: Path) -> None:
     stats = json.loads((out / "imta_stats.json").read_text())
     assert plot_norms(stats, tmp_path / "n.png") is False and not (tmp_path / "n.png").exists()
     text = render_section(stats, "p")
-    assert "**Partial result (1 of 1 planned seeds)" in text and "norms.png" not in text
+    assert "**Partial result (1 of the 2 seeds the rule needs)" in text and "norms.png" not in text
 
 
 def test_update_benchmarks_inserts_once_then_replaces(tmp_path: Path) -> None:
