@@ -109,7 +109,9 @@ def test_exit_counters_and_compute(stack: dict[str, Any]) -> None:
         r["metric"]["exit"]: float(r["value"][1])
         for r in _query(prom, f'sum by (exit) (anytime_exit_images_total{{model="{name}"}})')
     }
-    assert by_exit == {"0": 2 * EARLY, str(last): 2 * FULL}
+    # Every exit's series exists from start-up (at 0 until an image leaves there).
+    expected = {str(k): 0.0 for k in range(manifest.num_exits)} | {"0": 2 * EARLY, str(last): 2 * FULL}
+    assert by_exit == expected
     flops = [e.flops for e in manifest.exits]
     n_early, n_full = 2 * EARLY, 2 * FULL
     assert _value(prom, f'anytime_flops_total{{model="{name}"}}') == pytest.approx(
