@@ -40,8 +40,13 @@ def budget_time(row: BudgetEntry, costs: StageCosts, max_batch_size: int) -> Bud
         return None
     reach = reach_fractions(row.exit_fractions)
     alone_s = sum(r * costs.estimate(k, 1) for k, r in enumerate(reach))
-    # A full batch runs stage k on the reach[k] share of its images.
-    batch_s = sum(costs.estimate(k, r * max_batch_size) for k, r in enumerate(reach) if r > 0)
+    # A full batch runs stage k on the reach[k] share of its images: a fractional batch on the
+    # cost model's line ``fixed + per_image * n``.
+    batch_s = sum(
+        costs.fixed(k) + (costs.estimate(k, 1) - costs.fixed(k)) * r * max_batch_size
+        for k, r in enumerate(reach)
+        if r > 0
+    )
     if alone_s <= 0.0 or batch_s <= 0.0:  # no warm-up: the cost model holds no timing yet
         return None
     return BudgetTime(row.budget, 1000.0 * alone_s, max_batch_size / batch_s)
