@@ -7,7 +7,7 @@ PACKAGE ?= packages/default
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install test test-slow lint serve bench train-default clean
+.PHONY: install test test-slow lint serve bench bench-tools peers bench-peers train-default clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,26 @@ serve: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks $(ARGS)
 
+# Side-by-side serving figures: this service vs Triton (PyTriton) and LitServe, loaded by wrk.
+# Debian's wrk and python3-venv; each peer gets a venv under .peers/ made with Debian's own
+# python3 (PyTriton's Python-backend stub does not start under other builds of Python 3.11).
+PEERS := .peers
+SYSTEM_PYTHON ?= /usr/bin/python3
+bench-tools:
+	@command -v wrk >/dev/null && $(SYSTEM_PYTHON) -c 'import ensurepip' 2>/dev/null || \
+	  { apt-get update && apt-get install -y wrk python3-venv; }
+
+$(PEERS)/%/.installed: benchmarks/peers/requirements-%.txt | bench-tools
+	@test -x $(PEERS)/$*/bin/python || $(SYSTEM_PYTHON) -m venv $(PEERS)/$*
+	$(PEERS)/$*/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PEERS)/$*/bin/python -m pip install --quiet -r $<
+	@touch $@
+
+peers: $(PEERS)/triton/.installed $(PEERS)/litserve/.installed
+
+bench-peers: $(STAMP) peers
+	$(PY) -m benchmarks --only peers $(ARGS)
+
 # The shipped model, in seven resumable runs (docs/training.md, "The shipped default model"):
 # the four-phase model (50 epochs; warm restarts of 15 and 40; 60 epochs of SWA), then born-again
 # networks it teaches: an 80-epoch one; a second, taught by the four-phase model and the first
@@ -71,7 +91,7 @@ train-default: $(STAMP)
 	$(PY) -m training export --run-dir $(RUN_DIR)/ban/swa_ens --out $(PACKAGE) --name msdnet-cifar10-imta
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache
 
 # Containers (docs/deployment.md, "Building the images here"). docker/local.sh starts dockerd when
 # no engine answers (as root), builds a local Debian bookworm base when the official base image

@@ -33,7 +33,7 @@ from benchmarks.loadgen import Labelled, labelled_test_split
 from benchmarks.pipeline import machine, reproduce_command
 from benchmarks.workload import calibrated_package, sample_pngs
 from models.package import ModelPackage, load_package
-from service.engine import EngineConfig, ModelEngine
+from service.engine import EngineConfig, ModelEngine, build_engine
 from service.engine.backends import TorchBackend, resolve_device
 from service.engine.controller import ControllerConfig
 from service.engine.images import ImageLimits, images_to_batch
@@ -76,11 +76,7 @@ def pct(values: list[float], q: float) -> float:
 
 def make_engine(pkg: ModelPackage, mode: str, device: str, **cfg: Any) -> ModelEngine:
     config = EngineConfig(mode=mode, **cfg)  # type: ignore[arg-type]
-    backend = TorchBackend(pkg.model, device)
-    engine = ModelEngine(pkg.manifest.name, pkg.manifest, backend, config, ServiceMetrics())
-    engine.warmup()
-    engine.start()
-    return engine
+    return build_engine(pkg, "torch", config, ServiceMetrics(), device=device, buckets=())
 
 
 def stage_stats(engine: ModelEngine, answered: int) -> tuple[list[float], float]:

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display (benchmarks run headless)
 import matplotlib.pyplot as plt
 
+from benchmarks.report_peers import section_if_measured
+
 ENGINE_MODES = Path(__file__).resolve().parent / "results" / "engine_modes.md"
 
 
@@ -271,6 +273,7 @@ def render(results: dict[str, Any], out_dir: Path, repo: Path) -> str:
         lines += [*target_lines(results["serving"]["headline"]), ""]
     if results.get("findings"):
         lines += ["## Findings", "", *[f"- {f}" for f in results["findings"]], ""]
+    lines += section_if_measured(out_dir)  # peers.json: `python -m benchmarks --only peers`
     if ENGINE_MODES.is_file():
         lines += [
             "## Engine modes (from `benchmarks/results/engine_modes.md`)",

@@ -35,8 +35,7 @@ import torch
 from benchmarks.http_client import Connection, HttpError
 from benchmarks.workload import calibrated_package, sample_pngs
 from models.package import ModelPackage, load_package
-from service.engine import EngineConfig, ModelEngine
-from service.engine.backends import build_backend
+from service.engine import EngineConfig, build_engine
 from service.engine.images import ImageLimits, images_to_batch
 from service.policy import resolve_plan
 
@@ -111,7 +110,6 @@ def summarise(
 def run_engine(
     pkg: ModelPackage, backend: str, batching: bool, budget: float, conc: int, args: argparse.Namespace
 ) -> Result:
-    be = build_backend(pkg, backend, "cpu", "float32", args.threads)
     cfg = EngineConfig(
         max_batch_size=args.max_batch_size,
         max_delay_s=args.max_delay_ms / 1e3,
@@ -119,9 +117,7 @@ def run_engine(
         batching=batching,
         intra_op_threads=args.threads,
     )
-    engine = ModelEngine(pkg.manifest.name, pkg.manifest, be, cfg)
-    engine.warmup()
-    engine.start()
+    engine = build_engine(pkg, backend, cfg, threads=args.threads)
     plan = resolve_plan(pkg.manifest, budget=budget)
     pre = pkg.manifest.preprocessing
 

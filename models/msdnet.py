@@ -26,19 +26,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from models.layers import conv_bn_relu
 from models.multi_exit import ExitHead, MultiExitNet, State
 from models.registry import register_model
 
 StemKind = Literal["cifar", "imagenet"]
-
-
-def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
-    """Conv (no bias) -> BatchNorm -> ReLU with 'same'-style padding."""
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
 
 
 class DenseConv(nn.Module):
@@ -269,6 +261,9 @@ class MSDNet(MultiExitNet):
 
     def exit_input(self, features: State) -> Tensor:
         return features[-1]
+
+    def stage_blocks(self) -> list[nn.Module]:
+        return list(self.blocks)  # block 0 holds the multi-scale stem
 
 
 def _scales_at(prune: str, n_scales: int, n_total: int, n_done: int) -> tuple[int, int]:

@@ -165,6 +165,11 @@ class MultiExitNet(nn.Module):
         """Stage ``k`` as a standalone module taking and returning flat tensors (for ONNX export)."""
         return StageModule(self, k)
 
+    def stage_blocks(self) -> list[nn.Module]:
+        """The backbone modules :meth:`run_block` runs, one per stage (a stem belongs to stage 0);
+        together with ``exits`` they hold every parameter."""
+        raise NotImplementedError
+
     def block_parameters(self) -> list[nn.Parameter]:
         """Parameters of the backbone blocks (everything but the exit heads)."""
         head_ids = {id(p) for p in self.exits.parameters()}

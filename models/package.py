@@ -34,6 +34,7 @@ from models.flops import cumulative_flops
 from models.multi_exit import MultiExitNet
 from models.onnx_export import StageGraph, export_stages
 from models.registry import UnknownModelError, create_model
+from models.validation import describe_validation_error
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -319,9 +320,7 @@ def read_manifest(root: Path) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'manifest'}: {err['msg']}" for err in e.errors()
-        )
+        problems = describe_validation_error(e, "manifest")
         raise PackageError(f"{path}: invalid manifest: {problems}") from None
 
 

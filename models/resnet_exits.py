@@ -12,7 +12,7 @@ from typing import Literal
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from models.msdnet import conv_bn_relu
+from models.layers import conv_bn_relu
 from models.multi_exit import ExitHead, MultiExitNet, State
 from models.registry import register_model
 
@@ -72,6 +72,9 @@ class ResNetExits(MultiExitNet):
 
     def exit_input(self, features: State) -> Tensor:
         return features[0]
+
+    def stage_blocks(self) -> list[nn.Module]:
+        return [nn.Sequential(self.stem, self.stages[0]), *self.stages[1:]]
 
 
 def _resnet_with_width(

@@ -1,9 +1,7 @@
 """``python -m training {train,evaluate,calibrate,export,compare}``: the command-line edge.
 
 Configuration is built here, once, from the YAML file and the flags, and passed down as typed
-objects. Domain errors become one clear line on stderr and an exit code:
-2 bad config or usage, 3 data not found/readable, 4 training diverged (NaN/Inf),
-5 checkpoint or package problem.
+objects. Domain errors become one clear line on stderr and the exit code of :data:`EXIT_CODES`.
 """
 
 from __future__ import annotations
@@ -18,6 +16,24 @@ from typing import Any
 from training.config import ConfigError, TrainConfig, load_config
 
 EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_ARTIFACT = 2, 3, 4, 5
+
+
+def exit_codes() -> dict[type[Exception], int]:
+    """Domain error -> process exit code (imported late: the modules that raise them load torch).
+
+    2 bad config or usage, 3 data not found or unreadable, 4 training diverged (NaN/Inf),
+    5 checkpoint or package problem.
+    """
+    from training.checkpoint import CheckpointError
+    from training.data import DataError
+    from training.loop import TrainingDiverged
+
+    return {
+        ConfigError: EXIT_CONFIG,
+        DataError: EXIT_DATA,
+        TrainingDiverged: EXIT_DIVERGED,
+        CheckpointError: EXIT_ARTIFACT,
+    }
 
 
 def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,20 +54,26 @@ def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--init-from",
         help="warm restart: start from this checkpoint's weights (same model and split), fresh "
-        "optimiser and schedule",
+        "optimiser and schedule; recipe stage2: the finished run whose network stage 2 freezes",
     )
-    p.add_argument("--recipe", choices=["joint", "two-stage"], help="IMTA recipe")
+    p.add_argument("--recipe", choices=["joint", "two-stage", "stage2"], help="IMTA recipe")
     p.add_argument("--epochs", type=int, help="epochs (of stage 1 for two-stage)")
     p.add_argument("--stop-after", type=int, help="stop after N epochs in total; --resume later")
     p.add_argument("--batch-size", type=int, help="per-process batch size")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--ge", action=argparse.BooleanOptionalAction, help="Gradient Equilibrium")
+    p.add_argument(
+        "--lr-scaled",
+        action=argparse.BooleanOptionalAction,
+        help="control for GE: block i's learning rate x 1/(K - i), no GE",
+    )
     p.add_argument("--isc", action=argparse.BooleanOptionalAction, help="Inline Subnetwork Collab.")
     p.add_argument("--isc-detach", action=argparse.BooleanOptionalAction, help="detach the ISC link")
     p.add_argument("--kd", action=argparse.BooleanOptionalAction, help="one-for-all distillation")
     p.add_argument("--kd-temperature", type=float, help="KD temperature T")
     p.add_argument("--kd-weight", type=float, help="KD weight g in [0, 1]")
+    p.add_argument("--kd-form", choices=["batchmean", "official"], help="KL reduction of the KD term")
     p.add_argument(
         "--kd-teacher",
         metavar="CHECKPOINT_OR_PACKAGE",
@@ -90,6 +112,8 @@ def train_flags(args: argparse.Namespace) -> dict[str, Any]:
         "optim.lr": args.lr,
         "threads": args.threads,
         "ge": args.ge,
+        "lr_scaled": args.lr_scaled,
+        "kd_form": args.kd_form,
         "model.isc": args.isc,
         "model.isc_detach": args.isc_detach,
         "kd": args.kd,
@@ -106,7 +130,8 @@ def _run_train(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
 
-    from training.trainer import DistInfo, run_training
+    from training.device import DistInfo
+    from training.trainer import run_training
 
     cfg: TrainConfig = load_config(args.config, list(args.set), values=train_flags(args))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -149,25 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    from training.checkpoint import CheckpointError
-    from training.data import DataError
-    from training.loop import TrainingDiverged
-
     args = build_parser().parse_args(argv)
+    codes = exit_codes()
     try:
         if args.command == "train":
             return _run_train(args)
         code: int = args.handler(args)
         return code
-    except ConfigError as e:
+    except tuple(codes) as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_DATA
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ARTIFACT
+        return codes[type(e)]

@@ -114,10 +114,10 @@ def add_compare_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 def run_compare(args: argparse.Namespace) -> int:
     from training.checkpoint import load_trained
+    from training.checks import check_same_split
     from training.config import recorded_config
     from training.data import load_dataset
     from training.loop import collect_logits
-    from training.trainer import check_same_split
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from models.validation import describe_validation_error
+
 
 class ConfigError(Exception):
     """A configuration file or override is invalid; the message names the key and the problem."""
@@ -92,11 +94,36 @@ class TrainConfig(_Frozen):
     )
     batch_size: int = Field(128, ge=1, description="per process")
     eval_batch_size: int = Field(500, ge=1)
-    recipe: Literal["joint", "two-stage"] = "joint"
+    recipe: Literal["joint", "two-stage", "stage2"] = Field(
+        "joint",
+        description="joint: one stage, everything trained together; two-stage: the official "
+        "procedure (stage 1, then new exit heads on the frozen network); stage2: that second stage "
+        "alone, on the finished run named by init_from",
+    )
     ge: bool = Field(False, description="Gradient Equilibrium (IMTA section 3.1)")
+    lr_scaled: bool = Field(
+        False,
+        description="control arm for GE (joint recipe, without ge): block i's learning rate "
+        "times 1/(K - i), GE's gradient factor, the exit heads' unscaled (training/blocks.py)",
+    )
     kd: bool = Field(False, description="one-for-all knowledge distillation (IMTA section 3.3)")
+    kd_form: Literal["batchmean", "official"] = Field(
+        "batchmean",
+        description="KL reduction of the KD term: batchmean (per-sample KL) or official (the "
+        "official code's KLDivLoss(): mean over batch and classes); training/losses.py",
+    )
     kd_temperature: float = Field(3.0, gt=0)
-    kd_weight: float = Field(0.5, ge=0, le=1, description="g: weight of the KD term at early exits")
+    kd_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="g: weight of the KD term at early exits (default 0.5; 0.9 for kd_form official)",
+    )
+    stage2_bn: Literal["eval", "train"] = Field(
+        "eval",
+        description="stage 2: the frozen network's BatchNorm layers keep their statistics (eval) "
+        "or normalise with the batch's and update them (train, as the official code)",
+    )
     kd_teacher: str | list[str] | None = Field(
         None,
         description="a finished run's checkpoint (last.pt) or an exported model package (directory "
@@ -120,8 +147,9 @@ class TrainConfig(_Frozen):
     progress: bool = True
     init_from: str | None = Field(
         None,
-        description="a checkpoint (last.pt) whose weights start the first stage: a warm restart "
-        "with a fresh optimiser and schedule (SGDR); its data split must be this run's",
+        description="a finished run's checkpoint (last.pt) on this run's split: its weights start "
+        "the first stage (a warm restart with a fresh optimiser and schedule, SGDR), or, for "
+        "recipe stage2, its network is the frozen one the new heads read",
     )
     swa_start: int | None = Field(
         None,
@@ -134,6 +162,14 @@ class TrainConfig(_Frozen):
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _official_kd_weight(cls, raw: Any) -> Any:
+        # The official form's own default (kalviny/IMTA args.py: gamma 0.9); a given value wins.
+        if isinstance(raw, dict) and raw.get("kd_form") == "official" and "kd_weight" not in raw:
+            return {**raw, "kd_weight": 0.9}
+        return raw
+
     @field_validator("kd_teacher")
     @classmethod
     def _one_teacher_is_a_string(cls, value: str | list[str] | None) -> str | list[str] | None:
@@ -143,9 +179,16 @@ class TrainConfig(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        if self.recipe == "two-stage" and self.model.isc is False and self.kd is False:
+        if self.recipe != "joint" and self.model.isc is False and self.kd is False:
             # Stage 2 exists to train ISC heads with KD; without either it would just retrain heads.
-            raise ValueError("recipe 'two-stage' needs --isc and/or --kd for its second stage")
+            raise ValueError(f"recipe '{self.recipe}' needs --isc and/or --kd for its second stage")
+        if self.recipe == "stage2" and self.init_from is None:
+            raise ValueError("recipe 'stage2' needs init_from: the finished stage-1 run's last.pt")
+        if self.recipe == "stage2" and self.ge:
+            raise ValueError("ge belongs to stage 1: recipe 'stage2' trains heads on a frozen network")
+        if self.lr_scaled and (self.ge or self.recipe != "joint"):
+            # A control for GE: GE's factor applied twice, or to a frozen network, means nothing.
+            raise ValueError("lr_scaled is the plain-training control for GE: recipe 'joint' without ge")
         if self.kd_teacher == []:
             raise ValueError("kd_teacher: an empty list; name one teacher or more, or leave it out")
         if self.kd_teacher is not None and (self.recipe != "joint" or not self.kd):
@@ -230,12 +273,7 @@ def validate_config(raw: dict[str, Any]) -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "config"
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append(f"{loc}: {msg}")
-        raise ConfigError("invalid config: " + "; ".join(problems)) from None
+        raise ConfigError("invalid config: " + describe_validation_error(e, "config")) from None
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from training.augment import normalize
+from training.blocks import GradNormMeter
 from training.data import Split
 
 Criterion = Callable[[list[Tensor], Tensor, Tensor], Tensor]
@@ -68,11 +69,13 @@ def train_one_epoch(
     max_bad_steps: int = 5,
     progress: bool = True,
     frozen: list[nn.Module] | None = None,
+    grad_meter: GradNormMeter | None = None,
     description: str = "train",
 ) -> EpochStats:
     """Train ``model`` on ``batches`` (already augmented and normalised, on any device).
 
     ``frozen`` modules stay in eval mode (BatchNorm statistics fixed: the two-stage recipe).
+    ``grad_meter`` sees every step's gradients, unscaled, before the update.
 
     Raises:
         TrainingDiverged: ``max_bad_steps`` consecutive non-finite losses.
@@ -111,6 +114,9 @@ def train_one_epoch(
             continue
         bad_in_row = 0
         scaler.scale(loss).backward()
+        if grad_meter is not None:
+            scaler.unscale_(optimizer)  # a no-op without fp16; step() then skips its own unscale
+            grad_meter.update()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()

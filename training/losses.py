@@ -4,11 +4,14 @@ OFA KD (IMTA section 3.3): the deepest exit teaches every earlier one,
 
     L = CE(z_K, y) + sum_{k<K} [ (1 - g) CE(z_k, y) + g T^2 KL(softmax(t / T) || softmax(z_k / T)) ]
 
-with the teacher logits ``t`` detached. KL reduction: ``batchmean`` (sum over classes, mean over
-the batch), the mathematically standard per-sample KL, whose gradient has the same scale as the
-CE term's so that ``g`` is an honest mixing weight. The official code uses ``nn.KLDivLoss()``'s
-default elementwise mean, which also divides by the number of classes C, i.e. its effective KD
-weight is ``g / C``; our ``g`` is therefore not interchangeable with the official 0.9 / 0.1.
+with the teacher logits ``t`` detached. Two forms differ only in how KL is reduced:
+
+- ``batchmean`` (sum over classes, mean over the batch): the mathematically standard per-sample
+  KL, whose gradient has the same scale as the CE term's, so that ``g`` is an honest mixing weight.
+- ``official``: the official code's ``nn.KLDivLoss()`` (kalviny/IMTA ``utils.py``), whose default
+  reduction is the mean over batch *and* classes, i.e. the per-sample KL divided by C. Its
+  defaults are g = 0.9, T = 3 (``args.py``): on 10 classes, CE_K + 0.1 sum CE_k + 0.081 sum KL_k
+  in batchmean units.
 
 With an external teacher (``kd_teacher``: a trained network's last exit; "born-again" distillation,
 Furlanello et al., ICML 2018) the deepest exit is a student too and gets the same mix of CE and KD.
@@ -16,9 +19,13 @@ Furlanello et al., ICML 2018) the deepest exit is a student too and gets the sam
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+KDForm = Literal["batchmean", "official"]
 
 
 def multi_exit_ce(all_logits: list[Tensor], target: Tensor) -> Tensor:
@@ -33,15 +40,19 @@ def multi_exit_ce(all_logits: list[Tensor], target: Tensor) -> Tensor:
     return torch.stack([F.cross_entropy(z.float(), target) for z in all_logits]).sum()
 
 
-def kd_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    """``T^2 KL(softmax(teacher/T) || softmax(student/T))``, batchmean; teacher is detached.
+def kd_kl(student: Tensor, teacher: Tensor, temperature: float, form: KDForm = "batchmean") -> Tensor:
+    """``T^2 KL(softmax(teacher/T) || softmax(student/T))``; teacher is detached.
 
-    The ``T^2`` keeps the gradient magnitude independent of T (Hinton et al., 2015).
+    ``form`` "batchmean" averages the per-sample KL over the batch; "official" also divides by the
+    number of classes (PyTorch's default elementwise mean). The ``T^2`` keeps the gradient
+    magnitude independent of T (Hinton et al., 2015).
     """
     t = temperature
     log_p_student = F.log_softmax(student.float() / t, dim=-1)
     log_p_teacher = F.log_softmax(teacher.detach().float() / t, dim=-1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    if form == "official":  # PyTorch's "mean" (sum / (N C)), written out: "mean" is deprecated
+        kl = kl / student.shape[-1]
     return kl * t * t
 
 
@@ -52,6 +63,7 @@ def ofa_kd_loss(
     weight: float,
     teacher: Tensor | None = None,
     teach_last: bool = False,
+    form: KDForm = "batchmean",
 ) -> Tensor:
     """One-for-all KD loss (module docstring).
 
@@ -64,6 +76,7 @@ def ofa_kd_loss(
             The two-stage recipe passes the frozen network's last exit.
         teach_last: the deepest exit learns from ``teacher`` too (an external teacher); otherwise
             it gets plain CE.
+        form: the KL reduction (module docstring).
     Returns:
         scalar.
     """
@@ -75,5 +88,5 @@ def ofa_kd_loss(
     loss = torch.zeros((), device=last.device) if teach_last else F.cross_entropy(last.float(), target)
     for z in students:
         loss = loss + (1 - weight) * F.cross_entropy(z.float(), target)
-        loss = loss + weight * kd_kl(z, t, temperature)
+        loss = loss + weight * kd_kl(z, t, temperature, form)
     return loss

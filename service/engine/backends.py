@@ -1,6 +1,6 @@
 """Backends run one stage of a package on a batch: PyTorch (eager) and ONNX Runtime.
 
-Both take and return torch tensors with the batch on dim 0, so the executor does not care which
+Both take and return torch tensors with the batch on dim 0, so the engine does not care which
 one runs. ONNX Runtime runs the package's per-stage graphs (``manifest.onnx``): it cannot stop a
 single graph part-way, which is why the package exports one graph per stage.
 """
@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from models.multi_exit import MultiExitNet, State
 from models.package import ModelPackage
+from service.engine.graphs import PaddedStages
 
 log = logging.getLogger("service.engine")
 
@@ -28,7 +30,7 @@ class BackendError(RuntimeError):
 
 
 class StageBackend(Protocol):
-    """What the executor needs from a backend."""
+    """What the engine needs from a backend."""
 
     name: str
     device: str
@@ -59,25 +61,59 @@ def resolve_device(device: str) -> str:
 
 
 class TorchBackend:
-    """Eager PyTorch over ``MultiExitNet.forward_stage``; fp16/bf16 only on CUDA."""
+    """Eager PyTorch over ``MultiExitNet.forward_stage``; fp16/bf16 only on CUDA.
+
+    With ``buckets``, stages run at padded bucket sizes (``graphs.PaddedStages``), captured as
+    CUDA graphs when ``device`` is ``cuda``; batches above the largest bucket run eagerly.
+    """
 
     name = "torch"
 
-    def __init__(self, model: MultiExitNet, device: str, dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        model: MultiExitNet,
+        device: str,
+        dtype: str = "float32",
+        buckets: tuple[int, ...] = (),
+        input_size: tuple[int, int] = (32, 32),
+    ) -> None:
         self.device = device
         self.dtype = _DTYPES[dtype] if device == "cuda" else torch.float32
         self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.padded: PaddedStages | None = None
+        if buckets:
+            self.padded = PaddedStages(
+                self._eager,
+                self.model.num_exits,
+                (3, *input_size),
+                buckets,
+                device,
+                self.dtype,
+                capture=device == "cuda",
+            )
+
+    def _eager(self, k: int, state: State) -> tuple[State, Tensor]:
+        return self.model.forward_stage(k, state)
 
     def run_stage(self, k: int, state: State) -> tuple[State, Tensor]:
         with torch.inference_mode():
             if k == 0:
                 state = (state[0].to(self.device, self.dtype, non_blocking=True),)
-            next_state, logits = self.model.forward_stage(k, state)
+            run = self._eager if self.padded is None else self.padded.run
+            next_state, logits = run(k, state)
             return next_state, logits.float()
 
 
+_ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
+
+
 class OnnxBackend:
-    """ONNX Runtime over the package's stage graphs; CUDA provider only when it really works."""
+    """ONNX Runtime over the package's stage graphs; CUDA provider only when it really works.
+
+    Stages run with IO binding: inputs are bound to the torch tensors' own memory and outputs to
+    torch tensors allocated on the backend's device, so the state stays where it is between
+    stages (no NumPy round trip, no copy through host memory on CUDA).
+    """
 
     name = "onnxruntime"
 
@@ -105,19 +141,41 @@ class OnnxBackend:
         # ORT silently falls back to CPU when the CUDA libraries do not load: report what it uses.
         self.device = "cuda" if used == "CUDAExecutionProvider" else "cpu"
         self.input_names = input_names
+        # Every output is [batch, *fixed]: its torch buffer is allocated per call from these.
+        self.outputs = [
+            [(o.name, _ORT_TYPES[o.type], tuple(o.shape[1:])) for o in s.get_outputs()]
+            for s in self.sessions
+        ]
         log.info("onnxruntime backend: provider %s (device %s)", used, self.device)
 
     def run_stage(self, k: int, state: State) -> tuple[State, Tensor]:
-        feeds = {
-            name: t.detach().cpu().numpy() for name, t in zip(self.input_names[k], state, strict=True)
-        }
-        outs = self.sessions[k].run(None, feeds)
-        tensors = tuple(torch.from_numpy(o) for o in outs)
-        return tensors[:-1], tensors[-1].float()
+        session, device = self.sessions[k], self.device
+        inputs = [t.to(device).contiguous() for t in state]  # kept alive until the run ends
+        n = inputs[0].shape[0]
+        outs = [torch.empty((n, *shape), dtype=dt, device=device) for _, dt, shape in self.outputs[k]]
+        if device == "cuda":
+            torch.cuda.current_stream().synchronize()  # ORT runs on its own stream
+        binding = session.io_binding()
+        for name, t in zip(self.input_names[k], inputs, strict=True):
+            binding.bind_input(name, device, 0, _NP_TYPES[t.dtype], list(t.shape), t.data_ptr())
+        for (name, _, _), t in zip(self.outputs[k], outs, strict=True):
+            binding.bind_output(name, device, 0, _NP_TYPES[t.dtype], list(t.shape), t.data_ptr())
+        session.run_with_iobinding(binding)
+        if device == "cuda":
+            binding.synchronize_outputs()
+        return tuple(outs[:-1]), outs[-1].float()
+
+
+_NP_TYPES = {torch.float32: np.float32, torch.float16: np.float16}
 
 
 def build_backend(
-    pkg: ModelPackage, backend: str, device: str, torch_dtype: str, threads: int = 0
+    pkg: ModelPackage,
+    backend: str,
+    device: str,
+    torch_dtype: str = "float32",
+    threads: int = 0,
+    buckets: tuple[int, ...] = (),
 ) -> StageBackend:
     """The backend the settings ask for; ``auto`` measures both and keeps the faster.
 
@@ -125,13 +183,15 @@ def build_backend(
         backend: ``torch`` | ``onnxruntime`` | ``auto``.
         device: an already resolved device (``cpu`` or ``cuda``).
         threads: intra-op threads of onnxruntime (0 = its default); torch's are set globally.
+        buckets: padded batch sizes of the torch backend (CUDA graphs on CUDA); () = none.
     """
+    size = pkg.manifest.preprocessing.input_size
     if backend == "torch":
-        return TorchBackend(pkg.model, device, torch_dtype)
+        return TorchBackend(pkg.model, device, torch_dtype, buckets, size)
     inputs = [g.inputs for g in pkg.manifest.onnx]
     if backend == "onnxruntime":
         return OnnxBackend(pkg.onnx_paths, device, inputs, threads)
-    candidates: list[StageBackend] = [TorchBackend(pkg.model, device, torch_dtype)]
+    candidates: list[StageBackend] = [TorchBackend(pkg.model, device, torch_dtype, buckets, size)]
     if pkg.onnx_paths:
         candidates.append(OnnxBackend(pkg.onnx_paths, device, inputs, threads))
     if len(candidates) == 1:

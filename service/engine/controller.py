@@ -74,7 +74,7 @@ class SloController:
         self.config = config
         self.rows = eligible_budgets(rows, default, config.max_accuracy_loss)
         self.level = len(self.rows) - 1  # index of the effective budget; top = the default
-        self._latencies: deque[tuple[float, float]] = deque()
+        self._latencies: deque[tuple[float, float, int]] = deque()
         self._last_step = 0.0
         self._calm = 0  # low-pressure decisions in a row
         self._lock = threading.Lock()  # the latency window
@@ -84,20 +84,28 @@ class SloController:
     def budget(self) -> float:
         return self.rows[self.level]
 
-    def observe(self, latency_s: float) -> None:
-        """One image answered ``latency_s`` after its request arrived."""
+    def observe(self, latency_s: float, count: int = 1) -> None:
+        """``count`` images (of one request) answered ``latency_s`` after the request arrived."""
         with self._lock:
-            self._latencies.append((time.monotonic(), latency_s))
+            self._latencies.append((time.monotonic(), latency_s, count))
 
     def p99(self) -> float:
+        """The 99th percentile of the window's latencies, each image counted once."""
         now = time.monotonic()
         with self._lock:
             while self._latencies and self._latencies[0][0] < now - self.config.window_s:
                 self._latencies.popleft()
-            values = sorted(v for _, v in self._latencies)
+            values = sorted((v, c) for _, v, c in self._latencies)
         if not values:
             return 0.0
-        return values[min(len(values) - 1, int(0.99 * len(values)))]
+        total = sum(c for _, c in values)
+        rank = min(total - 1, int(0.99 * total))  # the image at this rank, 0-based
+        seen = 0
+        for v, c in values:
+            seen += c
+            if seen > rank:
+                return v
+        return values[-1][0]
 
     def update(self, drain_s: float, queue_fill: float = 0.0) -> bool:
         """Re-decide from p99, ``drain_s`` (queued work's estimated seconds) and ``queue_fill``

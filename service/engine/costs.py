@@ -19,14 +19,27 @@ class StageCosts:
 
     def __init__(self, num_stages: int) -> None:
         self._avg: list[dict[int, float]] = [{} for _ in range(num_stages)]
+        # Per stage: count, sum n, sum n^2, sum t, sum n*t over the averages, kept up to date
+        # as one average changes, so that a refit costs O(1) (it runs after every stage run).
+        self._sums = [[0.0] * 5 for _ in range(num_stages)]
         self._line: list[tuple[float, float]] = [(0.0, 0.0)] * num_stages
         self._lock = threading.Lock()
 
     def observe(self, k: int, n: int, seconds: float) -> None:
         with self._lock:
-            avg = self._avg[k]
-            avg[n] = seconds if n not in avg else (1 - _ALPHA) * avg[n] + _ALPHA * seconds
-            self._line[k] = _fit(avg)
+            avg, sums = self._avg[k], self._sums[k]
+            old = avg.get(n)
+            if old is None:
+                new = seconds
+                sums[0] += 1
+                sums[1] += n
+                sums[2] += n * n
+            else:
+                new = (1 - _ALPHA) * old + _ALPHA * seconds
+            avg[n] = new
+            sums[3] += new - (old or 0.0)
+            sums[4] += n * (new - (old or 0.0))
+            self._line[k] = _fit(*sums)
 
     def estimate(self, k: int, n: int) -> float:
         fixed, per_image = self._line[k]
@@ -52,16 +65,14 @@ class StageCosts:
         return sum(self.estimate(j, n) for j in range(k, len(self._line)))
 
 
-def _fit(avg: dict[int, float]) -> tuple[float, float]:
-    """Least-squares line ``(fixed, per_image)`` through ``{n: seconds}``; both kept >= 0."""
-    if len(avg) == 1:
-        ((n, t),) = avg.items()
-        return 0.0, t / n
-    ns, ts = list(avg), list(avg.values())
-    mn, mt = sum(ns) / len(ns), sum(ts) / len(ts)
-    var = sum((x - mn) ** 2 for x in ns)
-    slope = sum((x - mn) * (y - mt) for x, y in zip(ns, ts, strict=True)) / var
-    slope = max(slope, 0.0)
+def _fit(count: float, sn: float, snn: float, st: float, snt: float) -> tuple[float, float]:
+    """Least-squares line ``(fixed, per_image)`` through the points ``(n, seconds)`` given by
+    their sums (count, sum n, sum n^2, sum t, sum n*t); both kept >= 0."""
+    mn, mt = sn / count, st / count
+    var = snn - count * mn * mn
+    if var <= 1e-12 * max(snn, 1.0):  # one batch size seen: all of it per image
+        return 0.0, mt / mn
+    slope = max((snt - count * mn * mt) / var, 0.0)
     fixed = max(mt - slope * mn, 0.0)
     if slope == 0.0:
         slope = mt / mn

@@ -2,12 +2,13 @@
 
 Images enter stage 0's queue; a worker takes a batch when it is full or its oldest image has
 waited ``max_delay``; after each stage the survivors go to the next stage's queue. What happens
-there is the batching mode (``scheduler.py``): ``shrink`` (issue 4) runs each survivor batch
-alone, deepest stage first, so a batch shrinks at each exit; ``rebatch`` (issue 7) lets the
-survivors of several batches gather in stage ``k``'s queue and run together; ``run_to_end`` keeps
-every image in its batch to the last stage (answers still leave early; the baseline).
+there is the batching mode (``scheduler.py``): ``shrink`` runs each survivor batch alone, deepest
+stage first, so a batch shrinks at each exit; ``rebatch`` lets the survivors of several batches
+gather in stage ``k``'s queue and run together; ``run_to_end`` keeps every image in its batch to
+the last stage (answers still leave early; the baseline).
 
-The engine knows nothing of HTTP: callers get a ``concurrent.futures.Future`` per request.
+The engine knows nothing of HTTP: callers get a ``concurrent.futures.Future`` per request. Build
+one with ``service.engine.factory.build_engine``.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,10 +27,13 @@ from models.package import Manifest
 from service.engine.backends import StageBackend
 from service.engine.controller import ControllerConfig, SloController
 from service.engine.costs import StageCosts
-from service.engine.executor import ImageResult, Pending, RequestWork, StageBatch
 from service.engine.guard import AccuracyGuard, GuardConfig
-from service.engine.scheduler import next_batch, wait_timeout
-from service.engine.stage import Job, StageRules, deadline_answers, run_stage
+from service.engine.metering import observe_many
+from service.engine.queues import StageQueues
+from service.engine.runner import StageRunner
+from service.engine.scheduler import SchedulePolicy, Scheduler
+from service.engine.stage import Answers, StageRules, deadline_answers, run_stage
+from service.engine.work import Pending, RequestWork, StageBatch
 from service.errors import EngineStoppedError, InvalidOptionError, QueueFullError
 from service.metrics import ServiceMetrics
 from service.policy import ExitPlan, budget_thresholds
@@ -72,18 +76,26 @@ class ModelEngine:
         self.name = name
         self.manifest = manifest
         self.backend = backend
+        self.runner = StageRunner(backend)
         self.config = config
         self.metrics = metrics or ServiceMetrics()
         self.num_exits = manifest.num_exits
         self.fractions = [e.compute_fraction for e in manifest.exits]
         self.flops = [e.flops for e in manifest.exits]
-        self.pending: deque[Pending] = deque()  # stage 0's queue: chunks of submitted requests
-        self.queues: list[deque[StageBatch]] = [deque() for _ in range(self.num_exits)]
-        self._waiting = 0  # images in stage 0's queue
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._threads: list[threading.Thread] = []
+        self.queues = StageQueues(self.num_exits)
         self.costs = StageCosts(self.num_exits)
+        self.scheduler = Scheduler(
+            SchedulePolicy(
+                config.mode,
+                config.max_batch_size,
+                config.max_delay_s,
+                config.batching,
+                config.rebatch_max_wait_s,
+            ),
+            self.costs,
+        )
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
         self.guard = AccuracyGuard(self.num_exits, config.guard)
         default = config.default_budget or manifest.default_budget or 1.0
         try:  # refuse at start-up, not with a 422 on every request that gives no budget
@@ -100,6 +112,13 @@ class ModelEngine:
         self._base_budget = default
         self.ready = False
         self._publish_budget()
+        # Metric children resolved once: ``labels()`` costs a lock and a dict lookup per call.
+        m, name = self.metrics, name
+        self._m_exit = [m.exit_images.labels(name, str(k)) for k in range(self.num_exits)]
+        self._m_batch = [m.batch_size.labels(name, str(k)) for k in range(self.num_exits)]
+        self._m_flops, self._m_saved = m.flops.labels(name), m.flops_saved.labels(name)
+        self._m_fraction, self._m_wait = m.compute_fraction.labels(name), m.queue_wait.labels(name)
+        self._m_late, self._m_depth = m.deadline_exits.labels(name), m.queue_depth.labels(name)
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -116,8 +135,7 @@ class ModelEngine:
                 state: tuple[Tensor, ...] = (torch.randn(n, 3, h, w),)
                 for k in range(self.num_exits):
                     t0 = time.perf_counter()
-                    state, logits = self.backend.run_stage(k, state)
-                    logits.cpu()
+                    state, _ = self.runner.step(k, state)
                     if rep:
                         self.costs.observe(k, n, time.perf_counter() - t0)
         self.ready = True
@@ -125,7 +143,7 @@ class ModelEngine:
     def stop(self, timeout: float = 30.0) -> None:
         """Take no new work, finish every queued image (drain), then stop the workers."""
         with self._cond:
-            self._stopping = True
+            self.queues.stopping = True
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout)
@@ -134,7 +152,7 @@ class ModelEngine:
     # -- requests --------------------------------------------------------------------------------
     @property
     def queue_depth(self) -> int:
-        return self._waiting
+        return self.queues.waiting
 
     def default_budget(self) -> float:
         """Budget of a request that pins neither a budget nor a threshold (the controller's)."""
@@ -164,37 +182,30 @@ class ModelEngine:
         work = RequestWork(n=n, deadline=deadline)
         if arrived is not None:
             work.arrived = arrived
-        # A request larger than a batch is split so that no batch exceeds max_batch_size.
-        step = self.config.max_batch_size
         thresholds = plan.thresholds
         if plan.budget is not None and any(self.guard.shift):
             # The guard tightens budget-derived thresholds only; a pinned threshold is the client's.
             thresholds = tuple(t + d for t, d in zip(thresholds, self.guard.shift, strict=True))
+        # A request larger than a batch is split so that no batch exceeds max_batch_size.
+        step, audit = self.config.max_batch_size, plan.budget is not None
         chunks = [
-            Pending(
-                work,
-                images,
-                s,
-                min(s + step, n),
-                thresholds,
-                plan.max_exit,
-                audit=plan.budget is not None,
-            )
+            Pending(work, images, s, min(s + step, n), thresholds, plan.max_exit, audit=audit)
             for s in range(0, n, step)
         ]
+        q = self.queues
         with self._cond:
-            if self._stopping:
+            if q.stopping:
                 raise EngineStoppedError(f"model {self.name!r} is shutting down")
-            if self._waiting + n > self.config.queue_size:
+            if q.waiting + n > self.config.queue_size:
                 self.metrics.rejections.labels(self.name, "queue_full").inc()
                 raise QueueFullError(
-                    f"model {self.name!r} has {self._waiting} images queued; the queue holds "
+                    f"model {self.name!r} has {q.waiting} images queued; the queue holds "
                     f"{self.config.queue_size}, so {n} more do not fit",
                     retry_after_s=self.config.retry_after_s,
                 )
-            self.pending.extend(chunks)
-            self._waiting += n
-            self.metrics.queue_depth.labels(self.name).set(self._waiting)
+            q.pending.extend(chunks)
+            q.waiting += n
+            self._m_depth.set(q.waiting)
             self._cond.notify()
         return work
 
@@ -205,69 +216,67 @@ class ModelEngine:
             self.metrics.rejections.labels(self.name, reason).inc()
         work.future.cancel()
 
-    # -- scheduling (the policy lives in scheduler.py) -------------------------------------------
-    def _next_batch(self) -> tuple[int, StageBatch | list[Pending]] | None:
-        return next_batch(self)
-
-    def _wait_timeout(self) -> float | None:
-        return wait_timeout(self)
-
-    def _idle(self) -> bool:
-        return not self.pending and not any(self.queues)
-
+    # -- the worker ------------------------------------------------------------------------------
     def _worker(self) -> None:
         if self.config.intra_op_threads:
             torch.set_num_threads(self.config.intra_op_threads)
+        q = self.queues
         while True:
             with self._cond:
-                picked = self._next_batch()
+                picked = self.scheduler.next_batch(q)
                 while picked is None:
-                    if self._stopping and self._idle():
+                    if q.stopping and q.idle():
                         return
-                    self._cond.wait(self._wait_timeout())
-                    picked = self._next_batch()
+                    self._cond.wait(self.scheduler.wait_timeout(q))
+                    picked = self.scheduler.next_batch(q)
+                if picked[0] == 0:
+                    self._m_depth.set(q.waiting)
             k, work = picked
             try:
-                batch = (
-                    work
-                    if isinstance(work, StageBatch)
-                    else StageBatch.concat([p.to_batch() for p in work])
-                )
+                if k == 0:
+                    batch = StageBatch.from_pending(work)  # type: ignore[arg-type]
+                else:
+                    batches: list[StageBatch] = work  # type: ignore[assignment]
+                    batch = StageBatch.concat(batches, self.runner.join([b.state for b in batches]))
                 self._run(k, batch)
             except Exception as e:  # never let one bad batch kill the worker: fail its requests
                 log.exception("model %s: stage %d failed", self.name, k)
-                owners = (
-                    [w for w, _ in work.jobs] if isinstance(work, StageBatch) else [p.work for p in work]
-                )
+                owners = [p.work for p in work] if k == 0 else [w for b in work for w in b.owners]  # type: ignore[union-attr]
                 for w in {id(w): w for w in owners}.values():
                     w.fail(e)
 
-    def _run(self, k: int, batch: StageBatch) -> None:
-        # Answered images still here (run_to_end, guard shadows) run on even when nobody waits.
-        keep = torch.tensor(
-            [
-                not w.dropped or bool(a >= 0)
-                for (w, _), a in zip(batch.jobs, batch.answered_exit, strict=True)
-            ],
-            dtype=torch.bool,
+    def _alive(self, batch: StageBatch) -> np.ndarray:
+        """``[n]`` images someone still waits for, or already answered (they run on regardless:
+        ``run_to_end`` images and guard shadows)."""
+        gone = np.fromiter(
+            (w.cancel_reason is not None or w.settled for w in batch.owners),
+            dtype=np.bool_,
+            count=len(batch.owners),
         )
-        if not bool(keep.any()):
-            return
-        if not bool(keep.all()):
-            batch = batch.select(keep)  # dropped requests cost nothing from here on
-        m, name = self.metrics, self.name
-        late: list[tuple[Job, ImageResult]] = []
+        keep = ~gone[batch.owner] & (batch.deadline >= time.monotonic())
+        return keep | (batch.answered_exit >= 0)
+
+    def _run(self, k: int, batch: StageBatch) -> None:
+        keep = self._alive(batch)
+        if not keep.all():
+            if not keep.any():
+                return
+            idx = np.flatnonzero(keep)  # dropped requests cost nothing from here on
+            batch = batch.take(idx, self.runner.gather(batch.state, idx))
         if k > 0:
-            late, rest = deadline_answers(k, batch, self.costs.estimate(k, len(batch)), self.fractions)
-            self._answer(k - 1, late)
+            late, rest = deadline_answers(k, batch, self.costs.estimate(k, len(batch)), self.runner)
+            if late is not None:
+                self._answer(late)
             if rest is None:
                 return
             batch = rest
         else:
             now = time.monotonic()
-            for w, _ in batch.jobs:
-                m.queue_wait.labels(name).observe(now - w.arrived)
-        m.batch_size.labels(name, str(k)).observe(len(batch))
+            for w, count in zip(
+                batch.owners, np.bincount(batch.owner, minlength=len(batch.owners)).tolist(), strict=True
+            ):
+                observe_many(self._m_wait, now - w.arrived, count)
+        self._m_batch[k].observe(len(batch))
         cfg = self.config
         rules = StageRules(
             run_to_end=cfg.mode == "run_to_end",
@@ -275,37 +284,44 @@ class ModelEngine:
             next_cost_s=self.costs.estimate(k + 1, len(batch)) if k + 1 < self.num_exits else None,
         )
         t0 = time.perf_counter()
-        outcome = run_stage(self.backend, k, batch, self.fractions, rules)
+        outcome = run_stage(self.runner, k, batch, self.num_exits, rules)
         self.costs.observe(k, len(batch), time.perf_counter() - t0)
         if outcome.survivors is not None:
             with self._cond:
                 outcome.survivors.enqueued = time.monotonic()
-                self.queues[k + 1].append(outcome.survivors)
+                self.queues.stages[k + 1].append(outcome.survivors)
                 self._cond.notify()
-        self._answer(k, outcome.answered)
+        self._answer(outcome.answered)
         if outcome.agreements:
             self._audit(outcome.agreements)
         self._control()
 
-    def _answer(self, k: int, answered: list[tuple[Job, ImageResult]]) -> None:
-        """Deliver answers of exit ``k`` and count them (metrics, the controller's latencies)."""
-        if not answered:
+    def _answer(self, answers: Answers) -> None:
+        """Deliver the answers of one exit, one call per request, and count them."""
+        m = len(answers)
+        if not m:
             return
-        m, name = self.metrics, self.name
-        spent = self.flops[k] * len(answered)  # every answer here left at exit k
-        m.exit_images.labels(name, str(k)).inc(len(answered))
-        m.flops.labels(name).inc(spent)
-        m.flops_saved.labels(name).inc(self.flops[-1] * len(answered) - spent)
-        fraction = m.compute_fraction.labels(name)
-        late = sum(r.deadline_exit for _, r in answered)
+        k = answers.exit
+        spent = self.flops[k] * m  # every answer here left at exit k
+        self._m_exit[k].inc(m)
+        self._m_flops.inc(spent)
+        self._m_saved.inc(self.flops[-1] * m - spent)
+        observe_many(self._m_fraction, self.fractions[k], m)
+        late = int(answers.late.sum())
         if late:
-            m.deadline_exits.labels(name).inc(late)
-        now = time.monotonic()
-        for (work, i), result in answered:
-            fraction.observe(self.fractions[k])
+            self._m_late.inc(late)
+        now, fraction = time.monotonic(), self.fractions[k]
+        for start, stop in answers.runs():
+            work = answers.owners[int(answers.owner[start])]
             if self.controller is not None:
-                self.controller.observe(now - work.arrived)
-            work.answer(i, result)
+                self.controller.observe(now - work.arrived, stop - start)
+            work.answer(
+                answers.row[start:stop],
+                answers.probs[start:stop],
+                k,
+                fraction,
+                answers.late[start:stop],
+            )
 
     def _audit(self, agreements: list[tuple[int, bool]]) -> None:
         tightened = self.guard.record(agreements)
@@ -322,13 +338,13 @@ class ModelEngine:
         b = self.config.max_batch_size
         per_image = self.costs.remaining(0, b) / b
         with self._cond:  # other workers append to and pop from the queues under this lock
-            queued = self._waiting + sum(len(x) for q in self.queues for x in q)
+            queued = self.queues.queued_images()
         return queued * per_image
 
     def _control(self) -> None:
         if self.controller is None:
             return
-        fill = self._waiting / self.config.queue_size
+        fill = self.queues.waiting / self.config.queue_size
         if self.controller.update(self.queued_seconds(), fill):
             log.info("model %s: effective budget %.3f", self.name, self.controller.budget)
             self._publish_budget()

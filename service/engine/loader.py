@@ -12,6 +12,7 @@ from models.package import ModelPackage, load_package
 from service.engine.backends import build_backend, resolve_device
 from service.engine.controller import ControllerConfig
 from service.engine.engine import EngineConfig, ModelEngine
+from service.engine.factory import build_engine, default_buckets, default_max_batch
 from service.engine.guard import GuardConfig
 from service.metrics import ServiceMetrics
 from service.settings import ServiceSettings
@@ -37,8 +38,11 @@ def torch_threads(settings: ServiceSettings) -> int:
     return settings.intra_op_threads if own is None else own
 
 
-def engine_config(settings: ServiceSettings) -> EngineConfig:
+def engine_config(settings: ServiceSettings, device: str = "cpu") -> EngineConfig:
+    """The engine settings of ``settings``; ``max_batch_size`` is the device's default unless the
+    settings pin it (``factory.default_max_batch``)."""
     b, slo, g = settings.batching, settings.slo, settings.guard
+    pinned = "max_batch_size" in b.model_fields_set
     controller = None
     if slo.p99_target_ms is not None:
         controller = ControllerConfig(
@@ -48,7 +52,7 @@ def engine_config(settings: ServiceSettings) -> EngineConfig:
             max_accuracy_loss=slo.max_accuracy_loss,
         )
     return EngineConfig(
-        max_batch_size=b.max_batch_size,
+        max_batch_size=b.max_batch_size if pinned else default_max_batch(device),
         max_delay_s=b.max_delay_ms / 1000.0,
         queue_size=b.queue_size,
         workers=b.workers,
@@ -76,15 +80,16 @@ def load_model(path: str | Path, settings: ServiceSettings, metrics: ServiceMetr
     pkg = load_package(path)
     m = pkg.manifest
     device = resolve_device(settings.device)
+    config = engine_config(settings, device)
     backend = build_backend(
-        pkg, settings.backend, device, settings.torch.dtype, settings.intra_op_threads
+        pkg,
+        settings.backend,
+        device,
+        settings.torch.dtype,
+        settings.intra_op_threads,
+        default_buckets(device, config.max_batch_size),
     )
-    engine = ModelEngine(m.name, m, backend, engine_config(settings), metrics)
-    if settings.warmup:
-        engine.warmup()
-    else:
-        engine.ready = True
-    engine.start()
+    engine = build_engine(pkg, backend, config, metrics, warmup=settings.warmup)
     metrics.model_info.labels(m.name, m.version, backend.name, backend.device, str(m.num_exits)).set(1)
     metrics.queue_depth.labels(m.name).set(0)
     log.info(

@@ -6,113 +6,123 @@
   arXiv 2512.15705). A queue is *due* when it holds an efficient batch (one whose run spends at
   most a quarter of its time on the stage's fixed per-batch cost, from the measured cost line;
   a full batch at most), when an image's deadline needs it, or when its oldest image has waited
-  its limit; the deepest due queue runs first. With none
-  due, the worker runs the queue holding the most images (the largest batch amortises a run's
-  fixed cost best), so a small queue keeps gathering survivors from later batches meanwhile.
-  Nothing idles: a lone queue runs at once. The limit adapts from the measured cost of the stage:
-  one run of it at a full batch (ski rental: waiting at most what a run costs bounds the latency
-  added, while each merge saves the stage's fixed per-batch cost), capped by
-  ``rebatch_max_wait_s``.
+  its limit; the deepest due queue runs first. With none due, the worker runs the queue holding
+  the most images (the largest batch amortises a run's fixed cost best), so a small queue keeps
+  gathering survivors from later batches meanwhile. Nothing idles: a lone queue runs at once.
+  The limit adapts from the measured cost of the stage: one run of it at a full batch (ski
+  rental: waiting at most what a run costs bounds the latency added, while each merge saves the
+  stage's fixed per-batch cost), capped by ``rebatch_max_wait_s``.
+
+The scheduler only picks; the worker joins what it picked into one batch outside the lock.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-from service.engine.executor import Pending, StageBatch
+from service.engine.costs import StageCosts
+from service.engine.queues import StageQueues
+from service.engine.work import Pending, StageBatch
 
-if TYPE_CHECKING:
-    from service.engine.engine import ModelEngine
-
-Picked = tuple[int, StageBatch | list[Pending]]
-
-
-def next_batch(engine: ModelEngine) -> Picked | None:
-    """The stage and work to run now, or None to wait."""
-    if engine.config.mode == "rebatch":
-        return _rebatch(engine)
-    else:
-        for k in range(engine.num_exits - 1, 0, -1):
-            if engine.queues[k]:
-                return k, engine.queues[k].popleft()
-    return _stage0(engine)
+Picked = tuple[int, list[StageBatch] | list[Pending]]
 
 
-def wait_timeout(engine: ModelEngine) -> float | None:
-    """Seconds until the next queue may become ready by waiting alone (None: until notified)."""
-    now = time.monotonic()
-    times = []
-    if engine.pending:
-        times.append(engine.pending[0].enqueued + engine.config.max_delay_s - now)
-    if engine.config.mode == "rebatch":
-        for k in range(1, engine.num_exits):
-            if engine.queues[k]:
-                times.append(engine.queues[k][0].enqueued + stage_limit(engine, k) - now)
-    return max(0.0, min(times)) if times else None
+@dataclass(frozen=True)
+class SchedulePolicy:
+    """The batching settings the scheduler decides by (from ``EngineConfig``)."""
+
+    mode: str
+    max_batch_size: int
+    max_delay_s: float
+    batching: bool
+    rebatch_max_wait_s: float
 
 
-def stage_limit(engine: ModelEngine, k: int) -> float:
-    """How long the oldest image of stage ``k``'s queue may wait for more (adaptive, see above)."""
-    return min(engine.config.rebatch_max_wait_s, engine.costs.estimate(k, engine.config.max_batch_size))
+class Scheduler:
+    """Picks the next stage and work from ``StageQueues`` (see the module docstring)."""
 
+    def __init__(self, policy: SchedulePolicy, costs: StageCosts) -> None:
+        self.policy = policy
+        self.costs = costs
 
-def _rebatch(engine: ModelEngine) -> Picked | None:
-    sizes = {k: sum(len(b) for b in engine.queues[k]) for k in range(1, engine.num_exits)}
-    due = [k for k, n in sizes.items() if n and _due(engine, k, n)]
-    if due:
-        k = max(due)
-        return k, _take(engine, k)
-    cap = engine.config.max_batch_size
-    waiting = {k: min(n, cap) for k, n in sizes.items() if n}
-    if engine.pending and (not waiting or min(engine._waiting, cap) > max(waiting.values())):
-        picked = _stage0(engine)
-        if picked is not None or not waiting:
-            return picked
-    if not waiting:
-        return None
-    k = max(waiting, key=lambda j: (waiting[j], j))  # the largest batch; ties: the deepest
-    return k, _take(engine, k)
+    def next_batch(self, q: StageQueues) -> Picked | None:
+        """The stage and work to run now, or None to wait."""
+        if self.policy.mode == "rebatch":
+            return self._rebatch(q)
+        for k in range(q.num_stages - 1, 0, -1):
+            if q.stages[k]:
+                return k, [q.stages[k].popleft()]
+        return self._stage0(q)
 
+    def wait_timeout(self, q: StageQueues) -> float | None:
+        """Seconds until a queue may become ready by waiting alone (None: until notified)."""
+        now = time.monotonic()
+        times = []
+        if q.pending:
+            times.append(q.pending[0].enqueued + self.policy.max_delay_s - now)
+        if self.policy.mode == "rebatch":
+            for k in range(1, q.num_stages):
+                if q.stages[k]:
+                    times.append(q.stages[k][0].enqueued + self.stage_limit(k) - now)
+        return max(0.0, min(times)) if times else None
 
-def _due(engine: ModelEngine, k: int, n: int) -> bool:
-    cap = engine.config.max_batch_size
-    if n >= min(cap, engine.costs.efficient_batch(k)) or engine._stopping:
-        return True
-    q, now = engine.queues[k], time.monotonic()
-    if now - q[0].enqueued >= stage_limit(engine, k):
-        return True
-    # An image whose deadline would be missed after the wait runs (or gets its anytime answer) now.
-    need = engine.costs.remaining(k, n) + stage_limit(engine, k)
-    return any(w.deadline - now < need for b in q for w, _ in b.jobs)
+    def stage_limit(self, k: int) -> float:
+        """How long the oldest image of stage ``k``'s queue may wait for more (adaptive)."""
+        p = self.policy
+        return min(p.rebatch_max_wait_s, self.costs.estimate(k, p.max_batch_size))
 
+    def _rebatch(self, q: StageQueues) -> Picked | None:
+        sizes = {k: sum(len(b) for b in q.stages[k]) for k in range(1, q.num_stages)}
+        due = [k for k, n in sizes.items() if n and self._due(q, k, n)]
+        if due:
+            k = max(due)
+            return k, self._take(q, k)
+        cap = self.policy.max_batch_size
+        waiting = {k: min(n, cap) for k, n in sizes.items() if n}
+        if q.pending and (not waiting or min(q.waiting, cap) > max(waiting.values())):
+            picked = self._stage0(q)
+            if picked is not None or not waiting:
+                return picked
+        if not waiting:
+            return None
+        k = max(waiting, key=lambda j: (waiting[j], j))  # the largest batch; ties: the deepest
+        return k, self._take(q, k)
 
-def _take(engine: ModelEngine, k: int) -> StageBatch:
-    """Merge queued batches of stage ``k`` up to ``max_batch_size`` images (at least one)."""
-    q = engine.queues[k]
-    taken = [q.popleft()]
-    size = len(taken[0])
-    while q and size + len(q[0]) <= engine.config.max_batch_size:
-        size += len(q[0])
-        taken.append(q.popleft())
-    return StageBatch.concat(taken)
+    def _due(self, q: StageQueues, k: int, n: int) -> bool:
+        cap = self.policy.max_batch_size
+        if n >= min(cap, self.costs.efficient_batch(k)) or q.stopping:
+            return True
+        queue, now = q.stages[k], time.monotonic()
+        if now - queue[0].enqueued >= self.stage_limit(k):
+            return True
+        # An image whose deadline would be missed after the wait runs (or gets its anytime answer).
+        need = self.costs.remaining(k, n) + self.stage_limit(k)
+        return min(float(b.deadline.min()) for b in queue) - now < need
 
-
-def _stage0(engine: ModelEngine) -> Picked | None:
-    q = engine.pending
-    if not q:
-        return None
-    cfg = engine.config
-    full = engine._waiting >= cfg.max_batch_size
-    waited = time.monotonic() - q[0].enqueued >= cfg.max_delay_s
-    if cfg.batching and not (full or waited or engine._stopping):
-        return None
-    taken = [q.popleft()]
-    if cfg.batching:
+    def _take(self, q: StageQueues, k: int) -> list[StageBatch]:
+        """Queued batches of stage ``k`` up to ``max_batch_size`` images (at least one)."""
+        queue = q.stages[k]
+        taken = [queue.popleft()]
         size = len(taken[0])
-        while q and size + len(q[0]) <= cfg.max_batch_size:
-            size += len(q[0])
-            taken.append(q.popleft())
-    engine._waiting -= sum(len(p) for p in taken)
-    engine.metrics.queue_depth.labels(engine.name).set(engine._waiting)
-    return 0, taken
+        while queue and size + len(queue[0]) <= self.policy.max_batch_size:
+            size += len(queue[0])
+            taken.append(queue.popleft())
+        return taken
+
+    def _stage0(self, q: StageQueues) -> Picked | None:
+        queue, p = q.pending, self.policy
+        if not queue:
+            return None
+        full = q.waiting >= p.max_batch_size
+        waited = time.monotonic() - queue[0].enqueued >= p.max_delay_s
+        if p.batching and not (full or waited or q.stopping):
+            return None
+        taken = [queue.popleft()]
+        if p.batching:
+            size = len(taken[0])
+            while queue and size + len(queue[0]) <= p.max_batch_size:
+                size += len(queue[0])
+                taken.append(queue.popleft())
+        q.waiting -= sum(len(c) for c in taken)
+        return 0, taken

@@ -2,29 +2,26 @@
 
 After stage ``k`` each image compares its own confidence with its own threshold (images with
 different budgets share the batch), the confident ones leave with their answer, and the carried
-state of the others is indexed down to a smaller batch for stage ``k + 1`` (MSDNet section 5,
+state of the others is gathered down to a smaller batch for stage ``k + 1`` (MSDNet section 5,
 dynamic evaluation; our contract in ``models/multi_exit.py``). Two variations keep answered
 images in the batch: ``run_to_end`` (every image runs every stage; answers still leave early) and
 the accuracy guard's shadows (a sampled fraction of early answers also runs to the final exit,
 whose answer is compared with the early one, as Apparate does online).
+
+Everything here is array operations over the batch; no Python loop visits an image.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from models.exit_policy import confidences
-from service.engine.backends import StageBackend
-from service.engine.executor import ImageResult, RequestWork, StageBatch
-from service.policy import leaving_now
+from service.engine.runner import StageRunner
+from service.engine.work import RequestWork, StageBatch
 
-Job = tuple[RequestWork, int]
+_rng = np.random.default_rng()
 
 
 @dataclass(frozen=True)
@@ -43,110 +40,137 @@ class StageRules:
     next_cost_s: float | None = None
 
 
+@dataclass(frozen=True)
+class Answers:
+    """Images answered at one exit, as arrays over the answered images ``m``.
+
+    Attributes:
+        owner: ``[m]`` non-decreasing indices into ``owners``; ``row``: ``[m]`` within a request.
+        probs: ``[m, C]`` the answers; ``late``: ``[m]`` deadline exits.
+    """
+
+    exit: int
+    owners: list[RequestWork]
+    owner: np.ndarray
+    row: np.ndarray
+    probs: np.ndarray
+    late: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def runs(self) -> list[tuple[int, int]]:
+        """``(start, stop)`` of each request's contiguous run of answers."""
+        if len(self.owner) == 0:
+            return []
+        cuts = (np.flatnonzero(self.owner[1:] != self.owner[:-1]) + 1).tolist()
+        return list(zip([0, *cuts], [*cuts, len(self.owner)], strict=True))
+
+
 @dataclass
 class StageOutcome:
     """What one stage run produced.
 
     Attributes:
-        answered: ``(job, result)`` pairs answered at this exit (deadline exits included).
+        answered: the images answered at this exit (deadline exits included).
         survivors: the batch for stage ``k + 1`` (None when nobody goes on).
         agreements: ``(early exit, agrees)`` for each earlier answer that reached the final exit.
     """
 
-    answered: list[tuple[Job, ImageResult]]
+    answered: Answers
     survivors: StageBatch | None
     agreements: list[tuple[int, bool]] = field(default_factory=list)
 
 
-def run_stage(
-    backend: StageBackend,
-    k: int,
-    batch: StageBatch,
-    compute_fractions: list[float],
-    rules: StageRules | None = None,
-) -> StageOutcome:
-    """Run stage ``k`` on ``batch`` and split it at exit ``k``.
+def leaving_now(
+    conf: np.ndarray, thresholds: np.ndarray, max_exit: np.ndarray, k: int, num_exits: int
+) -> np.ndarray:
+    """``[n]`` bool: the images that leave at exit ``k``, from their confidences ``[n]``, their
+    thresholds of exit ``k`` ``[n]`` and deepest exits ``[n]``.
 
-    Args:
-        compute_fractions: ``[K]`` cumulative FLOPs of each exit over the full network's.
+    The rule of ``models.exit_policy.exits_now`` (calibration's; ``service.policy.leaving_now``
+    applies it to torch tensors) on the host's NumPy arrays: a torch call per stage costs more
+    than the comparison itself. ``tests/service/test_engine_vectorised.py`` checks that both agree.
     """
+    if k == num_exits - 1:
+        return np.ones(len(conf), dtype=np.bool_)
+    return (conf >= thresholds) | (max_exit <= k)
+
+
+def _answers(
+    k: int, batch: StageBatch, mask: np.ndarray, probs: np.ndarray, late: np.ndarray
+) -> Answers:
+    idx = np.flatnonzero(mask)
+    return Answers(k, batch.owners, batch.owner[idx], batch.row[idx], probs[idx], late[idx])
+
+
+def run_stage(
+    runner: StageRunner, k: int, batch: StageBatch, num_exits: int, rules: StageRules | None = None
+) -> StageOutcome:
+    """Run stage ``k`` on ``batch`` and split it at exit ``k``."""
     rules = rules or StageRules()
-    num_exits, n = len(compute_fractions), len(batch)
-    last = k == num_exits - 1
-    next_state, logits = backend.run_stage(k, batch.state)
-    logits = logits.cpu()
-    conf, pred = confidences(logits)
+    n, last = len(batch), k == num_exits - 1
+    next_state, probs = runner.step(k, batch.state)
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
     thresholds = batch.thresholds[:, k]
     fresh = batch.answered_exit < 0
-    leave = leaving_now(conf, thresholds, batch.max_exit, k, num_exits) & fresh
-    late = torch.zeros(n, dtype=torch.bool)
+    leave = fresh & leaving_now(conf, thresholds, batch.max_exit, k, num_exits)
+    late = np.zeros(n, dtype=np.bool_)
     if not last and rules.next_cost_s is not None:
         # Anytime answer: running stage k+1 would end past the deadline, so answer from exit k.
-        cutoff = time.monotonic() + rules.next_cost_s
-        late = torch.tensor([w.deadline < cutoff for w, _ in batch.jobs], dtype=torch.bool)
-        late &= fresh & ~leave
-    probs = torch.softmax(logits.float(), dim=-1).numpy()
-    answered = [
-        (batch.jobs[i], ImageResult(probs[i].copy(), k, compute_fractions[k], bool(late[i])))
-        for i in (leave | late).nonzero().flatten().tolist()
-    ]
-    # Only answers a budget threshold decided are evidence about the thresholds (the guard's).
-    audit = torch.where(fresh & leave, batch.audit & (conf >= thresholds), batch.audit & ~late)
-    agreements = []
-    if last:
-        earlier = (~fresh & batch.audit).nonzero().flatten().tolist()
-        agreements = [
-            (int(batch.answered_exit[i]), int(batch.answered_class[i]) == int(pred[i])) for i in earlier
-        ]
-        return StageOutcome(answered, None, agreements)
+        late = fresh & ~leave & (batch.deadline < time.monotonic() + rules.next_cost_s)
     now_answered = leave | late
+    answered = _answers(k, batch, now_answered, probs, late)
+    # Only answers a budget threshold decided are evidence about the thresholds (the guard's).
+    audit = np.where(leave, batch.audit & (conf >= thresholds), batch.audit & ~late)
+    if last:
+        earlier = np.flatnonzero(~fresh & batch.audit)
+        agrees = batch.answered_class[earlier] == pred[earlier]
+        pairs = list(zip(batch.answered_exit[earlier].tolist(), agrees.tolist(), strict=True))
+        return StageOutcome(answered, None, pairs)
     if rules.run_to_end:
-        go_on = torch.ones(n, dtype=torch.bool)
+        go_on = np.ones(n, dtype=np.bool_)
     else:
         go_on = ~fresh | ~now_answered
         if rules.shadow_fraction > 0:
             # Only threshold-decided early answers are audited (``audit``).
-            sampled = [bool(audit[i]) and bool(leave[i]) and random.random() < rules.shadow_fraction
-                       for i in range(n)]  # fmt: skip
-            go_on |= torch.tensor(sampled, dtype=torch.bool)
-    if not bool(go_on.any()):
+            go_on |= audit & leave & (_rng.random(n) < rules.shadow_fraction)
+    if not go_on.any():
         return StageOutcome(answered, None)
-    answered_exit = torch.where(
-        now_answered, torch.full_like(batch.answered_exit, k), batch.answered_exit
-    )
-    answered_class = torch.where(now_answered, pred.to(torch.int64), batch.answered_class)
     rest = StageBatch(
-        batch.jobs,
+        batch.owners,
+        batch.owner,
+        batch.row,
         next_state,
         batch.thresholds,
         batch.max_exit,
-        answered_exit,
-        answered_class,
+        batch.deadline,
+        np.where(now_answered, k, batch.answered_exit),
+        np.where(now_answered, pred, batch.answered_class),
+        audit,
         probs,
-        audit=audit,
     )
-    return StageOutcome(answered, rest if bool(go_on.all()) else rest.select(go_on))
+    if go_on.all():
+        return StageOutcome(answered, rest)
+    idx = np.flatnonzero(go_on)
+    return StageOutcome(answered, rest.take(idx, runner.gather(next_state, idx)))
 
 
 def deadline_answers(
-    k: int, batch: StageBatch, cost_s: float, compute_fractions: list[float]
-) -> tuple[list[tuple[Job, ImageResult]], StageBatch | None]:
+    k: int, batch: StageBatch, cost_s: float, runner: StageRunner
+) -> tuple[Answers | None, StageBatch | None]:
     """Before stage ``k > 0`` runs: answer from exit ``k - 1`` the images it would make late.
 
     Returns:
-        The deadline answers and the batch left to run (None when it is empty).
+        The deadline answers (None: none) and the batch left to run (None when it is empty).
     """
     if batch.last_probs is None or k == 0:
-        return [], batch
-    cutoff = time.monotonic() + cost_s
-    fresh = batch.answered_exit < 0
-    late = torch.tensor([w.deadline < cutoff for w, _ in batch.jobs], dtype=torch.bool) & fresh
-    if not bool(late.any()):
-        return [], batch
-    probs: np.ndarray = batch.last_probs
-    answers = [
-        (batch.jobs[i], ImageResult(probs[i].copy(), k - 1, compute_fractions[k - 1], True))
-        for i in late.nonzero().flatten().tolist()
-    ]
-    keep: Tensor = ~late
-    return answers, (batch.select(keep) if bool(keep.any()) else None)
+        return None, batch
+    late = (batch.answered_exit < 0) & (batch.deadline < time.monotonic() + cost_s)
+    if not late.any():
+        return None, batch
+    answers = _answers(k - 1, batch, late, batch.last_probs, late)
+    keep = np.flatnonzero(~late)
+    if len(keep) == 0:
+        return answers, None
+    return answers, batch.take(keep, runner.gather(batch.state, keep))

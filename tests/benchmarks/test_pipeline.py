@@ -43,7 +43,7 @@ def test_every_arm_has_per_exit_accuracy_and_flops(bench: tuple[Path, Path, dict
         assert full["optimised"]["accuracy"] == pytest.approx(a["test_exit_accuracy"][-1])
     # The five arms' four findings + the paper's figures + three follow-up findings + the quick note.
     assert len(results["findings"]) == 9
-    assert sum(f.startswith(("Twice the epochs", "KD at the official", "ISC + KD without GE"))
+    assert sum(f.startswith(("Twice the epochs", "KD with the official KL", "ISC + KD without GE"))
                for f in results["findings"]) == 3  # fmt: skip
 
 

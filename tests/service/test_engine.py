@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.package import ModelPackage
-from service.engine import EngineConfig, ModelEngine
+from service.engine import EngineConfig, ModelEngine, build_engine
 from service.engine.backends import OnnxBackend, StageBackend, TorchBackend
 from service.engine.images import images_to_batch
 from service.errors import EngineStoppedError, QueueFullError
@@ -21,9 +21,10 @@ FAR = 1e9  # a deadline nobody reaches in a test
 
 
 def make_engine(pkg: ModelPackage, backend: StageBackend | None = None, **cfg: object) -> ModelEngine:
+    """An engine not yet started (tests queue work first), nor warmed up."""
     config = EngineConfig(**{"max_batch_size": 128, "max_delay_s": 0.0, **cfg})  # type: ignore[arg-type]
     backend = backend or TorchBackend(pkg.model, "cpu")
-    return ModelEngine(pkg.manifest.name, pkg.manifest, backend, config, ServiceMetrics())
+    return build_engine(pkg, backend, config, ServiceMetrics(), warmup=False, start=False)
 
 
 def sample(engine: ModelEngine, name: str, **labels: str) -> float:

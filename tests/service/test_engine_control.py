@@ -11,10 +11,11 @@ from models.exit_policy import NEVER_EXIT
 from models.package import ModelPackage
 from service.engine.controller import ControllerConfig, SloController, eligible_budgets
 from service.engine.costs import StageCosts
-from service.engine.executor import RequestWork, StageBatch
 from service.engine.guard import AccuracyGuard, GuardConfig
 from service.engine.images import images_to_batch
-from service.engine.stage import StageRules, run_stage
+from service.engine.runner import StageRunner
+from service.engine.stage import StageOutcome, StageRules, run_stage
+from service.engine.work import Pending, RequestWork, StageBatch
 from service.policy import resolve_plan
 from tests.service.fixtures import LIMITS
 from tests.service.test_engine import FAR, make_engine, sample
@@ -117,9 +118,9 @@ def test_tightened_thresholds_apply_to_budgets_not_to_pinned_thresholds(
     budget, pinned = resolve_plan(m, budget=0.6), resolve_plan(m, threshold=0.5)
     engine.submit(torch.zeros(1, 3, 32, 32), budget, FAR)
     engine.submit(torch.zeros(1, 3, 32, 32), pinned, FAR)
-    assert engine.pending[0].thresholds[0] == pytest.approx(budget.thresholds[0] + 0.05)
-    assert engine.pending[0].thresholds[1:] == budget.thresholds[1:]
-    assert engine.pending[1].thresholds == pinned.thresholds
+    assert engine.queues.pending[0].thresholds[0] == pytest.approx(budget.thresholds[0] + 0.05)
+    assert engine.queues.pending[0].thresholds[1:] == budget.thresholds[1:]
+    assert engine.queues.pending[1].thresholds == pinned.thresholds
 
 
 def test_controller_lowers_the_budget_of_unpinned_requests(reference_package: ModelPackage) -> None:
@@ -157,33 +158,35 @@ def _guard_batch(audit: bool) -> StageBatch:
     exit 0 by ``max_exit``; image 2 confident, image 3 not, both free to go to exit 2."""
     confident, unsure = [9.0, 0.0, 0.0], [0.0, 0.0, 0.0]
     work = RequestWork(n=4, deadline=time.monotonic() + FAR)
-    return StageBatch(
-        [(work, i) for i in range(4)],
-        (torch.tensor([confident, unsure, confident, unsure]),),
-        torch.tensor([[0.5, 0.5, NEVER_EXIT]] * 4),
-        torch.tensor([0, 0, 2, 2]),
-        audit=torch.full((4,), audit),
-    )
+    logits = torch.tensor([confident, unsure, confident, unsure])
+    thresholds = (0.5, 0.5, NEVER_EXIT)
+    chunks = [
+        Pending(work, logits, i, i + 1, thresholds, [0, 0, 2, 2][i], audit=audit) for i in range(4)
+    ]
+    return StageBatch.from_pending(chunks)
+
+
+def _answered(out: StageOutcome) -> list[tuple[int, int, bool]]:
+    a = out.answered
+    return list(zip(a.row.tolist(), [a.exit] * len(a), a.late.tolist(), strict=True))
 
 
 @pytest.mark.parametrize("audit", [True, False])
 def test_the_guard_audits_only_answers_a_budget_threshold_decided(audit: bool) -> None:
-    fractions, backend = [0.3, 0.6, 1.0], _LogitsBackend()
+    runner = StageRunner(_LogitsBackend())
     # run_to_end: every image reaches the final exit; image 3 is a deadline exit at exit 0.
     rules = StageRules(run_to_end=True, next_cost_s=2 * FAR)
-    out = run_stage(backend, 0, _guard_batch(audit), fractions, rules)
-    assert [(j[1], r.exit, r.deadline_exit) for j, r in out.answered] == [
-        (0, 0, False), (1, 0, False), (2, 0, False), (3, 0, True)
-    ]  # fmt: skip
+    out = run_stage(runner, 0, _guard_batch(audit), 3, rules)
+    assert _answered(out) == [(0, 0, False), (1, 0, False), (2, 0, False), (3, 0, True)]
     assert out.survivors is not None
-    out = run_stage(backend, 1, out.survivors, fractions, StageRules(run_to_end=True))
+    out = run_stage(runner, 1, out.survivors, 3, StageRules(run_to_end=True))
     assert out.survivors is not None
-    out = run_stage(backend, 2, out.survivors, fractions, StageRules(run_to_end=True))
+    out = run_stage(runner, 2, out.survivors, 3, StageRules(run_to_end=True))
     # Image 1 left because of its max_exit and image 3 because of its deadline: neither says
     # anything about the thresholds. Pinned thresholds (audit False) are the client's.
     assert out.agreements == ([(0, True), (0, True)] if audit else [])
     # Shadows: only the threshold-decided early answers are sampled to run on.
     shadows = StageRules(shadow_fraction=1.0)
-    out = run_stage(backend, 0, _guard_batch(audit), fractions, shadows)
+    out = run_stage(runner, 0, _guard_batch(audit), 3, shadows)
     assert out.survivors is not None
-    assert [j[1] for j in out.survivors.jobs] == ([0, 2, 3] if audit else [3])
+    assert out.survivors.row.tolist() == ([0, 2, 3] if audit else [3])

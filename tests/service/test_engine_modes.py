@@ -5,14 +5,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from models.package import ModelPackage
 from service.engine.backends import StageBackend, TorchBackend
-from service.engine.executor import RequestWork
 from service.engine.images import images_to_batch
+from service.engine.work import RequestWork
 from service.policy import ExitPlan, resolve_plan
 from tests.service.fixtures import LIMITS, check_answers, reference_answers
 from tests.service.test_engine import FAR, make_engine, sample
@@ -96,10 +98,10 @@ def test_no_image_lost_or_answered_twice_under_load(
     lock = threading.Lock()
     original = RequestWork.answer
 
-    def counting(self: RequestWork, index: int, result: object) -> None:
+    def counting(self: RequestWork, rows: np.ndarray, *rest: Any) -> None:
         with lock:
-            calls[(id(self), index)] += 1
-        original(self, index, result)  # type: ignore[arg-type]
+            calls.update((id(self), i) for i in rows.tolist())
+        original(self, rows, *rest)
 
     monkeypatch.setattr(RequestWork, "answer", counting)
     pkg = reference_package
@@ -144,7 +146,7 @@ def test_stop_drains_every_stage_queue(reference_package: ModelPackage) -> None:
     engine.stop()
     assert time.monotonic() - t0 < 30
     assert all(len(w.future.result(timeout=0)) == 3 for w in works)
-    assert not any(engine.queues) and not engine.pending
+    assert engine.queues.idle()
 
 
 class _SlowBackend:

@@ -10,7 +10,8 @@ import torch
 import torch.distributed as dist
 
 from training.config import load_config
-from training.trainer import DistInfo, run_training
+from training.device import DistInfo
+from training.trainer import run_training
 
 
 def main() -> None:

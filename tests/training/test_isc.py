@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 
 from models import create_model
+from training.checkpoint import save_atomic
 from training.config import validate_config
 from training.loop import train_one_epoch
-from training.trainer import build_stage, save_atomic
+from training.stages import build_stage
 
 from .helpers import TINY_MODEL, tiny_config
 

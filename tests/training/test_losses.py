@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -81,3 +82,25 @@ def test_teach_last_without_a_teacher_is_refused() -> None:
 
     with pytest.raises(ValueError, match="external teacher"):
         ofa_kd_loss([torch.randn(1, 2)], torch.tensor([0]), 1.0, 0.5, teach_last=True)
+
+
+def test_official_kd_form_by_hand() -> None:
+    # kalviny/IMTA utils.py: CE at the last exit; (1 - g) CE + g T^2 KLDivLoss() at the others,
+    # KLDivLoss's default reduction being the mean over batch *and* classes. Two classes, T = 3,
+    # g = 0.9, two samples of class 0. Last exit (= teacher) (3 ln 3, 0): softened (3/4, 1/4),
+    # CE ln(28/27); exit 0 (0, 0): softened (1/2, 1/2), CE ln 2, KL = 3/4 ln 3 - ln 2 per sample.
+    t, g = 3.0, 0.9
+    last = torch.tensor([[3 * math.log(3.0), 0.0]] * 2)
+    first = torch.zeros(2, 2)
+    y = torch.tensor([0, 0])
+    kl = 0.75 * math.log(3.0) - math.log(2.0)
+    official = math.log(28 / 27) + (1 - g) * math.log(2.0) + g * t * t * kl / 2  # mean over 2 classes
+    got = ofa_kd_loss([first, last], y, t, g, form="official")
+    assert abs(got.item() - official) < 1e-6
+    batchmean = math.log(28 / 27) + (1 - g) * math.log(2.0) + g * t * t * kl
+    assert abs(ofa_kd_loss([first, last], y, t, g).item() - batchmean) < 1e-6
+    # The official form is PyTorch's nn.KLDivLoss() on probabilities, as the official code calls it.
+    with warnings.catch_warnings():  # its "mean" reduction is deprecated in favour of batchmean
+        warnings.simplefilter("ignore")
+        ref = torch.nn.KLDivLoss()(F.log_softmax(first / t, dim=1), F.softmax(last / t, dim=1))
+    assert abs(kd_kl(first, last, t, "official").item() - t * t * ref.item()) < 1e-6

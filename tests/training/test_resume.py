@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import training.trainer as trainer
+import training.stages as stages
 from training.checkpoint import load_checkpoint
 from training.cli import main
 from training.config import ConfigError, validate_config
@@ -84,7 +84,7 @@ def test_nan_guard_stops_and_keeps_the_last_checkpoint(
         calls.append(1)
         return sum(z.sum() for z in logits) * float("nan")  # type: ignore[return-value]
 
-    monkeypatch.setattr(trainer, "multi_exit_ce", nan_loss)
+    monkeypatch.setattr(stages, "multi_exit_ce", nan_loss)
     assert main(["train", "--config", str(path), "--resume", "--set", "max_bad_steps=3"]) == 4
     err = capsys.readouterr().err
     assert "NaN/Inf for 3 steps in a row" in err and "Traceback" not in err
@@ -155,3 +155,14 @@ def test_channels_last_training_checkpoints_plain_weights(tmp_path: Path) -> Non
     with torch.no_grad():
         for a, b in zip(live(x), rebuilt(x), strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_a_checkpoint_older_than_the_newest_keys_resumes(tmp_path: Path) -> None:
+    # The shipped default's runs were saved before lr_scaled, kd_form and stage2_bn existed.
+    run = tmp_path / "run"
+    run_training(validate_config(tiny_config(run, epochs=2, stop_after=1)))
+    blob = load_checkpoint(run / "last.pt")
+    for key in ("lr_scaled", "kd_form", "stage2_bn"):
+        del blob["config"][key]
+    torch.save(blob, run / "last.pt")
+    assert run_training(validate_config(tiny_config(run, epochs=2)), resume=True)["complete"]

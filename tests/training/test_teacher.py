@@ -12,7 +12,8 @@ from training.checkpoint import load_checkpoint, rebuild_model, save_atomic
 from training.cli import main
 from training.config import ConfigError, validate_config
 from training.losses import ofa_kd_loss
-from training.trainer import StagePlan, build_stage, run_training
+from training.stages import StagePlan, build_stage
+from training.trainer import run_training
 
 from .helpers import TINY_MODEL, tiny_config, write_config
 
