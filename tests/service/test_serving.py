@@ -10,11 +10,12 @@ from typing import Any
 import anyio
 import pytest
 import torch
+from PIL import Image
 
-from service.serving import to_batch
+from service.serving import INLINE_MAX_PIXELS, to_batch
 from service.settings import ServiceSettings
 from tests.conftest import CIFAR_PREPROCESSING
-from tests.service.fixtures import sample_images
+from tests.service.fixtures import encode, sample_images
 
 
 def _batch_and_hops(
@@ -46,3 +47,10 @@ def test_small_requests_decode_inline_and_larger_ones_in_a_thread_to_the_same_ba
     assert (inline_hops, threaded_hops) == (0, 1)
     assert inline.shape == (3, 3, 32, 32)
     assert torch.equal(inline, threaded)
+
+
+def test_a_few_bytes_of_many_pixels_still_decode_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    flat = encode(Image.new("RGB", (1024, 1024), (90, 120, 30)))  # about 3 KiB of PNG
+    assert len(flat) < 32 * 2**10 and INLINE_MAX_PIXELS < 1024 * 1024
+    batch, hops = _batch_and_hops([flat], 32 * 2**10, monkeypatch)
+    assert hops == 1 and batch.shape == (1, 3, 32, 32)
