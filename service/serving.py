@@ -8,15 +8,12 @@ the results into their protocol's answer. Everything between happens here, once.
 from __future__ import annotations
 
 import asyncio
-import io
 import time
-import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
-from PIL import Image
 from pydantic import ValidationError
 from torch import Tensor
 
@@ -35,10 +32,6 @@ from service.schemas import InferenceOptions
 from service.settings import ServiceSettings
 
 Options = TypeVar("Options", bound=InferenceOptions)
-
-# Most pixels an image decoded on the event loop may have: a 256x256 decode takes about a
-# millisecond, the order of the thread hop it saves; larger images go to a worker thread.
-INLINE_MAX_PIXELS = 256 * 256
 
 
 def parse_options(raw: dict[str, Any], model: type[Options], strict: bool = False) -> Options:
@@ -123,8 +116,7 @@ def check_image_count(n: int, settings: ServiceSettings) -> None:
 async def to_batch(
     images: Sequence[bytes] | Tensor, loaded: LoadedModel, settings: ServiceSettings
 ) -> Tensor:
-    """The ``[N, 3, H, W]`` batch of a request: encoded files are decoded in a worker thread,
-    or inline when they are small enough that the thread hop would cost more than the decode."""
+    """The ``[N, 3, H, W]`` batch of a request: encoded files are decoded in a worker thread."""
     if isinstance(images, Tensor):
         h, w = loaded.package.manifest.preprocessing.input_size
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, h, w) or images.shape[0] < 1:
@@ -136,32 +128,8 @@ async def to_batch(
     check_image_count(len(images), settings)
     limits = ImageLimits(settings.limits.max_image_bytes, settings.limits.max_image_pixels)
     pre = loaded.package.manifest.preprocessing
-    blobs = list(images)
-    if _small(blobs, settings.inline_decode_bytes):
-        # A few KiB decode in well under a millisecond: less than the hop to a thread and back.
-        return images_to_batch(blobs, pre, limits)
-    # Larger files are real CPU work: never on the event loop.
-    return await anyio.to_thread.run_sync(images_to_batch, blobs, pre, limits)
-
-
-def _small(blobs: list[bytes], max_bytes: int) -> bool:
-    """Whether ``blobs`` are few bytes *and* few pixels (a tiny PNG can hold a huge flat image).
-
-    Only the headers are read (Pillow opens lazily); anything odd goes to the thread path,
-    which reports what is wrong with it.
-    """
-    if sum(len(b) for b in blobs) > max_bytes:
-        return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        for blob in blobs:
-            try:
-                width, height = Image.open(io.BytesIO(blob)).size
-            except Exception:
-                return False
-            if width * height > INLINE_MAX_PIXELS:
-                return False
-    return True
+    # Decoding is CPU work: never on the event loop.
+    return await anyio.to_thread.run_sync(images_to_batch, list(images), pre, limits)
 
 
 async def _await_answers(

@@ -156,13 +156,6 @@ class ServiceSettings(BaseSettings):
         "parallelism and the event loop needs a core (1 measured fastest on 2 cores, "
         "docs/service.md); 0 = library default (all cores)",
     )
-    inline_decode_bytes: int = Field(
-        32 * 2**10,
-        ge=0,
-        description="a request whose encoded images total at most this many bytes is decoded on "
-        "the event loop: for a small image the hop to a worker thread costs more than the decode "
-        "(docs/service.md); larger ones go to a thread. 0 = always a thread",
-    )
     warmup: bool = Field(True, description="run every stage once at start-up before /readyz is ok")
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

@@ -80,8 +80,13 @@ def decode_image(
                 )
             if width < 1 or height < 1:
                 raise BadImageError(f"{where} has no pixels ({width}x{height})")
-            if draft is not None and img.format == "JPEG":
-                img.draft(img.mode, draft)
+            if (
+                draft is not None
+                and img.format == "JPEG"
+                and width >= 2 * draft[0]
+                and height >= 2 * draft[1]
+            ):
+                img.draft(img.mode, draft)  # only when a reduced scale is possible at all
             img.load()
             return _to_rgb(img, where)
     except (PayloadTooLargeError, BadImageError):
