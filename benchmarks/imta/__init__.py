@@ -1,0 +1,1 @@
+"""The pre-registered IMTA factorial (docs/imta.md): launcher, evaluation, statistics, report."""

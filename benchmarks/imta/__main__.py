@@ -1,0 +1,7 @@
+"""``python -m benchmarks.imta``: the IMTA factorial's launcher, evaluation and report."""
+
+import sys
+
+from benchmarks.imta.cli import main
+
+sys.exit(main())

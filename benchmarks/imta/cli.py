@@ -1,0 +1,143 @@
+"""``python -m benchmarks.imta {start,run,status,pause,continue,stop,evaluate,report}``.
+
+    python -m benchmarks.imta start --runs-dir runs/imta        # every run, in the background
+    python -m benchmarks.imta status --runs-dir runs/imta       # done / running, time left
+    python -m benchmarks.imta pause --runs-dir runs/imta        # SIGSTOP the launcher's group
+    python -m benchmarks.imta continue --runs-dir runs/imta     # SIGCONT
+    python -m benchmarks.imta evaluate --runs-dir runs/imta     # imta.json, imta_stats.json
+    python -m benchmarks.imta report                            # plots, BENCHMARKS.md section
+
+Extra training arguments for every run go after ``--`` (a smoke test:
+``start --runs-dir /tmp/imta -- --epochs 1 --set data.limit_train=512``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks.imta.collect import CollectError
+from benchmarks.imta.launcher import REPO, LauncherError, LaunchSettings, launch, signal_launcher
+from benchmarks.imta.plan import ARM_NAMES, DEFAULT_SEEDS, PlanError, parse_seeds, plan
+from training.config import ConfigError
+
+RESULTS_DIR = REPO / "benchmarks" / "results"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.imta", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in (
+        ("run", "train every unfinished run in order, in the foreground (resumes each)"),
+        ("start", "the same as run, detached in its own process group (launcher.out, launcher.log)"),
+    ):
+        r = sub.add_parser(name, help=text, description=text)
+        _runs_dir(r)
+        r.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="default: 0,1,2")
+        r.add_argument("--arms", default=",".join(ARM_NAMES), help="default: all five")
+        r.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then extra `train` arguments")
+    for name, text in (
+        ("status", "finished / partial / pending runs and the training time left"),
+        ("pause", "SIGSTOP the launcher and its training run (the whole process group)"),
+        ("continue", "SIGCONT a paused launcher"),
+        ("stop", "SIGTERM the launcher and its run; start again to resume from the last epoch"),
+    ):
+        _runs_dir(sub.add_parser(name, help=text, description=text))
+    ev = sub.add_parser("evaluate", help="score the finished runs; write imta.json, imta_stats.json")
+    _runs_dir(ev)
+    ev.add_argument("--seeds", help="only these seeds (default: the plan's)")
+    ev.add_argument("--out", type=Path, default=RESULTS_DIR, help="default benchmarks/results")
+    ev.add_argument("--threads", type=int, help="torch threads of the evaluation")
+    ev.add_argument("--data-dir", help="override the runs' data.path")
+    ev.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (10,000)")
+    rp = sub.add_parser("report", help="plots and the IMTA section of BENCHMARKS.md")
+    rp.add_argument("--out", type=Path, default=RESULTS_DIR, help="where imta_stats.json is")
+    rp.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
+    return p
+
+
+def _runs_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", type=Path, required=True, help="parent of <arm>/seed<N> run dirs")
+
+
+def _overrides(args: argparse.Namespace) -> tuple[str, ...]:
+    extra = list(args.overrides)
+    return tuple(extra[1:] if extra[:1] == ["--"] else extra)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from benchmarks.imta.launcher import start_background, subprocess_runner
+
+    runs = plan(parse_seeds(args.seeds), tuple(a for a in args.arms.split(",") if a))
+    runs_dir = args.runs_dir.resolve()
+    if args.command == "start":
+        argv = ["--runs-dir", str(runs_dir), "--seeds", args.seeds, "--arms", args.arms]
+        overrides = _overrides(args)
+        pid = start_background([*argv, *(["--", *overrides] if overrides else [])], runs_dir, REPO)
+        print(f"launcher started (pid {pid}); progress: {runs_dir / 'launcher.log'}")
+        return 0
+    s = LaunchSettings(runs_dir, tuple(runs), _overrides(args))
+    launch(s, subprocess_runner(REPO))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from benchmarks.imta.collect import collect
+    from benchmarks.imta.results import write_results
+
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    scores, book = collect(
+        args.runs_dir.resolve(), seeds=seeds, repo=REPO, threads=args.threads, data_dir=args.data_dir
+    )
+    if not scores:
+        print("no finished run to evaluate yet", file=sys.stderr)
+        return 1
+    write_results(scores, book, args.out, resamples=args.resamples)
+    print(f"wrote {args.out / 'imta.json'} and {args.out / 'imta_stats.json'} ({len(scores)} runs)")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from benchmarks.imta.plots import plot_anytime, plot_budgeted, plot_norms
+    from benchmarks.imta.report import render_section, update_benchmarks
+    from benchmarks.imta.results import STATS
+
+    stats = json.loads((args.out / STATS).read_text())
+    plots = args.out / "imta"
+    plots.mkdir(parents=True, exist_ok=True)
+    plot_anytime(stats, plots / "anytime.png")
+    plot_budgeted(stats, plots / "budgeted.png")
+    plot_norms(stats, plots / "norms.png")
+    rel = Path(os.path.relpath(plots.resolve(), args.markdown.resolve().parent)).as_posix()
+    section = render_section(stats, rel)
+    (args.out / "imta.md").write_text(section)
+    update_benchmarks(args.markdown, section)
+    print(f"wrote {plots}/*.png, {args.out / 'imta.md'} and the IMTA section of {args.markdown}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("run", "start"):
+            return _run(args)
+        if args.command == "status":
+            from benchmarks.imta.progress import status_text
+
+            print(status_text(args.runs_dir.resolve()))
+            return 0
+        if args.command in ("pause", "continue", "stop"):
+            print(signal_launcher(args.runs_dir.resolve(), args.command))
+            return 0
+        if args.command == "evaluate":
+            return _evaluate(args)
+        return _report(args)
+    except (PlanError, LauncherError, ConfigError, CollectError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,132 @@
+"""The factorial's plots (matplotlib, small PNGs) from ``imta_stats.json``.
+
+- ``anytime.png``: each exit's test accuracy against its cumulative multiply-adds, per arm (the
+  mean over seeds, each seed as a faint point).
+- ``budgeted.png``: budgeted batch classification, thresholds fitted on the validation images
+  and scored on the test images: test accuracy against the mean multiply-adds per image, per arm
+  (optimised thresholds per budget, averaged over seeds; MSDNet's geometric sweep dotted).
+- ``norms.png``: per-block gradient norm (RMS over each epoch's steps) and weight norm per epoch,
+  plain against GE (and the learning-rate control), the mean over seeds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+from benchmarks.imta.plan import ARM_NAMES
+
+matplotlib.use("Agg")  # files only: runs are headless
+import matplotlib.pyplot as plt
+
+COLOURS = dict(
+    zip(ARM_NAMES, ("tab:grey", "tab:blue", "tab:green", "tab:red", "tab:orange"), strict=True)
+)
+
+
+def _runs_of(stats: dict[str, Any], arm: str) -> list[dict[str, Any]]:
+    return [r for r in stats["runs"] if r["arm"] == arm]
+
+
+def plot_anytime(stats: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm in ARM_NAMES:
+        runs = _runs_of(stats, arm)
+        if not runs:
+            continue
+        madds = runs[0]["madds"]
+        acc = 100 * np.array([r["test_accuracy"] for r in runs])
+        ax.plot(madds, acc.mean(0), "o-", color=COLOURS[arm], label=f"{arm} ({len(runs)} seeds)")
+        for row in acc:
+            ax.plot(madds, row, ".", color=COLOURS[arm], alpha=0.35)
+    ax.set(
+        title="Anytime: each exit, test images", xlabel="cumulative multiply-adds (M)", ylabel="top-1 %"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_budgeted(stats: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm in ARM_NAMES:
+        runs = _runs_of(stats, arm)
+        if not runs:
+            continue
+        full = runs[0]["madds"][-1]
+        budgets = sorted({b["budget"] for r in runs for b in r["budgets"]})
+        pts = []
+        for b in budgets:
+            rows = [x["optimised"] for r in runs for x in r["budgets"] if x["budget"] == b]
+            if len(rows) == len(runs):  # a budget every seed reached
+                pts.append(
+                    (np.mean([p["compute"] for p in rows]), np.mean([p["accuracy"] for p in rows]))
+                )
+        ax.plot(
+            [full * c for c, _ in pts], [100 * a for _, a in pts], "o-", color=COLOURS[arm], label=arm
+        )
+        grid = np.linspace(0, 1, 41)
+        curves = np.array([_interpolate(r["geometric_curve"], grid) for r in runs])
+        reached = ~np.isnan(curves).any(axis=0)  # compute every seed's curve covers
+        ax.plot(full * grid[reached], 100 * curves[:, reached].mean(0), ":", color=COLOURS[arm])
+    ax.set(
+        title="Budgeted: validation-fitted thresholds, test images",
+        xlabel="mean multiply-adds per image (M)",
+        ylabel="top-1 %",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, title="optimised (dotted: geometric)", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _interpolate(curve: list[dict[str, float]], grid: np.ndarray) -> np.ndarray:
+    """A run's geometric curve on a common compute grid (NaN outside the compute it reached)."""
+    pts = sorted((p["compute"], p["accuracy"]) for p in curve)
+    xs, ys = np.array([c for c, _ in pts]), np.array([a for _, a in pts])
+    out = np.interp(grid, xs, ys)
+    out[(grid < xs[0]) | (grid > xs[-1])] = np.nan
+    return out
+
+
+def plot_norms(stats: dict[str, Any], path: Path) -> bool:
+    """Returns False (and writes nothing) when no run logged block norms."""
+    arms = [a for a in ("plain", "ge", "lr_scaled") if any(r["norms"] for r in _runs_of(stats, a))]
+    if not arms:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    styles = {"plain": "-", "ge": "--", "lr_scaled": ":"}
+    for ax, key, title in zip(
+        axes,
+        ("block_grad_norm", "block_weight_norm"),
+        ("gradient norm (RMS over steps)", "weight norm"),
+        strict=True,
+    ):
+        for arm in arms:
+            series = [np.array(r["norms"][key]) for r in _runs_of(stats, arm) if key in r["norms"]]
+            length = min(len(s) for s in series)
+            mean = np.mean([s[:length] for s in series], axis=0)  # [epochs, blocks]
+            for block in range(mean.shape[1]):
+                colour = plt.cm.viridis(block / max(mean.shape[1] - 1, 1))
+                label = f"{arm}, block {block}" if arm == arms[0] or block == 0 else None
+                ax.plot(
+                    range(1, length + 1),
+                    mean[:, block],
+                    styles[arm],
+                    marker=".",
+                    color=colour,
+                    label=label,
+                )
+        ax.set(title=f"per block: {title}", xlabel="epoch", yscale="log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
