@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     config = uvicorn.Config(
         create_app(settings),
         log_config=None,
+        # uvicorn[standard]'s C event loop and HTTP parser, named so a missing one fails loudly
+        # instead of falling back to asyncio and h11.
+        loop="uvloop",
+        http="httptools",
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )

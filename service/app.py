@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 import service
+from service.budget_times import BudgetTime, budget_times
 from service.contract import build_openapi
 from service.engine import LoadedModel, load_model
 from service.metrics import ServiceMetrics
@@ -48,6 +49,17 @@ def _load_all(settings: ServiceSettings, metrics: ServiceMetrics) -> dict[str, L
     return models
 
 
+def _time_budgets(loaded: LoadedModel, metrics: ServiceMetrics) -> dict[float, BudgetTime]:
+    """Each budget row's expected time from the warm-up's stage timings, also as gauges."""
+    times = budget_times(
+        loaded.package.manifest.budgets, loaded.engine.costs, loaded.engine.config.max_batch_size
+    )
+    for budget, t in times.items():
+        metrics.budget_latency.labels(loaded.name, str(budget)).set(t.ms_per_image / 1000.0)
+        metrics.budget_throughput.labels(loaded.name, str(budget)).set(t.images_per_s)
+    return times
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """Build the FastAPI app for ``settings`` (default: from the environment)."""
     settings = settings or ServiceSettings()
@@ -59,6 +71,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             log.warning("no model packages configured (ANYTIME_MODELS); serving no models")
         # Loading and warm-up are heavy: a worker thread keeps the event loop free meanwhile.
         state.models = await anyio.to_thread.run_sync(_load_all, settings, state.metrics)
+        state.budget_times = {name: _time_budgets(m, state.metrics) for name, m in state.models.items()}
         state.ready = True
         log.info("ready: %s", ", ".join(state.models) or "no models")
         try:

@@ -98,6 +98,19 @@ class ServiceMetrics:
             ["model", "version", "backend", "device", "num_exits"],
             registry=r,
         )
+        # Measured at start-up on the serving device (service/budget_times.py).
+        self.budget_latency = Gauge(
+            "anytime_budget_expected_latency_seconds",
+            "Expected compute of one image sent alone at each budget-table row.",
+            ["model", "budget"],
+            registry=r,
+        )
+        self.budget_throughput = Gauge(
+            "anytime_budget_expected_images_per_second",
+            "Expected images/s of one engine worker in full batches at each budget-table row.",
+            ["model", "budget"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The text exposition format of this registry."""

@@ -44,6 +44,12 @@ class BudgetInfo(BaseModel):
     budget: float
     expected_compute_fraction: float
     accuracy: float | None = None
+    expected_ms_per_image: float | None = Field(
+        None, description="compute of one image sent alone, measured on this device at start-up"
+    )
+    expected_images_per_s: float | None = Field(
+        None, description="images/s of one engine worker in full batches, measured at start-up"
+    )
 
 
 class ModelInfo(BaseModel):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from service.budget_times import BudgetTime
 from service.engine import LoadedModel
 from service.errors import ModelNotFoundError, NotReadyError
 from service.metrics import ServiceMetrics
@@ -19,6 +20,8 @@ class AppState:
     settings: ServiceSettings
     metrics: ServiceMetrics
     models: dict[str, LoadedModel] = field(default_factory=dict)
+    # model -> budget -> its expected time on this device
+    budget_times: dict[str, dict[float, BudgetTime]] = field(default_factory=dict)
     ready: bool = False
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 
 from service.auth import require_api_key
+from service.budget_times import BudgetTime
 from service.contract import (
     EXAMPLE_PNG_BASE64,
     V1_ERRORS,
@@ -53,7 +54,9 @@ _CLASSIFY_BODY = {
 }
 
 
-def model_info(loaded: LoadedModel, default_budget: float | None) -> ModelInfo:
+def model_info(
+    loaded: LoadedModel, default_budget: float | None, times: dict[float, BudgetTime]
+) -> ModelInfo:
     m = loaded.package.manifest
     return ModelInfo(
         name=m.name,
@@ -68,6 +71,8 @@ def model_info(loaded: LoadedModel, default_budget: float | None) -> ModelInfo:
                 budget=b.budget,
                 expected_compute_fraction=b.expected_compute_fraction,
                 accuracy=b.accuracy,
+                expected_ms_per_image=t.ms_per_image if (t := times.get(b.budget)) else None,
+                expected_images_per_s=t.images_per_s if t else None,
             )
             for b in sorted(m.budgets, key=lambda b: b.budget)
         ],
@@ -79,7 +84,10 @@ def model_info(loaded: LoadedModel, default_budget: float | None) -> ModelInfo:
 async def list_models(request: Request) -> ModelList:
     state = app_state(request)
     return ModelList(
-        models=[model_info(m, state.settings.default_budget) for m in state.models.values()]
+        models=[
+            model_info(m, state.settings.default_budget, state.budget_times.get(name, {}))
+            for name, m in state.models.items()
+        ]
     )
 
 
@@ -87,7 +95,9 @@ async def list_models(request: Request) -> ModelList:
     "/models/{name}", response_model=ModelInfo, responses=error_responses(V1_ERRORS, 401, 404, 503)
 )
 async def get_model_info(name: str, request: Request) -> ModelInfo:
-    return model_info(get_model(request, name), app_state(request).settings.default_budget)
+    state = app_state(request)
+    loaded = get_model(request, name)
+    return model_info(loaded, state.settings.default_budget, state.budget_times.get(name, {}))
 
 
 @router.post(

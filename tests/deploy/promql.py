@@ -38,6 +38,9 @@ CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "anytime_effective_budget": ("gauge", ("model",)),
     "anytime_exit_threshold": ("gauge", ("model", "exit")),
     "anytime_exit_agreement_ratio": ("gauge", ("model", "exit")),
+    # Each budget row in time, measured at start-up.
+    "anytime_budget_expected_latency_seconds": ("gauge", ("model", "budget")),
+    "anytime_budget_expected_images_per_second": ("gauge", ("model", "budget")),
 }
 # Series Prometheus adds to every scrape target, and the labels it attaches.
 PROMETHEUS_SERIES = {"up"}

@@ -79,9 +79,24 @@ def make_calibrated_package(root: Path, calibration: list[bytes], name: str = NA
         return float(torch.quantile(conf[exit_index], p))
 
     rows = [
-        BudgetEntry(budget=0.6, thresholds=[q(0, 0.5), q(1, 0.5), 0.0], expected_compute_fraction=0.6),
-        BudgetEntry(budget=0.8, thresholds=[q(0, 0.8), q(1, 0.8), 0.0], expected_compute_fraction=0.8),
-        BudgetEntry(budget=1.0, thresholds=[NEVER_EXIT] * k, expected_compute_fraction=1.0),
+        BudgetEntry(
+            budget=0.6,
+            thresholds=[q(0, 0.5), q(1, 0.5), 0.0],
+            expected_compute_fraction=0.6,
+            exit_fractions=[0.5, 0.25, 0.25],
+        ),
+        BudgetEntry(
+            budget=0.8,
+            thresholds=[q(0, 0.8), q(1, 0.8), 0.0],
+            expected_compute_fraction=0.8,
+            exit_fractions=[0.2, 0.16, 0.64],
+        ),
+        BudgetEntry(
+            budget=1.0,
+            thresholds=[NEVER_EXIT] * k,
+            expected_compute_fraction=1.0,
+            exit_fractions=[0.0, 0.0, 1.0],
+        ),
     ]
     manifest = new_manifest(
         model,

@@ -167,3 +167,22 @@ def test_cli_refuses_a_missing_package_with_a_clear_message(tmp_path: Path) -> N
     )
     assert run.returncode == 2
     assert "model package not found" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_cli_serves_with_uvloop_and_httptools(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    import service.__main__ as cli
+
+    seen: list[uvicorn.Config] = []
+
+    class Recording(uvicorn.Server):
+        def run(self, sockets: object = None) -> None:  # type: ignore[override]
+            seen.append(self.config)
+
+    monkeypatch.setattr(cli.uvicorn, "Server", Recording)
+    assert cli.main(["--port", "0"]) == 3  # recorded, never started
+    (config,) = seen
+    config.load()  # resolves the names: fails if either C implementation is missing
+    assert (config.loop, config.http) == ("uvloop", "httptools")
+    assert config.http_protocol_class.__name__ == "HttpToolsProtocol"

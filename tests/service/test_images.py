@@ -79,3 +79,30 @@ def test_errors_name_the_bad_image_by_position() -> None:
     blobs = [*sample_images(2), b"junk"]
     with pytest.raises(BadImageError, match="image 2"):
         images_to_batch(blobs, CIFAR_PREPROCESSING, LIMITS)
+
+
+def _photo(size: tuple[int, int]) -> Image.Image:
+    """A smooth RGB gradient: resizing it is well defined, so two decode paths can be compared."""
+    w, h = size
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None, None]
+    rgb = np.concatenate([x + 0 * y, y + 0 * x, (x + y) / 2], axis=2)
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_no_smaller_than_its_target() -> None:
+    blob = encode(_photo((512, 384)), "JPEG")
+    assert decode_image(blob, LIMITS).size == (512, 384)
+    assert decode_image(blob, LIMITS, draft=(32, 32)).size == (64, 48)  # 1/8: both sides >= 32
+    assert decode_image(blob, LIMITS, draft=(100, 100)).size == (256, 192)  # 1/4 has 96 < 100
+    png = encode(_photo((512, 384)))
+    assert decode_image(png, LIMITS, draft=(32, 32)).size == (512, 384)  # only JPEGs have drafts
+
+
+def test_the_reduced_decode_feeds_the_network_nearly_the_same_input() -> None:
+    blob = encode(_photo((512, 512)), "JPEG")
+    reduced = images_to_batch([blob], CIFAR_PREPROCESSING, LIMITS)
+    full = preprocess(decode_image(blob, LIMITS), CIFAR_PREPROCESSING)
+    assert reduced.shape == (1, 3, 32, 32)
+    # Normalised units (about 4 per full pixel range): within 1/50 of the range on average.
+    assert (reduced[0] - full).abs().mean() < 0.08
