@@ -80,7 +80,7 @@ def engine_point(package: Path, budget: float, blobs: list[bytes], seconds: floa
 
 
 def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The serving targets' ratios of median images/s from the measured rows (keys of :func:`measure`)."""
+    """The serving targets' ratios of median images/s from the rows of :func:`measure`."""
 
     def ips(key: str) -> float:
         return float(rows[key]["images_per_s"]) if key in rows else float("nan")
