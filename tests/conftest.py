@@ -64,9 +64,21 @@ def make_package(path: Path, name: str = "msdnet", *, isc: bool = False, tar: bo
     randomize_batchnorm(model)
     model.eval()
     k = model.num_exits
+    # exit_fractions (share of images leaving at each exit) let the service price each row in time.
+    half = [0.5] + [0.0] * (k - 2) + [0.5]
     budgets = [
-        BudgetEntry(budget=0.5, thresholds=[0.5] * (k - 1) + [0.0], expected_compute_fraction=0.5),
-        BudgetEntry(budget=1.0, thresholds=[2.0] * k, expected_compute_fraction=1.0),
+        BudgetEntry(
+            budget=0.5,
+            thresholds=[0.5] * (k - 1) + [0.0],
+            expected_compute_fraction=0.5,
+            exit_fractions=half,
+        ),
+        BudgetEntry(
+            budget=1.0,
+            thresholds=[2.0] * k,
+            expected_compute_fraction=1.0,
+            exit_fractions=[0.0] * (k - 1) + [1.0],
+        ),
     ]
     manifest = new_manifest(
         model,
