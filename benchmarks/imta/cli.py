@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         _runs_dir(r)
         r.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="default: 0,1,2")
         r.add_argument("--arms", default=",".join(ARM_NAMES), help="default: all five")
+        r.add_argument(
+            "--jobs",
+            type=_positive,
+            default=1,
+            help="runs trained at the same time, each with cores/jobs torch threads (default 1; "
+            "on 2 cores, 2 one-thread runs train ~1.3x the images/s of one two-thread run)",
+        )
         r.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then extra `train` arguments")
     for name, text in (
         ("status", "finished / partial / pending runs and the training time left"),
@@ -62,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _runs_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", type=Path, required=True, help="parent of <arm>/seed<N> run dirs")
 
@@ -78,11 +92,13 @@ def _run(args: argparse.Namespace) -> int:
     runs_dir = args.runs_dir.resolve()
     if args.command == "start":
         argv = ["--runs-dir", str(runs_dir), "--seeds", args.seeds, "--arms", args.arms]
+        argv += ["--jobs", str(args.jobs)]
         overrides = _overrides(args)
         pid = start_background([*argv, *(["--", *overrides] if overrides else [])], runs_dir, REPO)
         print(f"launcher started (pid {pid}); progress: {runs_dir / 'launcher.log'}")
         return 0
-    s = LaunchSettings(runs_dir, tuple(runs), _overrides(args))
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    s = LaunchSettings(runs_dir, tuple(runs), _overrides(args), jobs=args.jobs, threads=threads)
     launch(s, subprocess_runner(REPO))
     return 0
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from filelock import FileLock, Timeout
 from benchmarks.imta.plan import Run
 
 FINISHED, PLAN, LOG = "finished.json", "plan.json", "launcher.log"
+RUNNING = "running"  # marker in a run dir while the launcher trains it (for ``status``)
 PID, LOCK = "launcher.pid", "launcher.lock"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,6 +48,8 @@ class LaunchSettings:
     overrides: tuple[str, ...] = ()  # extra `train` arguments for every run (smoke tests)
     repo: Path = REPO  # where `python -m training` runs: the relative config paths resolve here
     epochs_of: Callable[[list[str]], int] | None = None  # default: expected_epochs in ``repo``
+    jobs: int = 1  # runs trained at the same time
+    threads: int | None = None  # torch threads per run (None: the config's)
 
 
 def subprocess_runner(repo: Path) -> Runner:
@@ -99,7 +103,7 @@ def write_plan(s: LaunchSettings) -> None:
     epochs = s.epochs_of or (lambda argv: expected_epochs(argv, s.repo))
     runs = []
     for r in s.runs:
-        argv = r.train_argv(s.runs_dir, s.overrides)
+        argv = r.train_argv(s.runs_dir, s.overrides, s.threads)
         runs.append(
             {
                 "key": r.key,
@@ -111,16 +115,19 @@ def write_plan(s: LaunchSettings) -> None:
                 "command": ["python", "-m", "training", *argv],
             }
         )
-    body = {"overrides": list(s.overrides), "seeds": sorted({r.seed for r in s.runs}), "runs": runs}
+    seeds = sorted({r.seed for r in s.runs})
+    body = {"overrides": list(s.overrides), "jobs": s.jobs, "seeds": seeds, "runs": runs}
     (s.runs_dir / PLAN).write_text(json.dumps(body, indent=2) + "\n")
 
 
 def launch(s: LaunchSettings, runner: Runner) -> int:
-    """Run every unfinished run in plan order; returns how many runs this call finished.
+    """Run every unfinished run in plan order, ``s.jobs`` at a time; returns how many runs this
+    call finished. A stage-2 run waits for its stage-1 parent; the next runnable run goes first.
 
     Raises:
         LauncherError: another launcher holds the runs directory, or a run failed (the log names
-            it and its ``train.log``; launching again resumes it).
+            it and its ``train.log``; launching again resumes it). Runs already under way finish
+            their current call first.
     """
     s.runs_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(s.runs_dir / LOCK))
@@ -133,42 +140,95 @@ def launch(s: LaunchSettings, runner: Runner) -> int:
     try:
         (s.runs_dir / PID).write_text(f"{os.getpid()} {os.getpgid(0)}\n")
         write_plan(s)
-        done = 0
-        for i, r in enumerate(s.runs, 1):
+        with ThreadPoolExecutor(max_workers=s.jobs) as pool:
+            done, complete = _schedule(s, runner, pool)
+        if complete:
+            log_line(s.runs_dir, f"all {len(s.runs)} runs finished")
+        return done
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        (s.runs_dir / PID).unlink(missing_ok=True)
+        lock.release()
+
+
+def _schedule(s: LaunchSettings, runner: Runner, pool: ThreadPoolExecutor) -> tuple[int, bool]:
+    """Keep ``s.jobs`` runs going; returns the runs finished and whether none is left."""
+    pending = [r for r in s.runs if not is_finished(r.run_dir(s.runs_dir))]
+    for r in s.runs:  # markers left by a launcher that was killed
+        (r.run_dir(s.runs_dir) / RUNNING).unlink(missing_ok=True)
+    running: dict[Future[int], tuple[Run, float]] = {}
+    done, stopped_early = 0, False
+    while running or (pending and not stopped_early):
+        while len(running) < s.jobs and pending and not stopped_early:
+            nxt = _next_runnable(s, pending, running)
+            if nxt is None:
+                break
+            pending.remove(nxt)
+            running[_start(s, nxt, runner, pool)] = (nxt, time.time())
+        if not running:
+            break
+        try:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        except StopRequested:
+            keys = ", ".join(r.key for r, _ in running.values())
+            log_line(s.runs_dir, f"stopped (SIGTERM) during {keys}; start again to resume")
+            raise
+        for future in finished:
+            r, start = running.pop(future)
+            code = future.result()
             run_dir = r.run_dir(s.runs_dir)
-            if is_finished(run_dir):
-                continue
-            parent = r.parent()
-            if parent is not None and not is_finished(parent.run_dir(s.runs_dir)):
-                raise LauncherError(f"{r.key} needs {parent.key} finished first; it is not")
-            argv = r.train_argv(s.runs_dir, s.overrides)
-            verb = "resuming" if (run_dir / "last.pt").is_file() else "starting"
-            command = f"python -m training {' '.join(argv)}"
-            log_line(s.runs_dir, f"[{i}/{len(s.runs)}] {verb} {r.key}: {command}")
-            start = time.time()
-            try:
-                code = runner(argv, run_dir / "train.log")
-            except StopRequested:
-                log_line(s.runs_dir, f"stopped (SIGTERM) during {r.key}; start again to resume it")
-                raise
+            (run_dir / RUNNING).unlink(missing_ok=True)
             if code != 0:
                 log_line(s.runs_dir, f"{r.key} failed (exit {code}); see {run_dir / 'train.log'}")
+                pending.clear()
+                _drain(running)
                 raise LauncherError(f"{r.key} exited {code}; see {run_dir / 'train.log'}")
             if not checkpoint_complete(run_dir):
                 log_line(s.runs_dir, f"{r.key} stopped before its last epoch; launch again to resume")
-                return done
+                stopped_early = True
+                continue
             (run_dir / FINISHED).write_text(
                 json.dumps({"finished_utc": time.time(), "this_call_seconds": time.time() - start})
                 + "\n"
             )
             done += 1
             log_line(s.runs_dir, f"{r.key} finished ({time.time() - start:.0f} s in this call)")
-        log_line(s.runs_dir, f"all {len(s.runs)} runs finished")
-        return done
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        (s.runs_dir / PID).unlink(missing_ok=True)
-        lock.release()
+    return done, not (stopped_early or pending)
+
+
+def _start(s: LaunchSettings, r: Run, runner: Runner, pool: ThreadPoolExecutor) -> Future[int]:
+    argv = r.train_argv(s.runs_dir, s.overrides, s.threads)
+    run_dir = r.run_dir(s.runs_dir)
+    verb = "resuming" if (run_dir / "last.pt").is_file() else "starting"
+    command = f"python -m training {' '.join(argv)}"
+    log_line(s.runs_dir, f"[{s.runs.index(r) + 1}/{len(s.runs)}] {verb} {r.key}: {command}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUNNING).touch()
+    return pool.submit(runner, argv, run_dir / "train.log")
+
+
+def _next_runnable(
+    s: LaunchSettings, pending: list[Run], running: dict[Future[int], tuple[Run, float]]
+) -> Run | None:
+    """The first pending run whose parent (if any) is finished; None while parents still train.
+
+    Raises:
+        LauncherError: a run's parent is neither finished, nor running, nor planned.
+    """
+    in_flight = {r.key for r, _ in running.values()} | {r.key for r in pending}
+    for r in pending:
+        parent = r.parent()
+        if parent is None or is_finished(parent.run_dir(s.runs_dir)):
+            return r
+        if parent.key not in in_flight:
+            raise LauncherError(f"{r.key} needs {parent.key} finished first; it is not")
+    return None
+
+
+def _drain(running: dict[Future[int], tuple[Run, float]]) -> None:
+    """Wait for the runs still under way (a failure elsewhere does not kill them mid-epoch)."""
+    for future in running:
+        future.exception()
 
 
 class StopRequested(SystemExit):

@@ -65,12 +65,17 @@ class Run:
         """The stage-1 run this stage-2 run reads (same seed), or None for a stage-1 run."""
         return None if self.arm.parent is None else Run(BY_NAME[self.arm.parent], self.seed)
 
-    def train_argv(self, runs_dir: Path, overrides: tuple[str, ...] = ()) -> list[str]:
+    def train_argv(
+        self, runs_dir: Path, overrides: tuple[str, ...] = (), threads: int | None = None
+    ) -> list[str]:
         """``python -m training`` arguments that start, resume or (when finished) skip the run.
 
-        ``overrides`` come last so that they win (e.g. ``--epochs 1`` for a smoke test).
+        ``threads`` sets torch's threads (a resume may change it: the results do not depend on
+        it beyond float rounding); ``overrides`` come last so that they win (e.g. ``--epochs 1``
+        for a smoke test).
         """
         argv = ["train", "--config", self.arm.config, "--set", f"seed={self.seed}"]
+        argv += ["--set", f"threads={threads}"] if threads else []
         argv += ["--run-dir", str(self.run_dir(runs_dir)), *self.arm.flags]
         if (parent := self.parent()) is not None:
             argv += ["--init-from", str(parent.run_dir(runs_dir) / "last.pt")]

@@ -1,7 +1,8 @@
 """``status``: which runs are finished, which one runs, and the time left from measured epochs.
 
 The time left is the remaining epochs of every unfinished run times the median measured epoch
-time (``epoch_s`` of the runs' ``log.jsonl``, training only, without the per-epoch validation
+time, divided by the runs trained at the same time (``--jobs``; their epoch times already count
+the sharing), (``epoch_s`` of the runs' ``log.jsonl``, training only, without the per-epoch validation
 pass) of runs of the same stage (the median: an epoch during which the launcher was paused
 counts the pause); stage-2 runs with none measured yet borrow the stage-1 mean,
 an upper bound (their backbone is frozen). Figures are as fast as the machine was while they ran.
@@ -14,7 +15,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from benchmarks.imta.launcher import PLAN, is_finished, process_state, read_pid
+from benchmarks.imta.launcher import PLAN, RUNNING, is_finished, process_state, read_pid
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
@@ -50,6 +51,7 @@ def run_rows(runs_dir: Path) -> list[dict[str, Any]]:
         rows.append(
             {
                 "key": r["key"],
+                "under_way": (run_dir / RUNNING).is_file(),
                 "stage": r["stage"],
                 "state": state,
                 "done": len(log),
@@ -83,16 +85,18 @@ def status_text(runs_dir: Path) -> str:
     found = read_pid(runs_dir)
     launcher = "not running" if found is None else f"{process_state(found[0])} (pid {found[0]})"
     lines = [f"launcher: {launcher}", "run                      state     epochs   s/epoch"]
-    if found is not None:  # runs go one after another: the first unfinished one is under way
-        current = next((r for r in rows if r["state"] != "finished"), None)
-        if current is not None:
-            current["state"] = process_state(found[0])
+    if found is not None:  # the launcher marks the runs it trains now
+        for r in rows:
+            if r["under_way"] and r["state"] != "finished":
+                r["state"] = process_state(found[0])
     for r in rows:
         per = f"{r['epoch_s']:.0f}" if r["epoch_s"] is not None else "-"
         lines.append(f"{r['key']:<24} {r['state']:<9} {r['done']:>3}/{r['epochs']:<4} {per:>7}")
     finished = sum(r["state"] == "finished" for r in rows)
     left, borrowed = seconds_left(rows)
-    eta = "unknown (no epoch measured yet)" if left is None else f"{_duration(left)} of training"
+    jobs = int(load_plan(runs_dir).get("jobs", 1))
+    eta = "unknown (no epoch measured yet)" if left is None else f"{_duration(left / jobs)} of training"
+    eta += f" ({jobs} runs at a time)" if jobs > 1 and left is not None else ""
     note = " (stage 2 timed as stage 1: an upper bound)" if borrowed else ""
     lines.append(f"{finished}/{len(rows)} runs finished; time left: {eta}{note}")
     return "\n".join(lines)

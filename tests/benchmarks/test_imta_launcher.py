@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,6 +137,43 @@ def test_an_unfinished_run_is_resumed_not_marked_finished(tmp_path: Path) -> Non
     assert launch(settings, FakeTraining(epochs_per_call=2)) == 1
     assert "resuming plain/seed0" in (tmp_path / "launcher.log").read_text()
     assert [e["epoch"] for e in read_log(run_dir)] == [1, 2, 3]
+
+
+class ConcurrentTraining(FakeTraining):
+    """FakeTraining that takes a little time and records which runs trained at the same time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.active: set[str] = set()
+        self.overlaps: list[frozenset[str]] = []
+
+    def __call__(self, argv: list[str], log_file: Path) -> int:
+        key = "/".join(Path(_run_dir(argv)).parts[-2:])
+        with self.lock:
+            self.active.add(key)
+            self.overlaps.append(frozenset(self.active))
+        time.sleep(0.05)
+        code = super().__call__(argv, log_file)
+        with self.lock:
+            self.active.discard(key)
+        return code
+
+
+def test_jobs_train_runs_side_by_side_and_stage2_waits_for_its_parent(tmp_path: Path) -> None:
+    settings = LaunchSettings(tmp_path, tuple(plan((0,))), epochs_of=lambda a: EPOCHS, jobs=2, threads=1)
+    fake = ConcurrentTraining()
+    assert launch(settings, fake) == 5
+    assert max(len(o) for o in fake.overlaps) == 2  # two at a time, never three
+    assert all("threads=1" in a for a in fake.calls)
+    order = [_run_dir(a).split(str(tmp_path))[1] for a in fake.calls]
+    for child, parent in (("/ge+isc_kd/seed0", "/ge/seed0"), ("/plain+isc_kd/seed0", "/plain/seed0")):
+        assert order.index(child) > order.index(parent)
+        started_with = next(o for o in fake.overlaps if child[1:] in o)
+        assert parent[1:] not in started_with  # the parent had finished when the child began
+    assert not any((r.run_dir(tmp_path) / "running").exists() for r in plan((0,)))
+    assert "all 5 runs finished" in (tmp_path / "launcher.log").read_text()
+    assert "time left: 0 min of training (2 runs at a time)" in status_text(tmp_path)
 
 
 def test_one_launcher_per_runs_directory(tmp_path: Path) -> None:
