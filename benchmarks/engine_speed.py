@@ -90,6 +90,15 @@ def make_engine(pkg: Any, args: argparse.Namespace, mode: str, dtype: str, devic
     )  # fmt: skip
 
 
+def freeze_heap() -> None:
+    """What the service does once started (``freeze_startup_heap``), where the checkout has it."""
+    try:
+        from service.engine.factory import freeze_startup_heap
+    except ImportError:  # an older checkout under --compare
+        return
+    freeze_startup_heap()
+
+
 def full_accuracy(engine: Any, plan: Any, x: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
     """``(accuracy, mean compute fraction)`` over every image, sent as 16-image requests."""
     works = [engine.submit(x[i : i + 16], plan, time.monotonic() + 600) for i in range(0, len(x), 16)]
@@ -200,6 +209,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             for budget in args.budgets:
                 for size in args.images:
                     engine = make_engine(pkg, args, mode, dtype, device)
+                    freeze_heap()
                     plan = resolve_plan(m, budget=budget)
                     try:
                         closed_loop(engine, plan, x, labels, size, args.clients, min(0.5, args.seconds))

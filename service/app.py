@@ -19,6 +19,7 @@ import service
 from service.budget_times import BudgetTime, budget_times
 from service.contract import build_openapi
 from service.engine import LoadedModel, load_model
+from service.engine.factory import freeze_startup_heap
 from service.metrics import ServiceMetrics
 from service.middleware import RequestMetricsMiddleware
 from service.routes import health, v1, v2
@@ -72,6 +73,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         # Loading and warm-up are heavy: a worker thread keeps the event loop free meanwhile.
         state.models = await anyio.to_thread.run_sync(_load_all, settings, state.metrics)
         state.budget_times = {name: _time_budgets(m, state.metrics) for name, m in state.models.items()}
+        freeze_startup_heap()
         state.ready = True
         log.info("ready: %s", ", ".join(state.models) or "no models")
         try:

@@ -19,6 +19,7 @@ from torch import Tensor
 from models.multi_exit import MultiExitNet, State
 from models.package import ModelPackage
 from service.engine.graphs import PaddedStages
+from service.engine.inference import inference_mode
 
 log = logging.getLogger("service.engine")
 
@@ -96,7 +97,7 @@ class TorchBackend:
         return self.model.forward_stage(k, state)
 
     def run_stage(self, k: int, state: State) -> tuple[State, Tensor]:
-        with torch.inference_mode():
+        with inference_mode():
             if k == 0:
                 state = (state[0].to(self.device, self.dtype, non_blocking=True),)
             run = self._eager if self.padded is None else self.padded.run

@@ -220,6 +220,10 @@ class ModelEngine:
     def _worker(self) -> None:
         if self.config.intra_op_threads:
             torch.set_num_threads(self.config.intra_op_threads)
+        with torch.inference_mode():  # once for the thread's life (see ``inference.py``)
+            self._work()
+
+    def _work(self) -> None:
         q = self.queues
         while True:
             with self._cond:
@@ -245,9 +249,17 @@ class ModelEngine:
                 for w in {id(w): w for w in owners}.values():
                     w.fail(e)
 
-    def _alive(self, batch: StageBatch) -> np.ndarray:
+    def _alive(self, batch: StageBatch) -> np.ndarray | None:
         """``[n]`` images someone still waits for, or already answered (they run on regardless:
-        ``run_to_end`` images and guard shadows)."""
+        ``run_to_end`` images and guard shadows); None when that is every image (the common
+        case, decided with one scalar check per request and one reduction). A request settled
+        because all its images were answered (``remaining == 0``) drops nothing: its images still
+        here are answered ones."""
+        owners_alive = all(
+            w.cancel_reason is None and (not w.settled or w.remaining == 0) for w in batch.owners
+        )
+        if owners_alive and batch.deadline.min() >= time.monotonic():
+            return None
         gone = np.fromiter(
             (w.cancel_reason is not None or w.settled for w in batch.owners),
             dtype=np.bool_,
@@ -258,7 +270,7 @@ class ModelEngine:
 
     def _run(self, k: int, batch: StageBatch) -> None:
         keep = self._alive(batch)
-        if not keep.all():
+        if keep is not None and not keep.all():
             if not keep.any():
                 return
             idx = np.flatnonzero(keep)  # dropped requests cost nothing from here on

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from models.multi_exit import State
+from service.engine.inference import inference_mode
 
 log = logging.getLogger("service.engine")
 
@@ -109,7 +110,7 @@ class PaddedStages:
         if b is None:
             return self.fn(k, state)
         inputs = self._inputs[k, b]
-        with self._lock, torch.inference_mode():
+        with self._lock, inference_mode():
             for static, t in zip(inputs, state, strict=True):
                 static[:n].copy_(t, non_blocking=True)
             graph = self._graphs.get((k, b))

@@ -16,6 +16,7 @@ import torch
 
 from models.multi_exit import State
 from service.engine.backends import StageBackend
+from service.engine.inference import inference_mode
 
 
 class StageRunner:
@@ -27,7 +28,7 @@ class StageRunner:
 
     def step(self, k: int, state: State) -> tuple[State, np.ndarray]:
         """Stage ``k`` -> (next state on the device, ``probs [n, C]`` float32 on the host)."""
-        with torch.inference_mode():
+        with inference_mode():
             next_state, logits = self.backend.run_stage(k, state)
             probs = torch.softmax(logits.float(), dim=-1)
             if not self.cuda or not probs.is_cuda:
@@ -46,7 +47,7 @@ class StageRunner:
         index = torch.from_numpy(idx)
         if state and state[0].is_cuda:
             index = index.pin_memory().to(state[0].device, non_blocking=True)
-        with torch.inference_mode():
+        with inference_mode():
             return tuple(t.index_select(0, index) for t in state)
 
     @staticmethod
@@ -54,5 +55,5 @@ class StageRunner:
         """Concatenate the states of several batches along the batch dim."""
         if len(states) == 1:
             return states[0]
-        with torch.inference_mode():
+        with inference_mode():
             return tuple(torch.cat(ts) for ts in zip(*states, strict=True))

@@ -118,7 +118,10 @@ def run_stage(
     late = np.zeros(n, dtype=np.bool_)
     if not last and rules.next_cost_s is not None:
         # Anytime answer: running stage k+1 would end past the deadline, so answer from exit k.
-        late = fresh & ~leave & (batch.deadline < time.monotonic() + rules.next_cost_s)
+        # (One reduction decides the common case: no deadline that close.)
+        cutoff = time.monotonic() + rules.next_cost_s
+        if batch.deadline.min() < cutoff:
+            late = fresh & ~leave & (batch.deadline < cutoff)
     now_answered = leave | late
     answered = _answers(k, batch, now_answered, probs, late)
     # Only answers a budget threshold decided are evidence about the thresholds (the guard's).
@@ -166,7 +169,10 @@ def deadline_answers(
     """
     if batch.last_probs is None or k == 0:
         return None, batch
-    late = (batch.answered_exit < 0) & (batch.deadline < time.monotonic() + cost_s)
+    cutoff = time.monotonic() + cost_s
+    if batch.deadline.min() >= cutoff:  # the common case, in one reduction
+        return None, batch
+    late = (batch.answered_exit < 0) & (batch.deadline < cutoff)
     if not late.any():
         return None, batch
     answers = _answers(k - 1, batch, late, batch.last_probs, late)

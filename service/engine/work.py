@@ -182,7 +182,10 @@ class StageBatch:
             images = p.images if len(p) == len(p.images) else p.images[p.start : p.stop]
             row = np.arange(p.start, p.stop)
         else:
-            images = torch.cat([p.images[p.start : p.stop] for p in chunks])
+            # A whole request needs no slice (a slice view costs ~1 us, as much as a small copy).
+            images = torch.cat(
+                [p.images if len(p) == len(p.images) else p.images[p.start : p.stop] for p in chunks]
+            )
             starts = np.fromiter((p.start for p in chunks), dtype=np.int64, count=len(chunks))
             # Index of each image within its request: its start plus its offset in the chunk.
             offsets = np.arange(n) - np.repeat(np.cumsum(sizes) - sizes, sizes)

@@ -18,7 +18,7 @@ from service.engine.graphs import bucket_sizes
 from service.engine.images import images_to_batch
 from service.engine.metering import observe_many
 from service.engine.stage import leaving_now
-from service.engine.work import RequestWork
+from service.engine.work import Pending, RequestWork, StageBatch
 from service.policy import leaving_now as reference_leaving_now
 from tests.service.fixtures import LIMITS, check_answers, reference_answers
 from tests.service.test_engine import FAR, make_engine
@@ -127,6 +127,25 @@ def test_a_cancelled_request_is_gone_without_a_lock() -> None:
     work.future.cancel()
     assert work.settled and work.gone
     work.answer(np.array([0]), np.ones((1, 3), np.float32), 0, 0.3, np.array([False]))  # no raise
+
+
+def test_alive_drops_only_images_nobody_waits_for(reference_package: ModelPackage) -> None:
+    """A request settled by its answers keeps its answered (shadow) images; one cancelled from
+    outside (asyncio cancels the wrapped future: no ``cancel_reason``) or past its deadline
+    loses its unanswered ones; with every owner alive the fast path says so with None."""
+    engine = make_engine(reference_package)
+    done, cancelled, alive = (RequestWork(n=1, deadline=FAR) for _ in range(3))
+    late = RequestWork(n=1, deadline=time.monotonic() - 1.0)
+    x = torch.zeros(1, 3, 32, 32)
+    batch = StageBatch.from_pending(
+        [Pending(w, x, 0, 1, (0.5,) * 4, 4) for w in (done, cancelled, alive, late)]
+    )
+    assert engine._alive(batch.take(np.array([2]), (x,))) is None
+    done.answer(np.array([0]), np.ones((1, 3), np.float32), 0, 0.3, np.array([False]))
+    batch.answered_exit[0] = 0  # its answered image runs on (a guard shadow)
+    cancelled.future.cancel()
+    keep = engine._alive(batch)
+    assert keep is not None and keep.tolist() == [True, False, True, False]
 
 
 def test_observe_many_equals_repeated_observations() -> None:
