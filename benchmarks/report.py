@@ -164,7 +164,8 @@ def serving_tables(serving: dict[str, Any]) -> list[str]:
         lines += [
             "",
             f"Where the saturated server runs (py-spy, {prof['seconds']:.0f} s at budget 1.0, "
-            f"{prof['images_per_s']:.1f} images/s during the profile; raw stacks: `{prof['raw']}`). "
+            f"{prof['images_per_s']:.1f} images/s during the profile; raw stacks: `{prof['raw']}`, "
+            "written by the run, not kept in the repository). "
             "Share of non-idle samples per thread, then per leaf frame:",
             "",
             "| thread | share |",

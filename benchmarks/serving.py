@@ -129,6 +129,9 @@ def run_engine(
     blobs = args.blobs or sample_pngs(64, seed=1)
     try:
         asyncio.run(closed_loop(send, blobs, conc, args.warmup_requests, 30))
+        start_at = getattr(args, "start_at", None)  # several engine processes start together
+        if start_at is not None:
+            time.sleep(max(0.0, start_at - time.time()))
         out = asyncio.run(closed_loop(send, blobs, conc, args.requests, args.max_seconds))
     finally:
         engine.stop()

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,18 +67,47 @@ def peer_specs(package: Path, name: str, threads: int) -> tuple[list[ServerSpec]
     return specs, points
 
 
-def engine_point(package: Path, budget: float, blobs: list[bytes], seconds: float) -> dict[str, Any]:
-    """The in-process engine, torch backend, one image per request, 16 concurrent clients."""
+ENGINE_START_S = 30.0  # time for every engine process to load and warm up before the load
+
+
+def engine_point(
+    package: Path, budget: float, blobs: list[bytes], seconds: float, start_at: float | None = None
+) -> dict[str, Any]:
+    """The in-process engine, torch backend, one image per request, 16 concurrent clients;
+    the load starts at wall-clock ``start_at`` when given (after loading and warm-up)."""
     from benchmarks import serving
     from models.package import load_package
 
     args = argparse.Namespace(
         threads=1, max_batch_size=32, max_delay_ms=0.0, requests=10**7, max_seconds=seconds,
-        warmup_requests=64, blobs=blobs,
+        warmup_requests=64, blobs=blobs, start_at=start_at,
     )  # fmt: skip
     r = serving.run_engine(load_package(package), "torch", True, budget, 16, args)
     return {"images_per_s": r.images_per_s, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
             "mean_compute_fraction": r.mean_compute_fraction}  # fmt: skip
+
+
+def engine_processes(
+    package: Path, budget: float, blobs: list[bytes], seconds: float, processes: int
+) -> dict[str, Any]:
+    """:func:`engine_point` in ``processes`` processes at once (as many as the service's
+    workers), each with 16 clients, their loads started together: images/s summed."""
+    if processes == 1:
+        return engine_point(package, budget, blobs, seconds)
+    start_at = time.time() + ENGINE_START_S
+    n = processes
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(
+            pool.map(engine_point, [package] * n, [budget] * n, [blobs] * n, [seconds] * n,
+                     [start_at] * n)
+        )  # fmt: skip
+    return {
+        "images_per_s": sum(p["images_per_s"] for p in parts),
+        "p50_ms": statistics.median(p["p50_ms"] for p in parts),
+        "p99_ms": max(p["p99_ms"] for p in parts),
+        "mean_compute_fraction": statistics.mean(p["mean_compute_fraction"] for p in parts),
+        "processes": n,
+    }
 
 
 def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -121,7 +152,9 @@ def measure(args: argparse.Namespace, images: Path) -> dict[str, Any]:
     from models.package import read_manifest
 
     name = read_manifest(args.package).name
-    svc = service_spec(args.package, free_port_block(1))
+    svc = service_spec(
+        args.package, free_port_block(1), [] if args.workers == 1 else ["--workers", str(args.workers)]
+    )
     points = [Point(f"anytime HTTP, budget {b}", "anytime",
                     f"/v1/models/{name}/classify?budget={b}", "raw") for b in (1.0, 0.5)]  # fmt: skip
     specs = [svc]
@@ -153,7 +186,7 @@ def measure(args: argparse.Namespace, images: Path) -> dict[str, Any]:
                 print(f"  [{r + 1}/{args.repeats}] {p.label}: {res.images_per_s:.1f} img/s, "
                       f"acc {res.accuracy:.4f}, p50 {res.p50_ms:.1f} ms", flush=True)  # fmt: skip
             for b in (1.0, 0.5):
-                e = engine_point(args.package, b, blobs, args.seconds)
+                e = engine_processes(args.package, b, blobs, args.seconds, args.workers)
                 engine[f"engine, budget {b}"].append(e)
                 print(
                     f"  [{r + 1}/{args.repeats}] engine b{b}: {e['images_per_s']:.1f} img/s", flush=True
@@ -185,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--peer-threads", type=int, default=1, help="torch intra-op threads in the peers")
     p.add_argument("--no-peers", action="store_true", help="this service and the engine only")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="this service's worker processes (python -m service --workers N); the in-process "
+        "engine point then runs in as many processes, for the HTTP/engine ratio",
+    )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "peers.json")
     p.add_argument("--logs", type=Path, default=REPO / "runs" / "peers", help="servers' logs")
     args = p.parse_args(argv)
@@ -220,8 +260,9 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
             if args.package.resolve().is_relative_to(REPO)
             else str(args.package),
             "package_accuracy": package_accuracy(args.package),
-            "service": "python -m service --backend torch --device cpu (defaults: batching on, "
-            "max batch 32, delay 0, 1 intra-op thread)",
+            "service": f"python -m service --backend torch --device cpu --workers {args.workers} "
+            "(defaults: batching on, max batch 32, delay 0, 1 intra-op thread)",
+            "workers": args.workers,
             "peers": f"torch {args.peer_threads} intra-op thread(s), max batch 32; Triton dynamic "
             "batcher queue delay 1000 us; LitServe batch_timeout 1 ms",
         },
