@@ -15,7 +15,8 @@ def test_worker_app_has_the_parents_settings(tmp_path: Path, monkeypatch: pytest
     config = tmp_path / "settings.yaml"
     config.write_text("request_timeout_s: 7\nguard:\n  fraction: 0.1\n")
     monkeypatch.setenv("ANYTIME_BATCHING__MAX_BATCH_SIZE", "8")
-    argv = ["--workers", "2", "--config-file", str(config), "--models", '["pkg-a"]', "--log-level", "debug"]
+    argv = ["--workers", "2", "--config-file", str(config), "--models", '["pkg-a"]']
+    argv += ["--log-level", "debug"]
     parent = ServiceSettings(_cli_parse_args=argv)
     monkeypatch.setenv(workers.ARGV_ENV, json.dumps(argv))
     monkeypatch.delenv(workers.METRICS_DIR_ENV, raising=False)
