@@ -45,3 +45,42 @@ def test_worker_metrics_aggregate_in_the_parents_directory(
 
 def test_one_worker_by_default() -> None:
     assert ServiceSettings().workers == 1
+
+
+def test_the_cli_hands_n_workers_to_uvicorns_supervisor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    import uvicorn
+    from uvicorn.supervisors.multiprocess import SIGNALS
+
+    import service.__main__ as cli
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(workers.tempfile, "tempdir", None)  # re-read TMPDIR
+    monkeypatch.delenv(workers.ARGV_ENV, raising=False)
+    monkeypatch.delenv(workers.METRICS_DIR_ENV, raising=False)
+    seen: list[tuple[uvicorn.Config, str, str]] = []
+
+    def run(self: workers._Supervisor) -> None:
+        metrics_dir = os.environ[workers.METRICS_DIR_ENV]
+        assert Path(metrics_dir).is_dir() and Path(metrics_dir).parent == tmp_path
+        seen.append((self.config, os.environ[workers.ARGV_ENV], metrics_dir))
+
+    monkeypatch.setattr(workers._Supervisor, "run", run)
+    argv = ["--port", "0", "--workers", "3"]
+    handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}  # the supervisor takes them over
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    ((config, passed, _),) = seen
+    assert json.loads(passed) == argv
+    assert (config.app, config.factory, config.workers) == (workers.WORKER_APP, True, 3)
+    assert (config.loop, config.http) == ("uvloop", "httptools")
+    # the parent leaves nothing behind: no metrics directory, no variables
+    assert list(tmp_path.iterdir()) == []
+    assert workers.ARGV_ENV not in os.environ and workers.METRICS_DIR_ENV not in os.environ
