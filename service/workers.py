@@ -35,9 +35,6 @@ from service.settings import ServiceSettings
 ARGV_ENV = "SERVICE_WORKER_ARGV"
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WORKER_APP = "service.workers:create_worker_app"
-# A worker answers the supervisor's health pings from a thread that shares the GIL with model
-# loading and inference; uvicorn's 5 s would kill a busy worker as hung.
-HEALTHCHECK_TIMEOUT_S = 30
 
 
 def create_worker_app() -> FastAPI:
@@ -94,7 +91,6 @@ def serve_workers(
             WORKER_APP,
             factory=True,
             workers=settings.workers,
-            timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT_S,
             **options,
         )
         supervisor = _Supervisor(config, [sock], metrics_dir)

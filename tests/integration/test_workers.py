@@ -18,7 +18,7 @@ from tests.service.fixtures import NAME
 URL = f"/v1/models/{NAME}/classify"
 
 
-@pytest.mark.slow  # two spawned workers load torch and warm up: about 40 s
+@pytest.mark.slow  # two spawned workers import torch and warm up
 def test_two_workers_answer_and_every_scrape_counts_both(
     calibrated_package: Path, images: list[bytes], tmp_path: Path
 ) -> None:
@@ -76,3 +76,18 @@ def answered_by_process(tmp: Path) -> dict[int, float]:
             if metric == "anytime_exit_images" and labels["model"] == NAME and value:
                 out[pid] = out.get(pid, 0.0) + value
     return out
+
+
+@pytest.mark.slow  # spawned workers import torch before they fail
+def test_a_worker_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
+    broken = tmp_path / "broken-package"
+    broken.mkdir()  # exists, so the parent starts the workers; no manifest, so they fail
+    proc = launch(broken, tmp_path, "broken", "--workers", "2")
+    try:
+        assert proc.wait(120) == 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.log.close()  # type: ignore[attr-defined]
+    log = (tmp_path / "broken.log").read_text()
+    assert "cannot serve model package" in log
