@@ -1,6 +1,7 @@
 """``python -m service``: serve model packages with uvicorn; ``--help`` lists every setting.
 
-Binds the socket first so that ``--port 0`` works and the printed address is the real one.
+Binds the socket first so that ``--port 0`` works and the printed address is the real one; with
+``--workers N`` (N > 1) uvicorn's supervisor runs N server processes on it (service/workers.py).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
@@ -15,11 +17,13 @@ from pydantic import ValidationError
 from service.app import create_app
 from service.logs import configure_logging
 from service.settings import ServiceSettings, SettingsFileError
+from service.workers import serve_workers
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        settings = ServiceSettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
+        settings = ServiceSettings(_cli_parse_args=argv)
     except (ValidationError, SettingsFileError) as e:
         print(f"error: invalid settings: {e}", file=sys.stderr)
         return 2
@@ -39,17 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"anytime serving on http://{shown}:{port}  (docs: http://{shown}:{port}/docs)", flush=True)
-    config = uvicorn.Config(
-        create_app(settings),
-        log_config=None,
+    options: dict[str, Any] = {
+        "log_config": None,
         # uvicorn[standard]'s C event loop and HTTP parser, named so a missing one fails loudly
         # instead of falling back to asyncio and h11.
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
-    )
-    server = uvicorn.Server(config)
+        "loop": "uvloop",
+        "http": "httptools",
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": int(settings.request_timeout_s) + 5,
+    }
+    if settings.workers > 1:
+        return serve_workers(settings, argv, sock, options)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
     server.run(sockets=[sock])
     # uvicorn exits 0 after a graceful SIGTERM; a failed start-up (bad package) leaves it unstarted.
     return 0 if server.started else 3

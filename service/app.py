@@ -61,10 +61,15 @@ def _time_budgets(loaded: LoadedModel, metrics: ServiceMetrics) -> dict[float, B
     return times
 
 
-def create_app(settings: ServiceSettings | None = None) -> FastAPI:
-    """Build the FastAPI app for ``settings`` (default: from the environment)."""
+def create_app(
+    settings: ServiceSettings | None = None, metrics: ServiceMetrics | None = None
+) -> FastAPI:
+    """Build the FastAPI app for ``settings`` (default: from the environment).
+
+    ``metrics`` defaults to a fresh single-process :class:`ServiceMetrics`.
+    """
     settings = settings or ServiceSettings()
-    state = AppState(settings=settings, metrics=ServiceMetrics())
+    state = AppState(settings=settings, metrics=metrics or ServiceMetrics())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

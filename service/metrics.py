@@ -1,11 +1,20 @@
 """Prometheus metrics on a registry owned by the app (never module globals: tests build many apps).
 
 The names and labels are a contract with the Grafana dashboard and the alert rules.
+
+With several server processes (``workers`` > 1) every process writes its values to files in
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode, chosen when it is imported)
+and ``/metrics`` aggregates them, so any process answers a scrape with the totals of all. Each
+gauge's ``multiprocess_mode`` says how; the ``live`` modes drop an exited process's values. In a
+single process the modes are ignored.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -13,9 +22,15 @@ FRACTION_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 class ServiceMetrics:
-    """Every metric of one app instance, registered on its own :class:`CollectorRegistry`."""
+    """Every metric of one app instance, registered on its own :class:`CollectorRegistry`.
 
-    def __init__(self) -> None:
+    Args:
+        multiprocess_dir: prometheus_client's ``PROMETHEUS_MULTIPROC_DIR`` when this is one of
+            several server processes: :meth:`render` then aggregates every process's values.
+    """
+
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.request_duration = Histogram(
             "anytime_request_duration_seconds",
@@ -25,7 +40,11 @@ class ServiceMetrics:
             registry=r,
         )
         self.requests_in_flight = Gauge(
-            "anytime_requests_in_flight", "HTTP requests being handled.", ["route"], registry=r
+            "anytime_requests_in_flight",
+            "HTTP requests being handled.",
+            ["route"],
+            registry=r,
+            multiprocess_mode="livesum",  # requests of all processes
         )
         self.queue_wait = Histogram(
             "anytime_queue_wait_seconds",
@@ -35,7 +54,11 @@ class ServiceMetrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "anytime_queue_depth", "Images waiting for their first stage.", ["model"], registry=r
+            "anytime_queue_depth",
+            "Images waiting for their first stage.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",  # images of all processes' queues
         )
         self.batch_size = Histogram(
             "anytime_batch_size",
@@ -79,24 +102,32 @@ class ServiceMetrics:
             "Budget given to requests that pin none (the SLO controller lowers it under load).",
             ["model"],
             registry=r,
+            # each process has its own SLO controller; the dashboard's max across instances
+            multiprocess_mode="livemax",
         )
         self.exit_threshold = Gauge(
             "anytime_exit_threshold",
             "Confidence threshold of each exit at the effective budget (guard tightening included).",
             ["model", "exit"],
             registry=r,
+            # the guard only raises thresholds: the tightest process's
+            multiprocess_mode="livemax",
         )
         self.exit_agreement = Gauge(
             "anytime_exit_agreement_ratio",
             "Share of audited early answers that agree with the final exit (sliding window).",
             ["model", "exit"],
             registry=r,
+            # the worst process's agreement, as the dashboard's min across instances
+            multiprocess_mode="livemin",
         )
         self.model_info = Gauge(
             "anytime_model_info",
             "Loaded model packages (value 1).",
             ["model", "version", "backend", "device", "num_exits"],
             registry=r,
+            # 1 per loaded package, not one per process
+            multiprocess_mode="livemax",
         )
         # Measured at start-up on the serving device (service/budget_times.py).
         self.budget_latency = Gauge(
@@ -104,14 +135,22 @@ class ServiceMetrics:
             "Expected compute of one image sent alone at each budget-table row.",
             ["model", "budget"],
             registry=r,
+            # each process measures its own; the slowest, as the dashboard's max
+            multiprocess_mode="livemax",
         )
         self.budget_throughput = Gauge(
             "anytime_budget_expected_images_per_second",
             "Expected images/s of one engine worker in full batches at each budget-table row.",
             ["model", "budget"],
             registry=r,
+            # per engine worker, not a sum: as the dashboard's max
+            multiprocess_mode="livemax",
         )
 
     def render(self) -> bytes:
-        """The text exposition format of this registry."""
-        return generate_latest(self.registry)
+        """The text exposition format of this registry (of every process's, with several)."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.multiprocess_dir))
+        return generate_latest(registry)

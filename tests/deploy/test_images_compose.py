@@ -73,10 +73,12 @@ def test_dockerfile_rules(dockerfile: Path) -> None:
         # onnxruntime-gpu comes from pyproject.toml; only the CPU image swaps it out.
         assert "onnxruntime-gpu" in (ROOT / "pyproject.toml").read_text()
         assert "uninstall" not in text
+        assert "ANYTIME_WORKERS" not in env, "one CUDA context per GPU: one server process"
     else:
         assert "whl/cpu" in text, "torch's CPU build"
         assert re.search(r"ARG PYTHON_IMAGE=python:\$\{PYTHON_VERSION\}-slim", text)
         assert "pip uninstall --yes onnxruntime-gpu" in text
+        assert "ANYTIME_WORKERS=2" in env, "two server processes on a 2-core host"
 
 
 def test_hadolint_passes() -> None:

@@ -1,0 +1,86 @@
+"""The worker factory rebuilds the parent's settings from its command line and the environment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service import workers
+from service.settings import ServiceSettings
+
+
+def test_worker_app_has_the_parents_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "settings.yaml"
+    config.write_text("request_timeout_s: 7\nguard:\n  fraction: 0.1\n")
+    monkeypatch.setenv("ANYTIME_BATCHING__MAX_BATCH_SIZE", "8")
+    argv = ["--workers", "2", "--config-file", str(config), "--models", '["pkg-a"]']
+    argv += ["--log-level", "debug"]
+    parent = ServiceSettings(_cli_parse_args=argv)
+    monkeypatch.setenv(workers.ARGV_ENV, json.dumps(argv))
+    monkeypatch.delenv(workers.METRICS_DIR_ENV, raising=False)
+    logging_calls: list[tuple[str, bool]] = []
+    monkeypatch.setattr(workers, "configure_logging", lambda *a: logging_calls.append(a))
+
+    app = workers.create_worker_app()
+
+    settings = app.state.anytime.settings
+    assert settings == parent
+    # every source reached the worker: command line, environment, settings file
+    assert (settings.workers, settings.models, settings.batching.max_batch_size) == (2, ["pkg-a"], 8)
+    assert (settings.request_timeout_s, settings.guard.fraction) == (7, 0.1)
+    assert logging_calls == [("debug", False)]
+    assert app.state.anytime.metrics.multiprocess_dir is None
+
+
+def test_worker_metrics_aggregate_in_the_parents_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(workers.ARGV_ENV, json.dumps(["--workers", "2"]))
+    monkeypatch.setenv(workers.METRICS_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(workers, "configure_logging", lambda *a: None)
+    assert workers.create_worker_app().state.anytime.metrics.multiprocess_dir == tmp_path
+
+
+def test_one_worker_by_default() -> None:
+    assert ServiceSettings().workers == 1
+
+
+def test_the_cli_hands_n_workers_to_uvicorns_supervisor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    import uvicorn
+    from uvicorn.supervisors.multiprocess import SIGNALS
+
+    import service.__main__ as cli
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(workers.tempfile, "tempdir", None)  # re-read TMPDIR
+    monkeypatch.delenv(workers.ARGV_ENV, raising=False)
+    monkeypatch.delenv(workers.METRICS_DIR_ENV, raising=False)
+    seen: list[tuple[uvicorn.Config, str, str]] = []
+
+    def run(self: workers._Supervisor) -> None:
+        metrics_dir = os.environ[workers.METRICS_DIR_ENV]
+        assert Path(metrics_dir).is_dir() and Path(metrics_dir).parent == tmp_path
+        seen.append((self.config, os.environ[workers.ARGV_ENV], metrics_dir))
+
+    monkeypatch.setattr(workers._Supervisor, "run", run)
+    argv = ["--port", "0", "--workers", "3"]
+    handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}  # the supervisor takes them over
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    ((config, passed, _),) = seen
+    assert json.loads(passed) == argv
+    assert (config.app, config.factory, config.workers) == (workers.WORKER_APP, True, 3)
+    assert (config.loop, config.http) == ("uvloop", "httptools")
+    # the parent leaves nothing behind: no metrics directory, no variables
+    assert list(tmp_path.iterdir()) == []
+    assert workers.ARGV_ENV not in os.environ and workers.METRICS_DIR_ENV not in os.environ
