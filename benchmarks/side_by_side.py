@@ -221,9 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="this service's worker processes (python -m service --workers N); the in-process "
-        "engine point then runs in as many processes, for the HTTP/engine ratio",
+        default=2,
+        help="this service's worker processes (python -m service --workers N; default 2, the CPU "
+        "image's setting); the in-process engine point runs in as many processes",
     )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "peers.json")
     p.add_argument("--logs", type=Path, default=REPO / "runs" / "peers", help="servers' logs")

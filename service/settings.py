@@ -41,7 +41,8 @@ class BatchingSettings(_Part):
         ge=0,
         le=10_000,
         description="longest an image waits for others to fill its batch; 0 = run as soon as a "
-        "worker is free (batches form from what queued meanwhile; measured best, docs/service.md)",
+        "worker is free (batches form from what queued meanwhile; measured best, "
+        "docs/serving-performance.md)",
     )
     queue_size: int = Field(
         256, ge=1, description="most images waiting per model; beyond it requests get 429"
@@ -162,7 +163,7 @@ class ServiceSettings(BaseSettings):
         ge=0,
         description="threads inside one stage run, torch and onnxruntime; batching gives the "
         "parallelism and the event loop needs a core (1 measured fastest on 2 cores, "
-        "docs/service.md); 0 = library default (all cores)",
+        "docs/serving-performance.md); 0 = library default (all cores)",
     )
     warmup: bool = Field(True, description="run every stage once at start-up before /readyz is ok")
     batching: BatchingSettings = Field(default_factory=BatchingSettings)

@@ -132,7 +132,7 @@ class OnnxBackend:
         opts.log_severity_level = 3
         if threads:
             # A fixed small pool that sleeps when idle: spinning threads starve the event loop
-            # and the decoding threads on a small CPU (measured, docs/service.md).
+            # and the decoding threads on a small CPU (measured, docs/serving-performance.md).
             opts.intra_op_num_threads = threads
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = [
