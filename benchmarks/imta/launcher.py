@@ -157,43 +157,59 @@ def _schedule(s: LaunchSettings, runner: Runner, pool: ThreadPoolExecutor) -> tu
     for r in s.runs:  # markers left by a launcher that was killed
         (r.run_dir(s.runs_dir) / RUNNING).unlink(missing_ok=True)
     running: dict[Future[int], tuple[Run, float]] = {}
-    done, stopped_early = 0, False
-    while running or (pending and not stopped_early):
-        while len(running) < s.jobs and pending and not stopped_early:
-            nxt = _next_runnable(s, pending, running)
-            if nxt is None:
+    done, stopped_early, in_flight = 0, False, ""
+    try:
+        while running or (pending and not stopped_early):
+            while len(running) < s.jobs and pending and not stopped_early:
+                nxt = _next_runnable(s, pending, running)
+                if nxt is None:
+                    break
+                pending.remove(nxt)
+                in_flight = ", ".join([*(r.key for r, _ in running.values()), nxt.key])
+                running[_start(s, nxt, runner, pool)] = (nxt, time.time())
+            if not running:
                 break
-            pending.remove(nxt)
-            running[_start(s, nxt, runner, pool)] = (nxt, time.time())
-        if not running:
-            break
-        try:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
-        except StopRequested:
-            keys = ", ".join(r.key for r, _ in running.values())
-            log_line(s.runs_dir, f"stopped (SIGTERM) during {keys}; start again to resume")
-            raise
-        for future in finished:
-            r, start = running.pop(future)
-            code = future.result()
-            run_dir = r.run_dir(s.runs_dir)
-            (run_dir / RUNNING).unlink(missing_ok=True)
-            if code != 0:
-                log_line(s.runs_dir, f"{r.key} failed (exit {code}); see {run_dir / 'train.log'}")
-                pending.clear()
-                _drain(running)
-                raise LauncherError(f"{r.key} exited {code}; see {run_dir / 'train.log'}")
-            if not checkpoint_complete(run_dir):
-                log_line(s.runs_dir, f"{r.key} stopped before its last epoch; launch again to resume")
-                stopped_early = True
-                continue
-            (run_dir / FINISHED).write_text(
-                json.dumps({"finished_utc": time.time(), "this_call_seconds": time.time() - start})
-                + "\n"
-            )
-            done += 1
-            log_line(s.runs_dir, f"{r.key} finished ({time.time() - start:.0f} s in this call)")
+            for future in finished:
+                r, start = running.pop(future)
+                done += _settle(s, r, start, future.result(), running, pending)
+                stopped_early = stopped_early or not is_finished(r.run_dir(s.runs_dir))
+    except StopRequested:
+        # The signal may land anywhere in this loop (a run's thread can finish first): the
+        # runs last started or waited for are the ones it stopped.
+        log_line(s.runs_dir, f"stopped (SIGTERM) during {in_flight}; start again to resume")
+        raise
     return done, not (stopped_early or pending)
+
+
+def _settle(
+    s: LaunchSettings,
+    r: Run,
+    start: float,
+    code: int,
+    running: dict[Future[int], tuple[Run, float]],
+    pending: list[Run],
+) -> int:
+    """Record one run's end: 1 when it finished; 0 when it stopped before its last epoch.
+
+    Raises:
+        LauncherError: it failed (after the other runs under way end their calls).
+    """
+    run_dir = r.run_dir(s.runs_dir)
+    (run_dir / RUNNING).unlink(missing_ok=True)
+    if code != 0:
+        log_line(s.runs_dir, f"{r.key} failed (exit {code}); see {run_dir / 'train.log'}")
+        pending.clear()
+        _drain(running)
+        raise LauncherError(f"{r.key} exited {code}; see {run_dir / 'train.log'}")
+    if not checkpoint_complete(run_dir):
+        log_line(s.runs_dir, f"{r.key} stopped before its last epoch; launch again to resume")
+        return 0
+    (run_dir / FINISHED).write_text(
+        json.dumps({"finished_utc": time.time(), "this_call_seconds": time.time() - start}) + "\n"
+    )
+    log_line(s.runs_dir, f"{r.key} finished ({time.time() - start:.0f} s in this call)")
+    return 1
 
 
 def _start(s: LaunchSettings, r: Run, runner: Runner, pool: ThreadPoolExecutor) -> Future[int]:
