@@ -1,10 +1,10 @@
 """``status``: which runs are finished, which one runs, and the time left from measured epochs.
 
 The time left is the remaining epochs of every unfinished run times the median measured epoch
-time, divided by the runs trained at the same time (``--jobs``; their epoch times already count
-the sharing), (``epoch_s`` of the runs' ``log.jsonl``, training only, without the per-epoch validation
+time (``epoch_s`` of the runs' ``log.jsonl``, training only, without the per-epoch validation
 pass) of runs of the same stage (the median: an epoch during which the launcher was paused
-counts the pause); stage-2 runs with none measured yet borrow the stage-1 mean,
+counts the pause), divided by the runs trained at the same time (``--jobs``; their epoch times
+already count the sharing); stage-2 runs with none measured yet borrow the stage-1 mean,
 an upper bound (their backbone is frozen). Figures are as fast as the machine was while they ran.
 """
 

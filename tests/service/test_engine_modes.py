@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 
 from models.package import ModelPackage
 from service.engine.backends import StageBackend, TorchBackend
+from service.engine.engine import ModelEngine
 from service.engine.images import images_to_batch
 from service.engine.work import RequestWork
 from service.policy import ExitPlan, resolve_plan
@@ -32,6 +34,25 @@ def plans_of(pkg: ModelPackage) -> list[ExitPlan]:
     ]
 
 
+def check_mixed_arrivals(
+    engine: ModelEngine,
+    pkg: ModelPackage,
+    images: list[bytes],
+    x: torch.Tensor,
+    part_of: Callable[[int], slice],
+    pause_s: float = 0.002,
+) -> None:
+    """Submit every plan of ``pkg`` twice, request ``i`` holding ``x[part_of(i)]`` and arriving
+    ``pause_s * (i % 3)`` after the previous one; every answer must be the model's alone."""
+    works = []
+    for i, plan in enumerate(plans_of(pkg) * 2):
+        part = part_of(i)
+        works.append((plan, part, engine.submit(x[part], plan, time.monotonic() + FAR)))
+        time.sleep(pause_s * (i % 3))
+    for plan, part, work in works:
+        check_answers(pkg, images[part], plan, work.future.result(timeout=60))
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_mixed_budgets_and_arrival_times_match_the_model_alone(
     reference_package: ModelPackage, images: list[bytes], mode: str
@@ -41,14 +62,8 @@ def test_mixed_budgets_and_arrival_times_match_the_model_alone(
     x = images_to_batch(images, pkg.manifest.preprocessing, LIMITS)
     engine.start()
     try:
-        works = []
-        for i, plan in enumerate(plans_of(pkg) * 2):
-            # Staggered arrivals and uneven request sizes: batches mix requests and stages.
-            part = slice(0, len(images) - 3 * (i % 3))
-            works.append((plan, part, engine.submit(x[part], plan, time.monotonic() + FAR)))
-            time.sleep(0.002 * (i % 3))
-        for plan, part, work in works:
-            check_answers(pkg, images[part], plan, work.future.result(timeout=60))
+        # Staggered arrivals and uneven request sizes: batches mix requests and stages.
+        check_mixed_arrivals(engine, pkg, images, x, lambda i: slice(0, len(images) - 3 * (i % 3)))
     finally:
         engine.stop()
     if mode == "run_to_end":

@@ -20,9 +20,9 @@ from service.engine.metering import observe_many
 from service.engine.stage import leaving_now
 from service.engine.work import Pending, RequestWork, StageBatch
 from service.policy import leaving_now as reference_leaving_now
-from tests.service.fixtures import LIMITS, check_answers, reference_answers
+from tests.service.fixtures import LIMITS, reference_answers
 from tests.service.test_engine import FAR, make_engine
-from tests.service.test_engine_modes import MODES, plans_of
+from tests.service.test_engine_modes import MODES, check_mixed_arrivals, plans_of
 
 
 def padded_backend(pkg: ModelPackage) -> TorchBackend:
@@ -41,14 +41,10 @@ def test_padded_buckets_give_the_reference_answers_under_mixed_budgets_and_arriv
     x = images_to_batch(images, pkg.manifest.preprocessing, LIMITS)
     engine.start()
     try:
-        works = []
-        for i, plan in enumerate(plans_of(pkg) * 2):
-            # Uneven request sizes and staggered arrivals: every bucket gets padded batches.
-            part = slice(i % 4, len(images) - 5 * (i % 3))
-            works.append((plan, part, engine.submit(x[part], plan, time.monotonic() + FAR)))
-            time.sleep(0.003 * (i % 3))
-        for plan, part, work in works:
-            check_answers(pkg, images[part], plan, work.future.result(timeout=60))
+        # Uneven request sizes and staggered arrivals: every bucket gets padded batches.
+        check_mixed_arrivals(
+            engine, pkg, images, x, lambda i: slice(i % 4, len(images) - 5 * (i % 3)), 0.003
+        )
     finally:
         engine.stop()
 
