@@ -9,8 +9,10 @@ engine and wait for its answers (no HTTP, no decoding). Two uses:
   held test part, or a ``.npz`` written by ``--save-images``), one row per budget, with accuracy.
 
 Each row: ``images_per_s``, ``p50_ms`` / ``p99_ms`` (request latency), ``accuracy``,
-``mean_compute_fraction``, ``wall_us_per_image`` (1e6 / images_per_s) and ``cpu_us_per_image``
-(this process's CPU time over the images answered: every thread, clients included).
+``mean_compute_fraction``, ``wall_us_per_image`` (1e6 / images_per_s), ``cpu_us_per_image``
+(this process's CPU time over the images answered: every thread, clients included) and
+``engine_cpu_us_per_image`` (the engine's worker threads' CPU time alone: its host time per image
+without the load generator's).
 
 ``--compare DIR`` runs the same rows on the engine of another checkout ``DIR`` (e.g. main) and on
 this one, alternating ``--repeat`` times in child processes, so before/after share one sitting of
@@ -107,6 +109,11 @@ def full_accuracy(engine: Any, plan: Any, x: torch.Tensor, labels: np.ndarray) -
     return float((pred == labels).mean()), float(np.mean([r.compute_fraction for r in got]))
 
 
+def worker_clocks(engine: Any) -> list[int]:
+    """CPU-time clocks of the engine's worker threads (every checkout keeps them in ``_threads``)."""
+    return [time.pthread_getcpuclockid(t.ident) for t in engine._threads]
+
+
 def closed_loop(
     engine: Any,
     plan: Any,
@@ -148,11 +155,14 @@ def closed_loop(
     for t in threads:
         t.start()
     stop[0] = time.monotonic() + seconds
+    workers = worker_clocks(engine)
     cpu0, t0 = time.process_time(), time.monotonic()
+    engine0 = sum(map(time.clock_gettime, workers))
     start.wait()
     for t in threads:
         t.join()
     wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    engine_cpu = sum(map(time.clock_gettime, workers)) - engine0
     n = max(answered[0], 1)
     return dict(
         images_per_s=answered[0] / wall,
@@ -162,6 +172,7 @@ def closed_loop(
         mean_compute_fraction=fraction[0] / n,
         wall_us_per_image=1e6 * wall / n,
         cpu_us_per_image=1e6 * cpu / n,
+        engine_cpu_us_per_image=1e6 * engine_cpu / n,
         images=answered[0],
     )
 
@@ -258,9 +269,8 @@ def compare(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
         for label in ("before", "after"):
             ips = [r[j]["images_per_s"] for r in runs[label]]
             summary[f"{label}_images_per_s"] = [round(v, 1) for v in ips]
-            summary[f"{label}_cpu_us_per_image"] = round(
-                statistics.median(r[j]["cpu_us_per_image"] for r in runs[label]), 1
-            )
+            for cost in ("cpu_us_per_image", "engine_cpu_us_per_image"):
+                summary[f"{label}_{cost}"] = round(statistics.median(r[j][cost] for r in runs[label]), 1)
             summary[f"{label}_accuracy"] = runs[label][0][j]["accuracy"]
             summary[f"{label}_mean_compute_fraction"] = runs[label][0][j]["mean_compute_fraction"]
         summary["speedup"] = statistics.median(summary["after_images_per_s"]) / statistics.median(

@@ -19,6 +19,8 @@ def test_the_stub_backend_measures_host_overhead(calibrated_package: Path, tmp_p
     for r in rows:
         assert r["backend"] == "stub" and r["images"] > 0 and r["cpu_us_per_image"] > 0
         assert r["p99_ms"] >= r["p50_ms"] > 0 and r["accuracy"] is None
+        # The engine's worker threads are part of the process: their CPU is a share of its CPU.
+        assert 0 < r["engine_cpu_us_per_image"] < r["cpu_us_per_image"]
     # Budget 1.0 runs every image to the last exit; 0.6 lets the stub's confident rows leave.
     assert all(r["mean_compute_fraction"] == 1.0 for r in rows if r["budget"] == 1.0)
     assert all(r["mean_compute_fraction"] < 1.0 for r in rows if r["budget"] == 0.6)
