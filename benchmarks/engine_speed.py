@@ -336,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         x, y = load_images(None, load_package(args.package), args.data_dir)
         if y is None:
             raise SystemExit("no labelled test images for this package")
+        args.save_images.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(args.save_images, x=x.numpy(), y=y)
         print(f"wrote {len(y)} images to {args.save_images}")
         return
