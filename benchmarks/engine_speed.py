@@ -1,7 +1,8 @@
 """Engine speed in-process: ``python -m benchmarks.engine_speed``.
 
-Closed loop: ``--clients`` threads each submit a request of ``--images`` images straight to the
-engine and wait for its answers (no HTTP, no decoding). Two uses:
+Closed loop: ``--clients`` clients each submit a request of ``--images`` images straight to the
+engine and wait for its answers (no HTTP, no decoding); ``--clients-kind`` says how they wait
+(``threads``, or ``asyncio`` as the service does: see ``closed_loop``). Two uses:
 
 - ``--backend stub``: the host overhead. Every stage returns preallocated logits, so all the time
   measured is the engine's own bookkeeping (queues, exit masks, gathers, futures, metrics).
@@ -16,28 +17,27 @@ without the load generator's).
 
 ``--compare DIR`` runs the same rows on the engine of another checkout ``DIR`` (e.g. main) and on
 this one, alternating ``--repeat`` times in child processes, so before/after share one sitting of
-a shared machine; the ratio of the medians is printed.
+a shared machine; the ratio of the medians is printed (``benchmarks/engine_compare.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import itertools
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-_RUN_FILE = "import runpy, sys; sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')"
 
 
 class StubBackend:
@@ -109,6 +109,32 @@ def full_accuracy(engine: Any, plan: Any, x: torch.Tensor, labels: np.ndarray) -
     return float((pred == labels).mean()), float(np.mean([r.compute_fraction for r in got]))
 
 
+ClientKind = Literal["threads", "asyncio"]
+
+
+@dataclass
+class Tally:
+    """What the clients received: latencies (s), images, right answers, compute fractions."""
+
+    latencies: list[float] = field(default_factory=list)
+    images: int = 0
+    correct: int = 0
+    fraction: float = 0.0
+
+    def add(self, got: list[Any], latency: float, labels: np.ndarray | None, first: int) -> None:
+        self.latencies.append(latency)
+        self.images += len(got)
+        self.fraction += sum(r.compute_fraction for r in got)
+        if labels is not None:
+            self.correct += sum(int(r.probs.argmax() == labels[first + j]) for j, r in enumerate(got))
+
+    def merge(self, other: Tally) -> None:
+        self.latencies += other.latencies
+        self.images += other.images
+        self.correct += other.correct
+        self.fraction += other.fraction
+
+
 def worker_clocks(engine: Any) -> list[int]:
     """CPU-time clocks of the engine's worker threads (every checkout keeps them in ``_threads``)."""
     return [time.pthread_getcpuclockid(t.ident) for t in engine._threads]
@@ -122,59 +148,85 @@ def closed_loop(
     size: int,
     clients: int,
     seconds: float,
+    kind: ClientKind = "threads",
 ) -> dict[str, Any]:
-    """Run the load for ``seconds``; returns the row's figures (warm-up excluded)."""
-    lat: list[float] = []
-    answered, correct, fraction = [0], [0], [0.0]
-    lock = threading.Lock()
-    start = threading.Barrier(clients + 1)
-    stop = [0.0]
+    """``clients`` clients each submit ``size`` images of ``x [N, 3, H, W]`` and wait, for
+    ``seconds``; returns the row's figures (images/s, latency, CPU per image).
+
+    ``threads``: each client is a Python thread blocked on its request's future; every answer
+    wakes one thread, often on the other core. ``asyncio``: the clients are coroutines on one
+    uvloop event loop thread awaiting ``asyncio.wrap_future(work.future)``, as the service's
+    request path does (``service/serving.py``): an answer schedules a callback on the loop, and
+    one wake-up of the loop serves every answer that arrived meanwhile.
+    """
+    run = _threads if kind == "threads" else _asyncio
+    workers = worker_clocks(engine)
+    engine0 = sum(map(time.clock_gettime, workers))
+    cpu0, t0 = time.process_time(), time.monotonic()
+    tally = run(engine, plan, x, labels, size, clients, t0 + seconds)
+    wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    engine_cpu = sum(map(time.clock_gettime, workers)) - engine0
+    n = max(tally.images, 1)
+    lat = tally.latencies
+    return dict(
+        images_per_s=tally.images / wall,
+        p50_ms=1e3 * statistics.median(lat) if lat else float("nan"),
+        p99_ms=1e3 * float(np.percentile(lat, 99)) if lat else float("nan"),
+        accuracy=tally.correct / n if labels is not None else None,
+        mean_compute_fraction=tally.fraction / n,
+        wall_us_per_image=1e6 * wall / n,
+        cpu_us_per_image=1e6 * cpu / n,
+        engine_cpu_us_per_image=1e6 * engine_cpu / n,
+        images=tally.images,
+        clients_kind=kind,
+    )
+
+
+def _threads(
+    engine: Any, plan: Any, x: torch.Tensor, labels: Any, size: int, clients: int, stop: float
+) -> Tally:
+    total, lock = Tally(), threading.Lock()
 
     def client(seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        mine: list[float] = []
-        n = right = 0
-        spent = 0.0
-        start.wait()
-        while time.monotonic() < stop[0]:
+        rng, mine = np.random.default_rng(seed), Tally()
+        while time.monotonic() < stop:
             i = int(rng.integers(0, len(x) - size + 1))
             t0 = time.monotonic()
             got = engine.submit(x[i : i + size], plan, t0 + 60.0).future.result(timeout=120)
-            mine.append(time.monotonic() - t0)
-            n += len(got)
-            spent += sum(r.compute_fraction for r in got)
-            if labels is not None:
-                right += sum(int(r.probs.argmax() == labels[i + j]) for j, r in enumerate(got))
+            mine.add(got, time.monotonic() - t0, labels, i)
         with lock:
-            lat.extend(mine)
-            answered[0] += n
-            correct[0] += right
-            fraction[0] += spent
+            total.merge(mine)
 
     threads = [threading.Thread(target=client, args=(s,)) for s in range(clients)]
     for t in threads:
         t.start()
-    stop[0] = time.monotonic() + seconds
-    workers = worker_clocks(engine)
-    cpu0, t0 = time.process_time(), time.monotonic()
-    engine0 = sum(map(time.clock_gettime, workers))
-    start.wait()
     for t in threads:
         t.join()
-    wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
-    engine_cpu = sum(map(time.clock_gettime, workers)) - engine0
-    n = max(answered[0], 1)
-    return dict(
-        images_per_s=answered[0] / wall,
-        p50_ms=1e3 * statistics.median(lat) if lat else float("nan"),
-        p99_ms=1e3 * float(np.percentile(lat, 99)) if lat else float("nan"),
-        accuracy=correct[0] / n if labels is not None else None,
-        mean_compute_fraction=fraction[0] / n,
-        wall_us_per_image=1e6 * wall / n,
-        cpu_us_per_image=1e6 * cpu / n,
-        engine_cpu_us_per_image=1e6 * engine_cpu / n,
-        images=answered[0],
-    )
+    return total
+
+
+def _asyncio(
+    engine: Any, plan: Any, x: torch.Tensor, labels: Any, size: int, clients: int, stop: float
+) -> Tally:
+    import uvloop
+
+    total = Tally()
+
+    async def client(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while time.monotonic() < stop:
+            i = int(rng.integers(0, len(x) - size + 1))
+            t0 = time.monotonic()
+            work = engine.submit(x[i : i + size], plan, t0 + 60.0)
+            got = await asyncio.wait_for(asyncio.wrap_future(work.future), 120)
+            total.add(got, time.monotonic() - t0, labels, i)
+
+    async def every_client() -> None:
+        await asyncio.gather(*(client(s) for s in range(clients)))
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(every_client())
+    return total
 
 
 def load_images(path: Path | None, pkg: Any, data_dir: str | None) -> tuple[torch.Tensor, Any]:
@@ -217,81 +269,28 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for dtype in args.dtypes:
         for mode in args.modes:
-            for budget in args.budgets:
-                for size in args.images:
-                    engine = make_engine(pkg, args, mode, dtype, device)
-                    freeze_heap()
-                    plan = resolve_plan(m, budget=budget)
-                    try:
-                        closed_loop(engine, plan, x, labels, size, args.clients, min(0.5, args.seconds))
-                        row = closed_loop(engine, plan, x, labels, size, args.clients, args.seconds)
-                        if args.full_accuracy and labels is not None:
-                            acc, fraction = full_accuracy(engine, plan, x, labels)
-                            row.update(accuracy=acc, mean_compute_fraction=fraction)
-                    finally:
-                        engine.stop()
-                    row = dict(
-                        mode=mode, budget=budget, request_images=size, clients=args.clients,
-                        backend=engine.backend.name, device=engine.backend.device,
-                        # what ran: the CPU runs float32 whatever was asked
-                        dtype=str(getattr(engine.backend, "dtype", dtype)).removeprefix("torch."),
-                        **row,
-                    )  # fmt: skip
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-    return rows
-
-
-def compare(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
-    """Alternate child runs on ``args.compare`` (before) and this checkout (after)."""
-    here = Path(__file__).resolve().parents[1]
-    child = list(argv)
-    i = child.index("--compare")
-    del child[i : i + 2]
-    for j, a in enumerate(child[:-1]):  # the children run in the other tree: absolute paths
-        if a in ("--images-npz", "--package", "--data-dir"):
-            child[j + 1] = str(Path(child[j + 1]).resolve())
-    runs: dict[str, list[list[dict[str, Any]]]] = {"before": [], "after": []}
-    for _ in range(args.repeat):
-        for label, tree in (("before", Path(args.compare).resolve()), ("after", here)):
-            env = {**os.environ, "PYTHONPATH": str(tree)}
-            with tempfile.NamedTemporaryFile(suffix=".json") as out:
-                # Run by path but with the tree's root first on sys.path (not benchmarks/, whose
-                # profile.py would shadow the standard library's).
-                cmd = [sys.executable, "-c", _RUN_FILE, str(Path(__file__).resolve()), *child,
-                       "--json", out.name]  # fmt: skip
-                subprocess.run(cmd, cwd=tree, env=env, check=True)
-                runs[label].append(json.loads(Path(out.name).read_text()))
-    rows = []
-    for j, row in enumerate(runs["after"][0]):
-        key = {k: row[k] for k in ("mode", "budget", "request_images", "dtype")}
-        summary: dict[str, Any] = dict(key, backend=row["backend"])
-        for label in ("before", "after"):
-            ips = [r[j]["images_per_s"] for r in runs[label]]
-            summary[f"{label}_images_per_s"] = [round(v, 1) for v in ips]
-            for cost in ("cpu_us_per_image", "engine_cpu_us_per_image"):
-                summary[f"{label}_{cost}"] = round(statistics.median(r[j][cost] for r in runs[label]), 1)
-            summary[f"{label}_accuracy"] = runs[label][0][j]["accuracy"]
-            summary[f"{label}_mean_compute_fraction"] = runs[label][0][j]["mean_compute_fraction"]
-        summary["speedup"] = statistics.median(summary["after_images_per_s"]) / statistics.median(
-            summary["before_images_per_s"]
-        )
-        for label in ("before", "after"):
-            # Within each run: this row's images/s over the same row at budget 1.0.
-            ref = next(
-                (
-                    i
-                    for i, r in enumerate(runs["after"][0])
-                    if r["budget"] == 1.0 and all(r[k] == row[k] for k in key if k != "budget")
-                ),
-                None,
-            )
-            if ref is not None and ref != j:
-                summary[f"{label}_vs_budget_1"] = [
-                    round(r[j]["images_per_s"] / r[ref]["images_per_s"], 3) for r in runs[label]
-                ]
-        rows.append(summary)
-        print(json.dumps(summary), flush=True)
+            for budget, size, kind in itertools.product(args.budgets, args.images, args.clients_kind):
+                engine = make_engine(pkg, args, mode, dtype, device)
+                freeze_heap()
+                plan = resolve_plan(m, budget=budget)
+                load = (engine, plan, x, labels, size, args.clients)
+                try:
+                    closed_loop(*load, min(0.5, args.seconds), kind)
+                    row = closed_loop(*load, args.seconds, kind)
+                    if args.full_accuracy and labels is not None:
+                        acc, fraction = full_accuracy(engine, plan, x, labels)
+                        row.update(accuracy=acc, mean_compute_fraction=fraction)
+                finally:
+                    engine.stop()
+                row = dict(
+                    mode=mode, budget=budget, request_images=size, clients=args.clients,
+                    backend=engine.backend.name, device=engine.backend.device,
+                    # what ran: the CPU runs float32 whatever was asked
+                    dtype=str(getattr(engine.backend, "dtype", dtype)).removeprefix("torch."),
+                    **row,
+                )  # fmt: skip
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     return rows
 
 
@@ -308,6 +307,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.5])
     ap.add_argument("--images", type=int, nargs="+", default=[1, 16], help="images per request")
     ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument(
+        "--clients-kind",
+        nargs="+",
+        default=["threads"],
+        choices=["threads", "asyncio"],
+        help="threads: each client a thread blocked on its future; asyncio: coroutines on one "
+        "uvloop thread awaiting wrap_future, as the service's request path does",
+    )
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each row's load")
     ap.add_argument("--batch", type=int, help="max_batch_size (default: the device's)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads")
@@ -340,7 +347,12 @@ def main(argv: list[str] | None = None) -> None:
         np.savez_compressed(args.save_images, x=x.numpy(), y=y)
         print(f"wrote {len(y)} images to {args.save_images}")
         return
-    rows = compare(args, argv) if args.compare else measure(args)
+    if args.compare:
+        from benchmarks.engine_compare import compare
+
+        rows = compare(args, argv)
+    else:
+        rows = measure(args)
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2))
 

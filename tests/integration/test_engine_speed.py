@@ -11,11 +11,12 @@ from benchmarks.engine_speed import main
 def test_the_stub_backend_measures_host_overhead(calibrated_package: Path, tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
     main(["--package", str(calibrated_package), "--seconds", "0.3", "--clients", "3",
-          "--images", "1", "4", "--budgets", "0.6", "1.0", "--json", str(out)])  # fmt: skip
+          "--images", "1", "4", "--budgets", "0.6", "1.0", "--clients-kind", "threads", "asyncio",
+          "--json", str(out)])  # fmt: skip
     rows = json.loads(out.read_text())
-    assert [(r["budget"], r["request_images"]) for r in rows] == [
-        (0.6, 1), (0.6, 4), (1.0, 1), (1.0, 4)
-    ]  # fmt: skip
+    assert [(r["budget"], r["request_images"], r["clients_kind"]) for r in rows] == [
+        (b, n, kind) for b in (0.6, 1.0) for n in (1, 4) for kind in ("threads", "asyncio")
+    ]
     for r in rows:
         assert r["backend"] == "stub" and r["images"] > 0 and r["cpu_us_per_image"] > 0
         assert r["p99_ms"] >= r["p50_ms"] > 0 and r["accuracy"] is None
