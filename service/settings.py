@@ -147,6 +147,12 @@ class ServiceSettings(BaseSettings):
         "one process is serialised on its GIL: on 2 CPU cores 2 serve 1.52x (budget 1.0) and "
         "1.57x (budget 0.5) the images/s of 1 (docs/deployment.md); /metrics sums all of them",
     )
+    pin_workers: bool = Field(
+        True,
+        description="with workers > 1, bind each process to its own share of the CPU cores: its "
+        "threads then pass the interpreter lock on one core (on 2 cores, 2 workers served 5-19 % "
+        "more images/s; docs/serving-performance.md)",
+    )
     backend: Backend = Field("auto", description="torch | onnxruntime | auto (faster one measured)")
     device: Device = Field("auto", description="auto = CUDA when it really works, else CPU")
     default_budget: Budget | None = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,10 @@ def test_two_workers_answer_and_every_scrape_counts_both(
         per_worker = answered_by_process(tmp)
         assert sum(per_worker.values()) == 24
         assert len(per_worker) == 2, per_worker
+        # pin_workers (the default): each worker's threads on its own share of the cores.
+        if len(os.sched_getaffinity(0)) >= 2:
+            first, second = (thread_cores(pid) for pid in per_worker)
+            assert first and second and not first & second, (first, second)
 
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(60) == 0
@@ -55,6 +60,12 @@ def test_two_workers_answer_and_every_scrape_counts_both(
         assert list(tmp.iterdir()) == [], "the metrics directory outlives the server"
     finally:
         server.stop()
+
+
+def thread_cores(pid: int) -> set[int]:
+    """The cores any thread of process ``pid`` may run on."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return set().union(*(os.sched_getaffinity(int(t.name)) for t in tasks))
 
 
 def answered(server: Server) -> float:

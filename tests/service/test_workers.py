@@ -84,3 +84,34 @@ def test_the_cli_hands_n_workers_to_uvicorns_supervisor(
     # the parent leaves nothing behind: no metrics directory, no variables
     assert list(tmp_path.iterdir()) == []
     assert workers.ARGV_ENV not in os.environ and workers.METRICS_DIR_ENV not in os.environ
+
+
+def test_core_groups_give_each_worker_its_own_cores() -> None:
+    assert workers.core_groups([0, 1], 2) == [[0], [1]]
+    assert workers.core_groups([0, 1, 2, 3, 4], 2) == [[0, 1], [2, 3, 4]]
+    assert workers.core_groups([4, 6, 8, 10], 4) == [[4], [6], [8], [10]]
+    # More workers than cores: they share cores round-robin.
+    assert workers.core_groups([0, 1], 3) == [[0], [1], [0]]
+
+
+def test_pin_process_binds_every_thread_of_a_running_process() -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    core = min(os.sched_getaffinity(0))
+    script = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); input()"
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE)
+    try:
+        tasks = Path(f"/proc/{child.pid}/task")
+        deadline = time.monotonic() + 30
+        while len(list(tasks.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the child's second thread is up
+        assert len(list(tasks.iterdir())) == 2
+        workers.pin_process(child.pid, [core])
+        for task in tasks.iterdir():
+            assert os.sched_getaffinity(int(task.name)) == {core}, task
+    finally:
+        child.kill()
+        child.wait()
