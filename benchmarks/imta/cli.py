@@ -60,9 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         _runs_dir(sub.add_parser(name, help=text, description=text))
     pk = sub.add_parser("pack", help="the runs' resume points and logs as one tar file")
     _runs_dir(pk)
-    pk.add_argument("--out", type=Path, required=True, help="the tar file to write")
+    pk.add_argument("--out", type=Path, required=True, help="the .tar.gz file to write")
+    pk.add_argument(
+        "--part-mib", type=int, help="cut it into OUT.part00, OUT.part01, ... of at most this size"
+    )
     up = sub.add_parser("unpack", help="extract a pack file into a runs directory, then `start`")
-    up.add_argument("archive", type=Path, help="a file written by pack")
+    up.add_argument("archive", type=Path, help="a file written by pack (or the name of its parts)")
     _runs_dir(up)
     up.add_argument("--force", action="store_true", help="overwrite runs already there")
     ev = sub.add_parser("evaluate", help="score the finished runs; write imta.json, imta_stats.json")
@@ -113,13 +116,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _transfer(args: argparse.Namespace) -> int:
-    from benchmarks.imta.transfer import pack, unpack
+    from benchmarks.imta.transfer import pack, parts_of, unpack
 
     runs_dir = args.runs_dir.resolve()
     if args.command == "pack":
-        paths = pack(runs_dir, args.out)
-        size = args.out.stat().st_size / 2**20
-        print(f"wrote {args.out}: {len(paths)} files, {size:.1f} MiB")
+        paths = pack(runs_dir, args.out, args.part_mib)
+        files = parts_of(args.out)
+        size = sum(f.stat().st_size for f in files) / 2**20
+        print(f"wrote {', '.join(map(str, files))}: {len(paths)} files, {size:.1f} MiB")
         return 0
     names = unpack(args.archive, runs_dir, force=args.force)
     print(f"unpacked {len(names)} files into {runs_dir}; resume with start --runs-dir {runs_dir}")

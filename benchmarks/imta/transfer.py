@@ -1,24 +1,34 @@
 """``pack`` / ``unpack``: carry the factorial's runs to another machine as one file.
 
 The runs take days of background time; a machine can be lost with everything on it. ``pack``
-writes one tar of what resuming and scoring the runs need: per run ``last.pt`` (model, optimiser,
-schedule and RNG states: the exact resume point), ``stage1.pt`` (a stage-2 run's frozen network),
-``log.jsonl``, ``train.log`` and ``finished.json``, plus the launcher's ``plan.json`` and
-``launcher.log``. Left out: what ``evaluate`` writes again (``logits.pt``, ``evaluation.json``) and
-the live launcher's markers (pid, lock, ``running``). Checkpoints are written atomically (a
-rename), so a pack taken while runs train holds each run's last finished epoch; the epoch under
-way is trained again after ``unpack`` and ``start``.
+writes one gzipped tar of what resuming and scoring the runs need: per run ``last.pt``,
+``stage1.pt`` (a stage-2 run's frozen network), ``log.jsonl``, ``train.log`` and
+``finished.json``, plus the launcher's ``plan.json`` and ``launcher.log``. An unfinished run's
+``last.pt`` goes as it is (model, optimiser, schedule and RNG states: the exact resume point); a
+finished run's without its optimiser, schedule, scaler and RNG states, which only a resume reads
+and a finished run never resumes (half the size). Left out: what ``evaluate`` writes again
+(``logits.pt``, ``evaluation.json``) and the live launcher's markers (pid, lock, ``running``).
+Checkpoints are written atomically (a rename), so a pack taken while runs train holds each run's
+last finished epoch; the epoch under way is trained again after ``unpack`` and ``start``.
+
+``--part-mib N`` cuts the file into ``FILE.part00``, ``FILE.part01``, ... of at most N MiB (for
+stores that limit a file's size); ``unpack FILE`` joins them when ``FILE`` itself is absent.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import torch
 
 from benchmarks.imta.launcher import FINISHED, LOG, PLAN, LauncherError, read_pid
 
 RUN_FILES = ("last.pt", "stage1.pt", "log.jsonl", "train.log", FINISHED)
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng")  # what only a resume reads
 
 
 def packed_paths(runs_dir: Path) -> list[Path]:
@@ -31,32 +41,96 @@ def packed_paths(runs_dir: Path) -> list[Path]:
     return found
 
 
-def pack(runs_dir: Path, out: Path) -> list[Path]:
-    """Write ``out`` (an uncompressed tar: checkpoints are float tensors that barely compress);
-    returns the paths packed. The tar is written next to ``out`` and renamed, so an interrupted
-    pack never leaves a truncated file under the final name."""
+def pack(runs_dir: Path, out: Path, part_mib: int | None = None) -> list[Path]:
+    """Write ``out`` (a gzipped tar), or its parts with ``part_mib``; returns the paths packed.
+    Everything is written under temporary names and renamed at the end, so an interrupted pack
+    leaves the previous one whole."""
     paths = packed_paths(runs_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    with tarfile.open(partial, "w") as tar:
+    with tarfile.open(partial, "w:gz", compresslevel=6) as tar:
         for rel in paths:
-            tar.add(runs_dir / rel, arcname=rel.as_posix())
-    partial.replace(out)
+            source = runs_dir / rel
+            if rel.name == "last.pt" and (source.parent / FINISHED).is_file():
+                _add_bytes(tar, rel, _weights_only(source))
+            else:
+                tar.add(source, arcname=rel.as_posix())
+    for old in [out, *out.parent.glob(out.name + ".part[0-9]*")]:
+        old.unlink(missing_ok=True)
+    if part_mib is None:
+        partial.replace(out)
+        return paths
+    data, size = partial.read_bytes(), part_mib * 2**20
+    for i in range(0, len(data), size):
+        (out.parent / f"{out.name}.part{i // size:02d}").write_bytes(data[i : i + size])
+    partial.unlink()
     return paths
 
 
+def _weights_only(checkpoint: Path) -> bytes:
+    blob = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    buffer = io.BytesIO()
+    torch.save({k: v for k, v in blob.items() if k not in RESUME_ONLY}, buffer)
+    return buffer.getvalue()
+
+
+def _add_bytes(tar: tarfile.TarFile, rel: Path, data: bytes) -> None:
+    info = tarfile.TarInfo(rel.as_posix())
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def parts_of(archive: Path) -> list[Path]:
+    """``archive`` itself, else its ``.partNN`` files in order (none: FileNotFoundError)."""
+    if archive.is_file():
+        return [archive]
+    parts = sorted(archive.parent.glob(archive.name + ".part[0-9]*"))
+    if not parts:
+        raise FileNotFoundError(f"{archive} not found, nor its parts {archive.name}.part00, ...")
+    return parts
+
+
+class _Joined(io.RawIOBase):
+    """The parts read one after another as one stream."""
+
+    def __init__(self, parts: list[Path]) -> None:
+        self.files: Iterator[Path] = iter(parts)
+        self.current = open(next(self.files), "rb")  # noqa: SIM115 (closed as the stream moves on)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while True:
+            n = self.current.readinto(buffer)
+            if n:
+                return n
+            self.current.close()
+            following = next(self.files, None)
+            if following is None:
+                return 0
+            self.current = open(following, "rb")  # noqa: SIM115
+
+    def close(self) -> None:
+        self.current.close()
+        super().close()
+
+
 def unpack(archive: Path, runs_dir: Path, force: bool = False) -> list[str]:
-    """Extract a ``pack`` file into ``runs_dir``; ``plan.json`` is rewritten for the new place
-    (``start`` rewrites it anyway). Refused while a launcher runs on ``runs_dir``, and into a
-    directory that already holds runs unless ``force`` (its files would be overwritten)."""
+    """Extract a ``pack`` file (or its parts) into ``runs_dir``; ``plan.json`` is rewritten for
+    the new place (``start`` rewrites it anyway). Refused while a launcher runs on ``runs_dir``,
+    and into a directory that already holds runs unless ``force`` (they would be overwritten)."""
     if read_pid(runs_dir) is not None:
         raise LauncherError(f"a launcher is running on {runs_dir}: stop it first")
     if not force and any(runs_dir.glob("*/seed*/log.jsonl")):
         raise LauncherError(f"{runs_dir} already holds runs: pass --force to overwrite them")
+    parts = parts_of(archive)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive) as tar:
-        names = tar.getnames()
-        tar.extractall(runs_dir, filter="data")  # "data": no absolute paths, links or devices
+    with _Joined(parts) as raw, tarfile.open(fileobj=io.BufferedReader(raw), mode="r|*") as tar:
+        names: list[str] = []
+        for member in tar:  # one pass over the stream: "data" refuses absolute paths and links
+            tar.extract(member, runs_dir, filter="data")
+            names.append(member.name)
     _relocate_plan(runs_dir)
     return names
 

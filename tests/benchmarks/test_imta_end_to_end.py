@@ -35,7 +35,7 @@ def test_launch_evaluate_report(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert set(results["arms"]) == set(ARM_NAMES)
     assert all(len(accs) == 5 for seeds in results["arms"].values() for accs in seeds.values())
     # Carried to another directory as one file: every run is finished there too (none retrains).
-    archive, moved = tmp_path / "imta.tar", tmp_path / "moved"
+    archive, moved = tmp_path / "imta.tar.gz", tmp_path / "moved"
     assert main(["pack", "--runs-dir", str(runs), "--out", str(archive)]) == 0
     assert main(["unpack", str(archive), "--runs-dir", str(moved)]) == 0
     capsys.readouterr()

@@ -26,7 +26,7 @@ def test_two_workers_answer_and_every_scrape_counts_both(
     # The parent makes its metrics directory under TMPDIR: here, where the test can read it.
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    args = ("--workers", "2", "--backend", "torch")
+    args = ("--workers", "2", "--backend", "torch", "--pin-workers")
     server = wait_ready(launch(calibrated_package, tmp_path, "workers", *args, TMPDIR=str(tmp)))
     try:
         # A worker accepts connections only once its model is warm: wait for both.
@@ -49,7 +49,7 @@ def test_two_workers_answer_and_every_scrape_counts_both(
         per_worker = answered_by_process(tmp)
         assert sum(per_worker.values()) == 24
         assert len(per_worker) == 2, per_worker
-        # pin_workers (the default): each worker's threads on its own share of the cores.
+        # --pin-workers: each worker's threads on its own share of the cores.
         if len(os.sched_getaffinity(0)) >= 2:
             first, second = (thread_cores(pid) for pid in per_worker)
             assert first and second and not first & second, (first, second)
