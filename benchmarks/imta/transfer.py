@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -90,32 +89,6 @@ def parts_of(archive: Path) -> list[Path]:
     return parts
 
 
-class _Joined(io.RawIOBase):
-    """The parts read one after another as one stream."""
-
-    def __init__(self, parts: list[Path]) -> None:
-        self.files: Iterator[Path] = iter(parts)
-        self.current = open(next(self.files), "rb")  # noqa: SIM115 (closed as the stream moves on)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        while True:
-            n = self.current.readinto(buffer)
-            if n:
-                return n
-            self.current.close()
-            following = next(self.files, None)
-            if following is None:
-                return 0
-            self.current = open(following, "rb")  # noqa: SIM115
-
-    def close(self) -> None:
-        self.current.close()
-        super().close()
-
-
 def unpack(archive: Path, runs_dir: Path, force: bool = False) -> list[str]:
     """Extract a ``pack`` file (or its parts) into ``runs_dir``; ``plan.json`` is rewritten for
     the new place (``start`` rewrites it anyway). Refused while a launcher runs on ``runs_dir``,
@@ -124,13 +97,11 @@ def unpack(archive: Path, runs_dir: Path, force: bool = False) -> list[str]:
         raise LauncherError(f"a launcher is running on {runs_dir}: stop it first")
     if not force and any(runs_dir.glob("*/seed*/log.jsonl")):
         raise LauncherError(f"{runs_dir} already holds runs: pass --force to overwrite them")
-    parts = parts_of(archive)
+    data = b"".join(part.read_bytes() for part in parts_of(archive))  # tens of MiB
     runs_dir.mkdir(parents=True, exist_ok=True)
-    with _Joined(parts) as raw, tarfile.open(fileobj=io.BufferedReader(raw), mode="r|*") as tar:
-        names: list[str] = []
-        for member in tar:  # one pass over the stream: "data" refuses absolute paths and links
-            tar.extract(member, runs_dir, filter="data")
-            names.append(member.name)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+        tar.extractall(runs_dir, filter="data")  # "data": no absolute paths, links or devices
     _relocate_plan(runs_dir)
     return names
 
