@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -42,8 +43,7 @@ def packed_paths(runs_dir: Path) -> list[Path]:
 
 def pack(runs_dir: Path, out: Path, part_mib: int | None = None) -> list[Path]:
     """Write ``out`` (a gzipped tar), or its parts with ``part_mib``; returns the paths packed.
-    Everything is written under temporary names and renamed at the end, so an interrupted pack
-    leaves the previous one whole."""
+    Everything is written under temporary names first and renamed into place once complete."""
     paths = packed_paths(runs_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
@@ -54,16 +54,29 @@ def pack(runs_dir: Path, out: Path, part_mib: int | None = None) -> list[Path]:
                 _add_bytes(tar, rel, _weights_only(source))
             else:
                 tar.add(source, arcname=rel.as_posix())
-    for old in [out, *out.parent.glob(out.name + ".part[0-9]*")]:
-        old.unlink(missing_ok=True)
-    if part_mib is None:
-        partial.replace(out)
-        return paths
-    data, size = partial.read_bytes(), part_mib * 2**20
-    for i in range(0, len(data), size):
-        (out.parent / f"{out.name}.part{i // size:02d}").write_bytes(data[i : i + size])
-    partial.unlink()
+    finals = [(partial, out)]
+    if part_mib is not None:
+        data, size = partial.read_bytes(), part_mib * 2**20
+        finals = []
+        for i in range(0, len(data), size):
+            final = out.with_name(f"{out.name}.part{i // size:02d}")
+            tmp = final.with_name(final.name + ".partial")
+            tmp.write_bytes(data[i : i + size])
+            finals.append((tmp, final))
+        partial.unlink()
+    for tmp, final in finals:
+        tmp.replace(final)
+    written = {final for _, final in finals}
+    for stale in [out, *_parts(out)]:  # the previous pack's other form or surplus parts
+        if stale not in written:
+            stale.unlink(missing_ok=True)
     return paths
+
+
+def _parts(archive: Path) -> list[Path]:
+    """``archive``'s ``.partNN`` files, in order."""
+    pattern = re.compile(re.escape(archive.name) + r"\.part\d+")
+    return sorted(p for p in archive.parent.glob(archive.name + ".part*") if pattern.fullmatch(p.name))
 
 
 def _weights_only(checkpoint: Path) -> bytes:
@@ -83,7 +96,7 @@ def parts_of(archive: Path) -> list[Path]:
     """``archive`` itself, else its ``.partNN`` files in order (none: FileNotFoundError)."""
     if archive.is_file():
         return [archive]
-    parts = sorted(archive.parent.glob(archive.name + ".part[0-9]*"))
+    parts = _parts(archive)
     if not parts:
         raise FileNotFoundError(f"{archive} not found, nor its parts {archive.name}.part00, ...")
     return parts

@@ -71,7 +71,7 @@ def test_pack_then_unpack_elsewhere_keeps_every_resume_point(tmp_path: Path) -> 
 
 def test_parts_of_at_most_the_size_asked_join_again(tmp_path: Path) -> None:
     old, new, archive = tmp_path / "old", tmp_path / "new", tmp_path / "imta.tar.gz"
-    fake_runs(old, weights=400_000)  # random floats: about 3 MiB that gzip cannot shrink
+    fake_runs(old, weights=400_000)  # random floats: about 4.5 MiB that gzip cannot shrink
     assert main(["pack", "--runs-dir", str(old), "--out", str(archive), "--part-mib", "1"]) == 0
     parts = sorted(tmp_path.glob("imta.tar.gz.part*"))
     assert len(parts) >= 3 and not archive.exists()
@@ -79,6 +79,10 @@ def test_parts_of_at_most_the_size_asked_join_again(tmp_path: Path) -> None:
     assert main(["unpack", str(archive), "--runs-dir", str(new)]) == 0
     rel = "ge+isc_kd/seed0/last.pt"
     assert (new / rel).read_bytes() == (old / rel).read_bytes()
+    # Packing again in larger parts leaves no surplus part of the previous pack behind.
+    assert main(["pack", "--runs-dir", str(old), "--out", str(archive), "--part-mib", "2"]) == 0
+    larger = sorted(tmp_path.glob("imta.tar.gz.part*"))
+    assert len(larger) < len(parts) and larger == parts[: len(larger)]
     # Packing again without parts replaces the parts by one file.
     assert main(["pack", "--runs-dir", str(old), "--out", str(archive)]) == 0
     assert archive.is_file() and not list(tmp_path.glob("imta.tar.gz.part*"))
