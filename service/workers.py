@@ -113,13 +113,12 @@ class _Supervisor(Multiprocess):
                 return
             self.placed[pid] = tuple(cores)
             log.info("worker %d bound to cores %s", pid, ",".join(map(str, cores)))
-        live = {p.pid for p in self.processes}
-        self.placed = {pid: cores for pid, cores in self.placed.items() if pid in live}
 
     def _forget_exited(self) -> None:
         pids = {p.pid for p in self.processes if p.pid is not None}
         for pid in self.pids - pids:
             mark_process_dead(pid, str(self.metrics_dir))
+            self.placed.pop(pid, None)
         self.pids = pids
 
 
