@@ -181,7 +181,8 @@ def measure(args: argparse.Namespace, images: Path) -> dict[str, Any]:
                 res = run_wrk(
                     srv.spec.url, p.path, p.body, images, args.seconds, args.connections, offset
                 )
-                cpu[p.label].append(1e3 * (srv.cpu_seconds() - cpu0) / max(res.ok, 1))
+                # CPU over the whole wrk run, so per answer of the whole run (warm-up included)
+                cpu[p.label].append(1e3 * (srv.cpu_seconds() - cpu0) / max(res.requests, 1))
                 runs[p.label].append(res)
                 print(f"  [{r + 1}/{args.repeats}] {p.label}: {res.images_per_s:.1f} img/s, "
                       f"acc {res.accuracy:.4f}, p50 {res.p50_ms:.1f} ms", flush=True)  # fmt: skip

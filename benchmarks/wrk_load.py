@@ -3,7 +3,9 @@
 A Python load generator on a 2-core machine steals the CPU it measures; wrk spends a few percent.
 ``benchmarks/wrk/classify.lua`` sends one image per request (raw ``image/jpeg``, a multipart form
 or a KServe v2 binary body) cycling through an image set on disk, and scores every answer
-against its image's label (the script says how requests and answers are paired).
+against its image's label (the script says how requests and answers are paired). Only answers
+that arrive inside a window on the wall clock count, opened after a warm-up: wrk's own duration
+leaves out its threads' start-up, during which the first threads already load the server.
 
     .venv/bin/python -m benchmarks.wrk_load --url http://127.0.0.1:8000 \\
         --path '/v1/models/NAME/classify?budget=0.5' --images DIR --seconds 5 --repeats 3
@@ -13,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,8 @@ from benchmarks.loadgen import check_loopback
 LUA_SCRIPT = Path(__file__).resolve().parent / "wrk" / "classify.lua"
 BODIES = ("raw", "multipart", "v2")
 MARKER = "WRK_JSON "
+# Seconds between wrk's start and the measured window: its threads start one after another.
+WARMUP_S = 1.0
 
 
 class WrkError(RuntimeError):
@@ -34,19 +40,22 @@ class WrkError(RuntimeError):
 
 @dataclass(frozen=True)
 class WrkResult:
-    """One wrk run: ``ok`` answers with a class, ``correct`` of them the image's label."""
+    """One wrk run's measured window: ``ok`` answers with a class, ``correct`` of them the label."""
 
-    seconds: float
-    requests: int  # responses wrk read, any status
+    seconds: float  # the window's length
+    requests: int  # responses wrk read in the whole run, warm-up included, any status
+    answered: int  # responses inside the window, any status
     ok: int
     correct: int
     failed: int  # non-200, unparsable answers, lost requests and socket errors
-    images_per_s: float  # ok answers per second
+    images_per_s: float  # ok answers per second of the window
     accuracy: float
     p50_ms: float
     p90_ms: float
     p99_ms: float
     mean_ms: float
+    in_flight: float  # Little's law: answers/s x mean latency, at most the connections
+    thread_start_spread_ms: float  # first request of the last thread minus that of the first
 
 
 def wrk_executable() -> str:
@@ -79,16 +88,36 @@ def parse_wrk_output(stdout: str) -> dict[str, Any]:
     raise WrkError(f"wrk printed no {MARKER.strip()} line; its output ends: {stdout[-400:]!r}")
 
 
-def to_result(raw: dict[str, Any]) -> WrkResult:
-    """Images/s, accuracy and latency (ms) from the script's raw counts (microseconds)."""
-    seconds = raw["duration_us"] / 1e6
+def to_result(raw: dict[str, Any], connections: int) -> WrkResult:
+    """Images/s, accuracy and latency (ms) of the window from the script's raw counts (µs).
+
+    Raises:
+        WrkError: a thread began after the window opened (a longer warm-up is needed), or the
+            figures break Little's law: more requests in flight than ``connections`` means that
+            answers from outside the window were counted.
+    """
+    if raw["late_threads"]:
+        raise WrkError(
+            f"{raw['late_threads']} of wrk's threads sent their first request after the measured "
+            f"window opened (threads started over {raw['thread_start_spread_us'] / 1e3:.0f} ms): "
+            "give the run a longer warm-up"
+        )
+    seconds = raw["window_us"] / 1e6
     ok = raw["ok"]
     # wrk's "status" errors are the non-2xx answers the script already counts as bad_status.
     socket = sum(v for k, v in raw["socket_errors"].items() if k != "status")
     lat = raw["latency_us"]
+    in_flight = raw["answered"] / seconds * lat["mean"] / 1e6 if seconds > 0 else 0.0
+    if in_flight > connections * 1.05:
+        raise WrkError(
+            f"{raw['answered']} answers in {seconds:.2f} s at a mean latency of "
+            f"{lat['mean'] / 1e3:.1f} ms would need {in_flight:.1f} requests in flight on "
+            f"{connections} connections: the run counted answers from outside its window"
+        )
     return WrkResult(
         seconds=seconds,
         requests=raw["requests"],
+        answered=raw["answered"],
         ok=ok,
         correct=raw["correct"],
         failed=raw["bad_status"] + raw["unparsed"] + raw["lost"] + socket,
@@ -98,19 +127,31 @@ def to_result(raw: dict[str, Any]) -> WrkResult:
         p90_ms=lat["p90"] / 1e3,
         p99_ms=lat["p99"] / 1e3,
         mean_ms=lat["mean"] / 1e3,
+        in_flight=in_flight,
+        thread_start_spread_ms=raw["thread_start_spread_us"] / 1e3,
     )
 
 
 def wrk_command(
-    url: str, path: str, body: str, images: Path, seconds: float, connections: int, offset: int = 0
+    url: str,
+    path: str,
+    body: str,
+    images: Path,
+    window: tuple[float, float],
+    connections: int,
+    offset: int = 0,
 ) -> list[str]:
-    """One thread per connection: each Lua state then owns one connection (accuracy pairing)."""
+    """wrk for the wall-clock ``window`` (``time.time()`` seconds: start, end), run from now
+    until a second past its end. One thread per connection: each Lua state then owns one
+    connection (accuracy pairing)."""
     if body not in BODIES:
         raise WrkError(f"body {body!r} is not one of {BODIES}")
+    run_s = math.ceil(window[1] - time.time()) + 1
     return [
-        wrk_executable(), f"-t{connections}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+        wrk_executable(), f"-t{connections}", f"-c{connections}", f"-d{run_s}s",
         "--timeout", "30s", "-s", str(LUA_SCRIPT), url,
         "--", str(images), path, body, str(connections), str(offset),
+        str(round(window[0] * 1e6)), str(round(window[1] * 1e6)),
     ]  # fmt: skip
 
 
@@ -122,14 +163,17 @@ def run_wrk(
     seconds: float,
     connections: int = 16,
     offset: int = 0,
+    warmup: float = WARMUP_S,
 ) -> WrkResult:
-    """Load ``url`` + ``path`` with ``connections`` closed-loop clients for ``seconds``."""
+    """Load ``url`` + ``path`` with ``connections`` closed-loop clients; count ``seconds`` of
+    answers after ``warmup`` seconds (every thread sending, connections open)."""
     check_loopback(url)
-    cmd = wrk_command(url, path, body, images, seconds, connections, offset)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    start = time.time() + warmup
+    cmd = wrk_command(url, path, body, images, (start, start + seconds), connections, offset)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=warmup + seconds + 120)
     if proc.returncode != 0:
         raise WrkError(f"wrk exited {proc.returncode}: {proc.stderr[-400:]}")
-    return to_result(parse_wrk_output(proc.stdout))
+    return to_result(parse_wrk_output(proc.stdout), connections)
 
 
 def run_repeats(
@@ -140,11 +184,14 @@ def run_repeats(
     seconds: float,
     repeats: int,
     connections: int = 16,
+    warmup: float = WARMUP_S,
 ) -> dict[str, Any]:
     """``repeats`` runs (each starting at other images) and the median run by images/s."""
     n_images = sum(1 for line in (images / "labels.txt").read_text().splitlines() if line.strip())
     runs = [
-        run_wrk(url, path, body, images, seconds, connections, offset=r * n_images // max(repeats, 1))
+        run_wrk(
+            url, path, body, images, seconds, connections, r * n_images // max(repeats, 1), warmup
+        )
         for r in range(repeats)
     ]
     return summarise(runs)
@@ -175,14 +222,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--path", required=True, help="request path with its query")
     p.add_argument("--images", type=Path, required=True, help="a folder with labels.txt")
     p.add_argument("--body", choices=BODIES, default="raw")
-    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--seconds", type=float, default=5.0, help="the measured window per run")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=WARMUP_S,
+        help="seconds of load before the window opens (wrk's threads start one after another)",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--connections", type=int, default=16)
     args = p.parse_args(argv)
     try:
         out = run_repeats(
-            args.url, args.path, args.body, args.images, args.seconds, args.repeats, args.connections
-        )
+            args.url, args.path, args.body, args.images, args.seconds, args.repeats,
+            args.connections, args.warmup,
+        )  # fmt: skip
     except WrkError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

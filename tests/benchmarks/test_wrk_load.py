@@ -30,8 +30,9 @@ from benchmarks.wrk_load import (
 )
 
 RAW = {
-    "duration_us": 2_000_000, "requests": 110, "bytes": 5000, "ok": 100, "correct": 90,
-    "bad_status": 4, "unparsed": 1, "lost": 2,
+    "window_us": 2_000_000, "wrk_duration_us": 3_010_000, "late_threads": 0,
+    "thread_start_spread_us": 4_000, "requests": 160, "bytes": 5000, "answered": 105, "ok": 100,
+    "correct": 90, "bad_status": 4, "unparsed": 1, "lost": 2, "outside_window": 55,
     "socket_errors": {"connect": 0, "read": 1, "write": 0, "status": 4, "timeout": 2},
     "latency_us": {"mean": 1500.0, "max": 9000, "p50": 1200, "p90": 2500, "p95": 3000, "p99": 7000},
 }  # fmt: skip
@@ -45,14 +46,29 @@ def test_parse_finds_the_script_line_among_wrk_text() -> None:
 
 
 def test_result_units_and_failures() -> None:
-    r = to_result(RAW)
+    r = to_result(RAW, connections=4)
     assert r.seconds == 2.0 and r.images_per_s == 50.0 and r.accuracy == 0.9
     assert (r.p50_ms, r.p90_ms, r.p99_ms, r.mean_ms) == (1.2, 2.5, 7.0, 1.5)
     assert r.failed == 4 + 1 + 2 + 3  # wrk's status errors are the script's bad_status
+    assert r.in_flight == pytest.approx(105 / 2.0 * 0.0015)
+    assert r.thread_start_spread_ms == 4.0
+
+
+def test_a_thread_that_started_inside_the_window_is_refused() -> None:
+    with pytest.raises(WrkError, match="2 of wrk's threads .* longer warm-up"):
+        to_result(RAW | {"late_threads": 2}, connections=4)
+
+
+def test_more_in_flight_than_connections_is_refused() -> None:
+    # 105 answers in 2 s at 200 ms each: 10.5 requests in flight, impossible on 4 connections.
+    slow = RAW | {"latency_us": RAW["latency_us"] | {"mean": 200_000.0}}
+    with pytest.raises(WrkError, match="10.5 requests in flight on 4 connections"):
+        to_result(slow, connections=4)
+    assert to_result(slow, connections=16).in_flight == pytest.approx(10.5)
 
 
 def test_summary_is_the_median_run_and_pooled_accuracy() -> None:
-    runs = [to_result(RAW | {"ok": ok, "correct": c}) for ok, c in ((100, 90), (300, 150), (200, 200))]
+    runs = [to_result(RAW | {"ok": ok, "correct": c}, 4) for ok, c in ((100, 90), (300, 150), (200, 200))]
     s = summarise(runs)
     assert s["images_per_s"] == 100.0 and s["images_per_s_range"] == [50.0, 150.0]
     assert s["answers"] == 600 and s["accuracy"] == pytest.approx(440 / 600)
@@ -80,7 +96,10 @@ class _Classifier(BaseHTTPRequestHandler):
             image = body[header_len + 4 : header_len + 4 + n]
         else:
             image = body
-        time.sleep(random.uniform(0, 0.004))  # answers of different connections overtake
+        # Answers of different connections overtake; byte 254 answers after a fixed 20 ms.
+        time.sleep(0.02 if image[0] == 254 else random.uniform(0, 0.004))
+        if image[0] == 254:
+            image = bytes([0])
         if image[0] == 255:
             self._send(500, b'{"error": "bad"}')
             return
@@ -134,4 +153,22 @@ def test_wrong_answers_and_errors_are_counted(server: str, tmp_path: Path) -> No
     # Half of the images answer right; each thread sends a contiguous cycle, so the share of
     # right answers stays within one cycle per connection of a half.
     assert 0.3 < s["accuracy"] < 0.7
-    assert s["failed"] >= 1 and all(r["failed"] == r["requests"] - r["ok"] for r in s["runs"])
+    assert s["failed"] >= 1 and all(r["failed"] == r["answered"] - r["ok"] for r in s["runs"])
+
+
+def test_only_answers_inside_the_window_count(server: str, tmp_path: Path) -> None:
+    # Every answer takes 20 ms: 4 connections can be answered at most 200 times a second, and
+    # the warm-up's and the tail's answers are read but not counted.
+    images = write_image_set([bytes([254])] * 8, [0] * 8, tmp_path)
+    r = run_wrk(server, "/classify", "raw", images, seconds=1.5, connections=4, warmup=0.5)
+    assert r.seconds == 1.5
+    assert 0 < r.images_per_s <= 4 / 0.020
+    assert r.mean_ms >= 20.0 and r.in_flight <= 4 * 1.05
+    assert r.requests > r.ok + r.failed  # answers outside the window were read, not counted
+    assert r.correct == r.ok and r.thread_start_spread_ms < 500
+
+
+def test_a_window_that_opens_before_the_threads_start_is_refused(server: str, tmp_path: Path) -> None:
+    images = write_image_set([bytes([3])] * 4, [3] * 4, tmp_path)
+    with pytest.raises(WrkError, match="first request after the measured window opened"):
+        run_wrk(server, "/classify", "raw", images, seconds=1, connections=2, warmup=0)
