@@ -82,7 +82,14 @@ def peers_section(peers: dict[str, Any], profile: dict[str, Any] | None = None) 
             if max(meta.get("loadavg_1m", [0.0])) > 1.5
             else ""
         ),
-        f"- wrk, {s['connections']} connections (one thread each), {s['seconds']:.0f} s per run, "
+        f"- wrk, {s['connections']} connections (one thread each), {s['seconds']:.0f} s per run"
+        + (
+            f" counted after {s['warmup_seconds']:.0f} s of warm-up load (answers inside the window "
+            "only)"
+            if "warmup_seconds" in s
+            else ""
+        )
+        + ", "
         f"{s['repeats']} runs per row round-robin (median shown, range in brackets); "
         f"{s['images']} held test JPEGs of `{s['package']}`, one per request, every answer "
         "scored against its label (`benchmarks/wrk/classify.lua`)",

@@ -28,7 +28,7 @@ from typing import Any
 
 from benchmarks.launch import REPO, Server, ServerSpec, free_port_block, service_spec
 from benchmarks.pipeline import commit, machine, reproduce_command
-from benchmarks.wrk_load import run_wrk, summarise
+from benchmarks.wrk_load import WARMUP_S, run_wrk, summarise
 
 PEER_VENVS = REPO / ".peers"
 TARGETS = {
@@ -254,6 +254,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         },
         "settings": {
             "seconds": args.seconds,
+            "warmup_seconds": WARMUP_S,
             "repeats": args.repeats,
             "connections": args.connections,
             "images": len(list(images.glob("*.jpg"))),

