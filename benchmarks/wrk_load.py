@@ -218,9 +218,7 @@ def run_repeats(
     """``repeats`` runs (each starting at other images) and the median run by images/s."""
     n_images = sum(1 for line in (images / "labels.txt").read_text().splitlines() if line.strip())
     runs = [
-        run_wrk(
-            url, path, body, images, seconds, connections, r * n_images // max(repeats, 1), warmup
-        )
+        run_wrk(url, path, body, images, seconds, connections, r * n_images // max(repeats, 1), warmup)
         for r in range(repeats)
     ]
     return summarise(runs)

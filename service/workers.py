@@ -6,11 +6,11 @@ interpreters), so the parent hands them its command line in ``SERVICE_WORKER_ARG
 rebuilds the very settings the parent parsed: the same command line over the same environment and
 settings file. The variable stays outside the ``ANYTIME_`` prefix, which the settings own.
 
-Cores: with ``pin_workers`` (off by default) the parent binds each worker process to its own share
+Cores: with ``pin_workers`` (on by default) the parent binds each worker process to its own share
 of the cores it may use (``core_groups``). A process's threads (event loop, engine worker,
 decoding) hand its interpreter lock to each other all the time; on one core that is a cheap
 switch, across cores a wake-up of the other core. Measured on 2 cores with 2 workers: 5-19 %
-more images/s over HTTP (docs/serving-performance.md).
+more images/s over HTTP in two sittings (docs/serving-performance.md).
 
 Metrics: the parent makes a fresh ``PROMETHEUS_MULTIPROC_DIR`` before it spawns the workers, so
 that prometheus_client starts in multiprocess mode in each of them (service/metrics.py), and

@@ -72,6 +72,13 @@ def test_section_shows_every_row_and_each_target_verdict() -> None:
         in text
     )
     assert "budget 1.0: 90.04 %, budget 0.5: 89.52 %" in text
+    assert "warm-up" not in text  # results measured before the window had none recorded
+
+
+def test_section_states_the_warm_up_before_the_counted_window() -> None:
+    peers = PEERS | {"settings": PEERS["settings"] | {"warmup_seconds": 2.0}}
+    text = "\n".join(peers_section(peers))
+    assert "5 s per run counted after 2 s of warm-up load (answers inside the window only)" in text
 
 
 def test_section_only_when_results_exist(tmp_path: Path) -> None:

@@ -56,20 +56,22 @@ def test_result_units_and_failures() -> None:
 
 
 def test_a_thread_that_started_inside_the_window_is_refused() -> None:
-    with pytest.raises(LateStartError, match="2 of wrk's threads .* longer warm-up"):
+    with pytest.raises(LateStartError, match=r"2 of wrk's threads .* longer warm-up"):
         to_result(RAW | {"late_threads": 2}, connections=4)
 
 
 def test_more_in_flight_than_connections_is_refused() -> None:
     # 105 answers in 2 s at 200 ms each: 10.5 requests in flight, impossible on 4 connections.
     slow = RAW | {"latency_us": RAW["latency_us"] | {"mean": 200_000.0}}
-    with pytest.raises(WrkError, match="10.5 requests in flight on 4 connections"):
+    with pytest.raises(WrkError, match=r"10\.5 requests in flight on 4 connections"):
         to_result(slow, connections=4)
     assert to_result(slow, connections=16).in_flight == pytest.approx(10.5)
 
 
 def test_summary_is_the_median_run_and_pooled_accuracy() -> None:
-    runs = [to_result(RAW | {"ok": ok, "correct": c}, 4) for ok, c in ((100, 90), (300, 150), (200, 200))]
+    runs = [
+        to_result(RAW | {"ok": ok, "correct": c}, 4) for ok, c in ((100, 90), (300, 150), (200, 200))
+    ]
     s = summarise(runs)
     assert s["images_per_s"] == 100.0 and s["images_per_s_range"] == [50.0, 150.0]
     assert s["answers"] == 600 and s["accuracy"] == pytest.approx(440 / 600)
