@@ -176,7 +176,7 @@ def run_wrk(
     answers after ``warmup`` seconds (every thread sending, connections open).
 
     A run whose threads were still starting when the window opened is run again once, with a
-    warm-up of twice that start-up plus a second (beside a busy server 16 threads took over 1 s).
+    warm-up of twice that start-up plus a second (beside a busy server 16 threads took 1.3-2.0 s).
     """
     check_loopback(url)
     try:
