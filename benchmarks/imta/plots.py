@@ -21,6 +21,7 @@ from benchmarks.imta.plan import ARM_NAMES
 
 matplotlib.use("Agg")  # files only: runs are headless
 import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
 
 COLOURS = dict(
     zip(ARM_NAMES, ("tab:grey", "tab:blue", "tab:green", "tab:red", "tab:orange"), strict=True)
@@ -95,6 +96,10 @@ def _interpolate(curve: list[dict[str, float]], grid: np.ndarray) -> np.ndarray:
     return out
 
 
+def _block_colour(block: int, blocks: int) -> Any:
+    return plt.cm.viridis(block / max(blocks - 1, 1))
+
+
 def plot_norms(stats: dict[str, Any], path: Path) -> bool:
     """Returns False (and writes nothing) when no run logged block norms."""
     arms = [a for a in ("plain", "ge", "lr_scaled") if any(r["norms"] for r in _runs_of(stats, a))]
@@ -113,19 +118,19 @@ def plot_norms(stats: dict[str, Any], path: Path) -> bool:
             length = min(len(s) for s in series)
             mean = np.mean([s[:length] for s in series], axis=0)  # [epochs, blocks]
             for block in range(mean.shape[1]):
-                colour = plt.cm.viridis(block / max(mean.shape[1] - 1, 1))
-                label = f"{arm}, block {block}" if arm == arms[0] or block == 0 else None
                 ax.plot(
                     range(1, length + 1),
                     mean[:, block],
                     styles[arm],
-                    marker=".",
-                    color=colour,
-                    label=label,
+                    color=_block_colour(block, mean.shape[1]),
                 )
         ax.set(title=f"per block: {title}", xlabel="epoch", yscale="log")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6, ncol=2)
+    # Colour says the block, line style the arm: one legend entry each, not one per pair.
+    blocks = len(_runs_of(stats, arms[0])[0]["norms"]["block_grad_norm"][0])
+    handles = [Line2D([], [], color=_block_colour(b, blocks), label=f"block {b}") for b in range(blocks)]
+    handles += [Line2D([], [], color="black", linestyle=styles[a], label=a) for a in arms]
+    axes[0].legend(handles=handles, fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
