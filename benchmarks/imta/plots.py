@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import matplotlib
 import numpy as np
@@ -106,7 +106,7 @@ def plot_norms(stats: dict[str, Any], path: Path) -> bool:
     if not arms:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    styles = {"plain": "-", "ge": "--", "lr_scaled": ":"}
+    styles: dict[str, Literal["-", "--", ":"]] = {"plain": "-", "ge": "--", "lr_scaled": ":"}
     for ax, key, title in zip(
         axes,
         ("block_grad_norm", "block_weight_norm"),
@@ -117,17 +117,17 @@ def plot_norms(stats: dict[str, Any], path: Path) -> bool:
             series = [np.array(r["norms"][key]) for r in _runs_of(stats, arm) if key in r["norms"]]
             length = min(len(s) for s in series)
             mean = np.mean([s[:length] for s in series], axis=0)  # [epochs, blocks]
-            for block in range(mean.shape[1]):
+            blocks = mean.shape[1]
+            for block in range(blocks):
                 ax.plot(
                     range(1, length + 1),
                     mean[:, block],
                     styles[arm],
-                    color=_block_colour(block, mean.shape[1]),
+                    color=_block_colour(block, blocks),
                 )
         ax.set(title=f"per block: {title}", xlabel="epoch", yscale="log")
         ax.grid(alpha=0.3)
     # Colour says the block, line style the arm: one legend entry each, not one per pair.
-    blocks = len(_runs_of(stats, arms[0])[0]["norms"]["block_grad_norm"][0])
     handles = [Line2D([], [], color=_block_colour(b, blocks), label=f"block {b}") for b in range(blocks)]
     handles += [Line2D([], [], color="black", linestyle=styles[a], label=a) for a in arms]
     axes[0].legend(handles=handles, fontsize=7, ncol=2)
