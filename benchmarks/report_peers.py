@@ -44,6 +44,22 @@ def _accuracy_line(rows: dict[str, Any], package_accuracy: dict[str, float] | No
     return "; accuracy " + ", ".join(out) if out else ""
 
 
+def _warmup_text(settings: dict[str, Any], rows: dict[str, Any]) -> str:
+    """`` counted after 2 s of warm-up load ...``, naming the runs that needed a longer one."""
+    if "warmup_seconds" not in settings:
+        return ""
+    base = settings["warmup_seconds"]
+    runs = [r for row in rows.values() for r in row.get("runs", [])]
+    longer = [r["warmup_s"] for r in runs if r.get("warmup_s", base) > base]
+    text = f" counted after {base:.0f} s of warm-up load (answers inside the window only"
+    if longer:
+        text += (
+            f"; {len(longer)} of {len(runs)} runs were run again with a longer warm-up, up to "
+            f"{max(longer):.1f} s, because wrk's threads were still starting"
+        )
+    return text + ")"
+
+
 def ratio_lines(
     ratios: dict[str, Any],
     rows: dict[str, Any] | None = None,
@@ -83,12 +99,7 @@ def peers_section(peers: dict[str, Any], profile: dict[str, Any] | None = None) 
             else ""
         ),
         f"- wrk, {s['connections']} connections (one thread each), {s['seconds']:.0f} s per run"
-        + (
-            f" counted after {s['warmup_seconds']:.0f} s of warm-up load (answers inside the window "
-            "only)"
-            if "warmup_seconds" in s
-            else ""
-        )
+        + _warmup_text(s, peers["rows"])
         + ", "
         f"{s['repeats']} runs per row round-robin (median shown, range in brackets); "
         f"{s['images']} held test JPEGs of `{s['package']}`, one per request, every answer "

@@ -67,6 +67,7 @@ class WrkResult:
     mean_ms: float
     in_flight: float  # Little's law: answers/s x mean latency, at most the connections
     thread_start_spread_ms: float  # first request of the last thread minus that of the first
+    warmup_s: float  # seconds of load before the window opened (longer if the run was retried)
 
 
 def wrk_executable() -> str:
@@ -99,8 +100,9 @@ def parse_wrk_output(stdout: str) -> dict[str, Any]:
     raise WrkError(f"wrk printed no {MARKER.strip()} line; its output ends: {stdout[-400:]!r}")
 
 
-def to_result(raw: dict[str, Any], connections: int) -> WrkResult:
-    """Images/s, accuracy and latency (ms) of the window from the script's raw counts (µs).
+def to_result(raw: dict[str, Any], connections: int, warmup_s: float = WARMUP_S) -> WrkResult:
+    """Images/s, accuracy and latency (ms) of the window from the script's raw counts (µs);
+    ``warmup_s`` is the warm-up the run was given, recorded with it.
 
     Raises:
         WrkError: a thread began after the window opened (a longer warm-up is needed), or the
@@ -136,6 +138,7 @@ def to_result(raw: dict[str, Any], connections: int) -> WrkResult:
         mean_ms=lat["mean"] / 1e3,
         in_flight=in_flight,
         thread_start_spread_ms=raw["thread_start_spread_us"] / 1e3,
+        warmup_s=warmup_s,
     )
 
 
@@ -202,7 +205,7 @@ def _run_window(
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=warmup + seconds + 120)
     if proc.returncode != 0:
         raise WrkError(f"wrk exited {proc.returncode}: {proc.stderr[-400:]}")
-    return to_result(parse_wrk_output(proc.stdout), connections)
+    return to_result(parse_wrk_output(proc.stdout), connections, warmup)
 
 
 def run_repeats(

@@ -81,6 +81,21 @@ def test_section_states_the_warm_up_before_the_counted_window() -> None:
     assert "5 s per run counted after 2 s of warm-up load (answers inside the window only)" in text
 
 
+def test_section_names_the_runs_given_a_longer_warm_up() -> None:
+    run = {"images_per_s": 170.0, "warmup_s": 2.0}
+    rows = {k: v | {"runs": [run, run]} for k, v in ROWS.items()}
+    rows["triton (full network)"] = rows["triton (full network)"] | {
+        "runs": [run, run | {"warmup_s": 5.1}]
+    }
+    peers = PEERS | {"rows": rows, "settings": PEERS["settings"] | {"warmup_seconds": 2.0}}
+    text = "\n".join(peers_section(peers))
+    n = 2 * len(ROWS)
+    assert (
+        f"warm-up load (answers inside the window only; 1 of {n} runs were run again with a "
+        "longer warm-up, up to 5.1 s, because wrk's threads were still starting)"
+    ) in text
+
+
 def test_section_only_when_results_exist(tmp_path: Path) -> None:
     assert section_if_measured(tmp_path) == []
     (tmp_path / "peers.json").write_text(json.dumps(PEERS))

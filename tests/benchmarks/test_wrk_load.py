@@ -169,6 +169,7 @@ def test_only_answers_inside_the_window_count(server: str, tmp_path: Path) -> No
     assert r.mean_ms >= 20.0 and r.in_flight <= 4 * 1.05
     assert r.requests > r.ok + r.failed  # answers outside the window were read, not counted
     assert r.correct == r.ok and r.thread_start_spread_ms < 500
+    assert r.warmup_s == 0.5
 
 
 def test_a_window_that_opened_before_the_threads_started_is_measured_again(
@@ -178,3 +179,4 @@ def test_a_window_that_opened_before_the_threads_started_is_measured_again(
     r = run_wrk(server, "/classify", "raw", images, seconds=1, connections=2, warmup=0)
     assert "first request after the measured window opened" in capsys.readouterr().err
     assert r.seconds == 1.0 and r.ok > 0 and r.correct == r.ok
+    assert r.warmup_s >= 1.0  # the retry's own warm-up is recorded with the run
