@@ -51,6 +51,7 @@ def run_rows(runs_dir: Path) -> list[dict[str, Any]]:
         rows.append(
             {
                 "key": r["key"],
+                "seed": r["seed"],
                 "under_way": (run_dir / RUNNING).is_file(),
                 "stage": r["stage"],
                 "state": state,
@@ -62,8 +63,11 @@ def run_rows(runs_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def seconds_left(rows: list[dict[str, Any]]) -> tuple[float | None, bool]:
-    """Training seconds left and whether a stage-2 figure is the stage-1 stand-in."""
+def seconds_left(
+    rows: list[dict[str, Any]], through_seed: int | None = None
+) -> tuple[float | None, bool]:
+    """Training seconds left (of the runs of seeds up to ``through_seed``, all when None; the
+    epoch times come from every run) and whether a stage-2 figure is the stage-1 stand-in."""
     by_stage = {
         st: [r["epoch_s"] for r in rows if r["stage"] == st and r["epoch_s"] is not None]
         for st in (1, 2)
@@ -75,7 +79,9 @@ def seconds_left(rows: list[dict[str, Any]]) -> tuple[float | None, bool]:
     per_epoch.setdefault(2, per_epoch.get(1, 0.0))
     per_epoch.setdefault(1, per_epoch[2])
     left = sum(
-        max(r["epochs"] - r["done"], 0) * per_epoch[r["stage"]] for r in rows if r["state"] != "finished"
+        max(r["epochs"] - r["done"], 0) * per_epoch[r["stage"]]
+        for r in rows
+        if r["state"] != "finished" and (through_seed is None or r["seed"] <= through_seed)
     )
     return left, borrowed
 
@@ -99,7 +105,45 @@ def status_text(runs_dir: Path) -> str:
     eta += f" ({jobs} runs at a time)" if jobs > 1 and left is not None else ""
     note = " (stage 2 timed as stage 1: an upper bound)" if borrowed else ""
     lines.append(f"{finished}/{len(rows)} runs finished; time left: {eta}{note}")
+    lines += _by_seed(rows, jobs) if left is not None else []
     return "\n".join(lines)
+
+
+def seconds_until_each_seed(rows: list[dict[str, Any]], jobs: int) -> dict[int, float]:
+    """Training seconds until each seed with runs left is finished. The launcher trains the seeds
+    in order, so this is when each could enter the analysis. Per seed, the larger of the time of
+    its and earlier seeds' runs shared over the jobs and its longest chain (a stage-2 run waits
+    for its stage-1 network): a lower bound."""
+    left_of = {r["key"]: seconds_left([r, *_timed(rows)])[0] or 0.0 for r in rows}
+    out = {}
+    for seed in sorted({r["seed"] for r in rows if r["state"] != "finished"}):
+        shared = (seconds_left(rows, through_seed=seed)[0] or 0.0) / jobs
+        chains = [
+            left_of[r["key"]]
+            + (left_of.get(f"{_parent_arm(r['key'])}/seed{seed}", 0.0) if r["stage"] == 2 else 0.0)
+            for r in rows
+            if r["seed"] == seed
+        ]
+        out[seed] = max([shared, *chains])
+    return out
+
+
+def _by_seed(rows: list[dict[str, Any]], jobs: int) -> list[str]:
+    if len({r["seed"] for r in rows}) < 2:
+        return []
+    until = seconds_until_each_seed(rows, jobs)
+    parts = [f"seed {seed} in {_duration(s)}" for seed, s in until.items()]
+    return ["until each seed is finished (seeds run in order): " + ", ".join(parts)] if parts else []
+
+
+def _timed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows as epoch-time donors only (finished: nothing of theirs is counted as left)."""
+    return [r | {"state": "finished"} for r in rows]
+
+
+def _parent_arm(key: str) -> str:
+    """``ge+isc_kd/seed0`` -> ``ge``: the stage-1 arm a stage-2 arm starts from."""
+    return key.split("/")[0].split("+")[0]
 
 
 def _duration(seconds: float) -> str:
