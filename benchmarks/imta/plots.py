@@ -32,6 +32,11 @@ def _runs_of(stats: dict[str, Any], arm: str) -> list[dict[str, Any]]:
     return [r for r in stats["runs"] if r["arm"] == arm]
 
 
+def _seed_label(arm: str, n_seeds: int) -> str:
+    """``plain (mean of 2 seeds)``; ``plain (1 seed)``."""
+    return f"{arm} (mean of {n_seeds} seeds)" if n_seeds > 1 else f"{arm} (1 seed)"
+
+
 def plot_anytime(stats: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for arm in ARM_NAMES:
@@ -40,7 +45,7 @@ def plot_anytime(stats: dict[str, Any], path: Path) -> None:
             continue
         madds = runs[0]["madds"]
         acc = 100 * np.array([r["test_accuracy"] for r in runs])
-        ax.plot(madds, acc.mean(0), "o-", color=COLOURS[arm], label=f"{arm} ({len(runs)} seeds)")
+        ax.plot(madds, acc.mean(0), "o-", color=COLOURS[arm], label=_seed_label(arm, len(runs)))
         for row in acc:
             ax.plot(madds, row, ".", color=COLOURS[arm], alpha=0.35)
     ax.set(
