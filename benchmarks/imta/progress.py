@@ -16,6 +16,7 @@ from statistics import median
 from typing import Any
 
 from benchmarks.imta.launcher import PLAN, RUNNING, is_finished, process_state, read_pid
+from benchmarks.imta.plan import BY_NAME, Run
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
@@ -51,6 +52,7 @@ def run_rows(runs_dir: Path) -> list[dict[str, Any]]:
         rows.append(
             {
                 "key": r["key"],
+                "arm": r["arm"],
                 "seed": r["seed"],
                 "under_way": (run_dir / RUNNING).is_file(),
                 "stage": r["stage"],
@@ -63,27 +65,37 @@ def run_rows(runs_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def seconds_left(
-    rows: list[dict[str, Any]], through_seed: int | None = None
-) -> tuple[float | None, bool]:
-    """Training seconds left (of the runs of seeds up to ``through_seed``, all when None; the
-    epoch times come from every run) and whether a stage-2 figure is the stage-1 stand-in."""
+def _epoch_seconds(rows: list[dict[str, Any]]) -> dict[int, float] | None:
+    """Seconds per epoch of each stage: the median over its runs' measured epochs, a stage with
+    none borrowing the other's; None while no epoch is measured."""
     by_stage = {
         st: [r["epoch_s"] for r in rows if r["stage"] == st and r["epoch_s"] is not None]
         for st in (1, 2)
     }
     if not by_stage[1] and not by_stage[2]:
-        return None, False
+        return None
     per_epoch = {st: median(v) for st, v in by_stage.items() if v}
-    borrowed = 2 not in per_epoch and any(r["stage"] == 2 and r["state"] != "finished" for r in rows)
     per_epoch.setdefault(2, per_epoch.get(1, 0.0))
     per_epoch.setdefault(1, per_epoch[2])
-    left = sum(
-        max(r["epochs"] - r["done"], 0) * per_epoch[r["stage"]]
-        for r in rows
-        if r["state"] != "finished" and (through_seed is None or r["seed"] <= through_seed)
+    return per_epoch
+
+
+def _run_left(row: dict[str, Any], per_epoch: dict[int, float]) -> float:
+    """Training seconds left of one run (0 once finished)."""
+    if row["state"] == "finished":
+        return 0.0
+    return max(row["epochs"] - row["done"], 0) * per_epoch[row["stage"]]
+
+
+def seconds_left(rows: list[dict[str, Any]]) -> tuple[float | None, bool]:
+    """Training seconds left and whether a stage-2 figure is the stage-1 stand-in."""
+    per_epoch = _epoch_seconds(rows)
+    if per_epoch is None:
+        return None, False
+    borrowed = not any(r["stage"] == 2 and r["epoch_s"] is not None for r in rows) and any(
+        r["stage"] == 2 and r["state"] != "finished" for r in rows
     )
-    return left, borrowed
+    return sum(_run_left(r, per_epoch) for r in rows), borrowed
 
 
 def status_text(runs_dir: Path) -> str:
@@ -114,36 +126,31 @@ def seconds_until_each_seed(rows: list[dict[str, Any]], jobs: int) -> dict[int, 
     in order, so this is when each could enter the analysis. Per seed, the larger of the time of
     its and earlier seeds' runs shared over the jobs and its longest chain (a stage-2 run waits
     for its stage-1 network): a lower bound."""
-    left_of = {r["key"]: seconds_left([r, *_timed(rows)])[0] or 0.0 for r in rows}
+    per_epoch = _epoch_seconds(rows)
+    if per_epoch is None:
+        return {}
+    left_of = {r["key"]: _run_left(r, per_epoch) for r in rows}
     out = {}
     for seed in sorted({r["seed"] for r in rows if r["state"] != "finished"}):
-        shared = (seconds_left(rows, through_seed=seed)[0] or 0.0) / jobs
+        shared = sum(left_of[r["key"]] for r in rows if r["seed"] <= seed) / jobs
         chains = [
-            left_of[r["key"]]
-            + (left_of.get(f"{_parent_arm(r['key'])}/seed{seed}", 0.0) if r["stage"] == 2 else 0.0)
-            for r in rows
-            if r["seed"] == seed
+            left_of[r["key"]] + left_of.get(_parent_key(r), 0.0) for r in rows if r["seed"] == seed
         ]
         out[seed] = max([shared, *chains])
     return out
 
 
+def _parent_key(row: dict[str, Any]) -> str | None:
+    """The key of the stage-1 run a stage-2 run reads (the plan's own rule), or None."""
+    parent = Run(BY_NAME[row["arm"]], row["seed"]).parent()
+    return None if parent is None else parent.key
+
+
 def _by_seed(rows: list[dict[str, Any]], jobs: int) -> list[str]:
     if len({r["seed"] for r in rows}) < 2:
         return []
-    until = seconds_until_each_seed(rows, jobs)
-    parts = [f"seed {seed} in {_duration(s)}" for seed, s in until.items()]
+    parts = [f"seed {seed} in {_duration(s)}" for seed, s in seconds_until_each_seed(rows, jobs).items()]
     return ["until each seed is finished (seeds run in order): " + ", ".join(parts)] if parts else []
-
-
-def _timed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows as epoch-time donors only (finished: nothing of theirs is counted as left)."""
-    return [r | {"state": "finished"} for r in rows]
-
-
-def _parent_arm(key: str) -> str:
-    """``ge+isc_kd/seed0`` -> ``ge``: the stage-1 arm a stage-2 arm starts from."""
-    return key.split("/")[0].split("+")[0]
 
 
 def _duration(seconds: float) -> str:

@@ -210,9 +210,9 @@ def test_status_and_time_left_from_measured_epochs(tmp_path: Path) -> None:
 
 def _row(key: str, stage: int, done: int, epoch_s: float | None, epochs: int = 10) -> dict[str, object]:
     state = "finished" if done == epochs else ("partial" if done else "pending")
-    seed = int(key.rsplit("seed", 1)[1])
-    return {"key": key, "seed": seed, "stage": stage, "state": state, "done": done,
-            "epochs": epochs, "epoch_s": epoch_s}  # fmt: skip
+    arm, seed = key.split("/seed")
+    return {"key": key, "arm": arm, "seed": int(seed), "stage": stage, "state": state,
+            "done": done, "epochs": epochs, "epoch_s": epoch_s}  # fmt: skip
 
 
 def test_time_until_each_seed_counts_its_runs_shared_and_its_longest_chain() -> None:
