@@ -285,3 +285,17 @@ def test_sigterm_stops_the_launcher_cleanly_and_the_run_resumes(tmp_path: Path) 
     assert "stopped (SIGTERM) during plain/seed0" in (tmp_path / "launcher.log").read_text()
     assert not (tmp_path / PID).exists()
     assert launch(settings, FakeTraining()) == 1  # the lock was released; the run resumes
+
+
+def test_status_cut_short_by_its_reader_is_not_a_traceback(tmp_path: Path) -> None:
+    """`python -m benchmarks.imta status | head` must not end in a BrokenPipeError traceback."""
+    launch(_settings(tmp_path, seeds=(0,)), FakeTraining())
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first line is written
+    with os.fdopen(write_end, "wb") as stdout:
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.imta", "status", "--runs-dir", str(tmp_path)],
+            cwd=REPO, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+    assert done.returncode == 0
