@@ -1,6 +1,6 @@
 """``python -m benchmarks.imta {start,run,status,pause,continue,stop,pack,unpack,evaluate,report}``.
 
-    python -m benchmarks.imta start --runs-dir runs/imta        # every run, in the background
+    python -m benchmarks.imta start --runs-dir runs/imta --jobs 2  # every run, in the background
     python -m benchmarks.imta status --runs-dir runs/imta       # done / running, time left
     python -m benchmarks.imta pause --runs-dir runs/imta        # SIGSTOP the launcher's group
     python -m benchmarks.imta continue --runs-dir runs/imta     # SIGCONT
