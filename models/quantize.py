@@ -53,6 +53,12 @@ class QuantizeConfig(BaseModel):
         500, ge=1, description="images of the validation split the ranges are measured on"
     )
     batch_size: int = Field(50, ge=1, description="images per calibration batch")
+    fp32_below_channels: int = Field(
+        8,
+        ge=0,
+        description="convolutions with fewer input or output channels than this stay fp32: ORT's "
+        "int8 convolution is slower than its fp32 one on such narrow layers (docs/engine.md)",
+    )
 
 
 def stage_feeds(
@@ -125,8 +131,23 @@ def quantize_stage(src: Path, dst: Path, feeds: list[Feeds], config: QuantizeCon
             activation_type=act,
             weight_type=QuantType.QInt8,
             calibrate_method=methods[config.method],
+            nodes_to_exclude=narrow_convs(pre, config.fp32_below_channels),
             extra_options={"CalibTensorRangeSymmetric": False},
         )
+
+
+def narrow_convs(path: Path, channels: int) -> list[str]:
+    """Names of the graph's convolutions with fewer than ``channels`` input (per group) or
+    output channels."""
+    import onnx
+
+    model = onnx.load(str(path))
+    weights = {w.name: tuple(w.dims) for w in model.graph.initializer}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "Conv" and n.input[1] in weights and min(weights[n.input[1]][:2]) < channels
+    ]
 
 
 def quantize_stages(

@@ -9,11 +9,12 @@ from pathlib import Path
 import torch
 
 from models.package import ModelPackage, load_package
-from service.engine.backends import build_backend, resolve_device
+from service.engine.backends import resolve_device
 from service.engine.controller import ControllerConfig
 from service.engine.engine import EngineConfig, ModelEngine
 from service.engine.factory import build_engine, default_buckets, default_max_batch
 from service.engine.guard import GuardConfig
+from service.engine.precision import choose_backend
 from service.metrics import ServiceMetrics
 from service.settings import ServiceSettings
 
@@ -26,6 +27,7 @@ class LoadedModel:
 
     package: ModelPackage
     engine: ModelEngine
+    precision: str = "fp32"
 
     @property
     def name(self) -> str:
@@ -81,24 +83,29 @@ def load_model(path: str | Path, settings: ServiceSettings, metrics: ServiceMetr
     m = pkg.manifest
     device = resolve_device(settings.device)
     config = engine_config(settings, device)
-    backend = build_backend(
+    served = choose_backend(
         pkg,
+        settings.precision,
         settings.backend,
         device,
-        settings.torch.dtype,
         settings.intra_op_threads,
         default_buckets(device, config.max_batch_size),
+        config.max_batch_size,
+        config.default_budget or m.default_budget or 1.0,
+        settings.torch.dtype,
     )
+    pkg, backend = served.package, served.backend
     engine = build_engine(pkg, backend, config, metrics, warmup=settings.warmup)
     metrics.model_info.labels(m.name, m.version, backend.name, backend.device, str(m.num_exits)).set(1)
     metrics.queue_depth.labels(m.name).set(0)
     log.info(
-        "loaded model %s v%s from %s: %d exits, backend %s on %s",
+        "loaded model %s v%s from %s: %d exits, backend %s on %s, %s",
         m.name,
         m.version,
         path,
         m.num_exits,
         backend.name,
         backend.device,
+        served.precision,
     )
-    return LoadedModel(pkg, engine)
+    return LoadedModel(pkg, engine, served.precision)

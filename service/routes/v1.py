@@ -77,6 +77,7 @@ def model_info(
             for b in sorted(m.budgets, key=lambda b: b.budget)
         ],
         default_budget=default_budget or m.default_budget or 1.0,
+        precision=loaded.precision,
     )
 
 
