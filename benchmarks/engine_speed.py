@@ -267,31 +267,42 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     device = resolve_device(args.device)
     rows = []
-    for dtype in args.dtypes:
-        for mode in args.modes:
-            for budget, size, kind in itertools.product(args.budgets, args.images, args.clients_kind):
-                engine = make_engine(pkg, args, mode, dtype, device)
-                freeze_heap()
-                plan = resolve_plan(m, budget=budget)
-                load = (engine, plan, x, labels, size, args.clients)
-                try:
-                    closed_loop(*load, min(0.5, args.seconds), kind)
-                    row = closed_loop(*load, args.seconds, kind)
-                    if args.full_accuracy and labels is not None:
-                        acc, fraction = full_accuracy(engine, plan, x, labels)
-                        row.update(accuracy=acc, mean_compute_fraction=fraction)
-                finally:
-                    engine.stop()
-                row = dict(
-                    mode=mode, budget=budget, request_images=size, clients=args.clients,
-                    backend=engine.backend.name, device=engine.backend.device,
-                    # what ran: the CPU runs float32 whatever was asked
-                    dtype=str(getattr(engine.backend, "dtype", dtype)).removeprefix("torch."),
-                    **row,
-                )  # fmt: skip
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+    grid = itertools.product(args.dtypes, args.modes, args.budgets, args.images, args.clients_kind)
+    for (dtype, mode, budget, size, kind), _, precision in itertools.product(
+        list(grid), range(args.rounds), args.precisions
+    ):  # precisions alternate innermost, so both see the same load
+        served = at_precision(pkg, precision)
+        engine = make_engine(served, args, mode, dtype, device)
+        freeze_heap()
+        plan = resolve_plan(served.manifest, budget=budget)
+        load = (engine, plan, x, labels, size, args.clients)
+        try:
+            closed_loop(*load, min(0.5, args.seconds), kind)
+            row = closed_loop(*load, args.seconds, kind)
+            if args.full_accuracy and labels is not None:
+                acc, fraction = full_accuracy(engine, plan, x, labels)
+                row.update(accuracy=acc, mean_compute_fraction=fraction)
+        finally:
+            engine.stop()
+        row = dict(
+            mode=mode, budget=budget, request_images=size, clients=args.clients,
+            backend=engine.backend.name, device=engine.backend.device, precision=precision,
+            # what ran: the CPU runs float32 whatever was asked, bfloat16 apart
+            dtype=str(getattr(engine.backend, "dtype", dtype)).removeprefix("torch."),
+            **row,
+        )  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     return rows
+
+
+def at_precision(pkg: Any, precision: str) -> Any:
+    """The package as the service serves it at ``precision`` (fp32, or its int8 graphs)."""
+    if precision == "fp32":
+        return pkg
+    from service.engine.precision import at_int8
+
+    return at_int8(pkg)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -303,8 +314,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     dtypes = ["float32", "float16", "bfloat16"]
     ap.add_argument("--dtypes", nargs="+", default=["float32"], choices=dtypes,
-                    help="torch compute dtypes (CUDA only; the CPU always runs float32)")  # fmt: skip
+                    help="torch compute dtypes (on a CPU: float32 or bfloat16)")  # fmt: skip
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.5])
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["fp32"],
+        choices=["fp32", "int8"],
+        help="int8: the package's int8 graphs and budget table (--backend onnxruntime)",
+    )
+    ap.add_argument("--rounds", type=int, default=1, help="repeat every row, precisions alternating")
     ap.add_argument("--images", type=int, nargs="+", default=[1, 16], help="images per request")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument(

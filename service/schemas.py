@@ -60,9 +60,7 @@ class ModelInfo(BaseModel):
     exits: list[ExitInfo]
     budgets: list[BudgetInfo]
     default_budget: float
-    precision: str = Field(
-        "fp32", description="what the stages run at: fp32, int8, bf16 (fp16 on CUDA)"
-    )
+    precision: str = Field("fp32", description="what the stages run at: fp32, int8, bf16 (fp16 on CUDA)")
 
 
 class ModelList(BaseModel):

@@ -98,3 +98,30 @@ def make_package(path: Path, name: str = "msdnet", *, isc: bool = False, tar: bo
 def package_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny MSDNet package with ISC (directory form), shared by read-only tests."""
     return make_package(tmp_path_factory.mktemp("pkg"), "msdnet", isc=True)
+
+
+def make_int8_package(root: Path) -> Path:
+    """Train a tiny MSDNet on synthetic images (100 % accurate: int8 rounding flips no answer),
+    calibrate, and export it with its int8 graphs, as a user would: ``root/pkg``."""
+    from tests.training.helpers import TINY_MODEL, tiny_config, write_config
+    from training.cli import main
+
+    run = root / "run"
+    cfg = tiny_config(
+        run,
+        epochs=6,
+        model={**TINY_MODEL, "isc": True},
+        data={"synthetic_size": 1200, "n_val": 200, "n_test": 200},
+        optim={"lr": 0.1},
+    )
+    assert main(["train", "--config", str(write_config(root / "c.yaml", cfg))]) == 0
+    assert main(["calibrate", "--run-dir", str(run), "--budgets", "0.5,0.7,1.0"]) == 0
+    pkg = root / "pkg"
+    assert main(["export", "--run-dir", str(run), "--out", str(pkg), "--name", "tiny-int8"]) == 0
+    return pkg
+
+
+@pytest.fixture(scope="session")
+def int8_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained tiny package with fp32 and int8 stage graphs (read-only: copy it to change it)."""
+    return make_int8_package(tmp_path_factory.mktemp("int8"))
