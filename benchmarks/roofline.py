@@ -1,13 +1,15 @@
 """How near the CPU's speed each stage runs: ``python -m benchmarks.roofline``.
 
 For every stage graph of a package, fp32 and int8 (ONNX Runtime, one thread): milliseconds per
-image at each batch size, achieved GFLOP/s (the manifest's FLOPs of the stage over that time), and
-the fraction of the core's measured peak, a GEMM of the same precision on the same core (fp32:
-an ORT ``MatMul``; int8: an ORT ``MatMulInteger`` of uint8 x int8, the pair the int8 stages use).
-ORT's profiler then says where a stage's time goes at the largest batch (convolutions, concats,
-layout reorders, quantize/dequantize, the rest, and the run's own overhead outside any node).
-``--channels`` measures one 3x3 convolution at several channel counts (multiples of the CPU's
-channel block or not). Writes a compact JSON (``--json``) and prints markdown tables.
+image at each batch size (CPU time of the thread that runs the session), achieved GFLOP/s (the
+manifest's FLOPs of the stage over that time), and the fraction of the core's measured peak: a
+GEMM of the same precision on the same core (fp32: an ORT ``MatMul``; int8: an ORT
+``MatMulInteger`` of uint8 x int8, the pair the int8 stages use). At the largest batch, ORT's
+profiler says where a stage's time goes (convolutions, concats, layout reorders,
+quantize/dequantize, the rest, and the run's own overhead outside any node), and a line through
+small batches gives the fixed cost of one call. ``--channels`` measures one 3x3 convolution at
+several channel counts (multiples of the CPU's channel block or not). Writes a compact JSON
+(``--json``) and prints the markdown tables of docs/engine.md.
 """
 
 from __future__ import annotations
@@ -55,21 +57,22 @@ def session(model: str | bytes, profile: str | None = None) -> Any:
 
 
 def seconds_per_call(fn: Callable[[], Any], seconds: float, repeats: int = 7) -> float:
-    """The best over ``repeats`` of the mean time of ``fn`` over about ``seconds / repeats``.
+    """The best over ``repeats`` of the mean CPU time of ``fn`` over about ``seconds / repeats``.
 
-    The best, not the median: this measures what the core can do, and on a shared machine the
-    least disturbed repeat is the nearest to it (``timeit``'s advice)."""
+    CPU time of the calling thread, where a one-thread ONNX Runtime session runs: on a shared
+    machine, time spent descheduled is not the kernel's. The best repeat, not the median: this
+    measures what the core can do, and the least disturbed repeat is the nearest to it."""
     fn()
-    t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds / repeats or n < 2:
+    t0, n = time.thread_time(), 0
+    while time.thread_time() - t0 < seconds / repeats or n < 2:
         fn()
         n += 1
     means = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         for _ in range(n):
             fn()
-        means.append((time.perf_counter() - t0) / n)
+        means.append((time.thread_time() - t0) / n)
     return min(means)
 
 
@@ -128,7 +131,8 @@ def profile_shares(model: str, feeds: Feeds, runs: int) -> dict[str, float]:
 
 
 def stage_rows(pkg_path: Path, batches: Sequence[int], seconds: float) -> list[dict[str, Any]]:
-    """Every stage at every batch, fp32 and int8 timed alternately; profiled at the largest batch."""
+    """Every stage at every batch, fp32 and int8 timed alternately; at the largest batch, where
+    its time goes (profiler) and its fixed cost per call (:data:`SMALL_BATCHES`)."""
     pkg = load_package(pkg_path, verify_checksums=False)
     m = pkg.manifest
     if m.int8 is None:
@@ -140,35 +144,32 @@ def stage_rows(pkg_path: Path, batches: Sequence[int], seconds: float) -> list[d
     stage_flops = [f - (flops[k - 1] if k else 0) for k, f in enumerate(flops)]
     h, w = m.preprocessing.input_size
     x = np.random.default_rng(0).standard_normal((max(batches), 3, h, w), dtype=np.float32)
+    feeds = {b: next(stage_feeds(sessions["fp32"], names, x[:b], b)) for b in {*batches, *SMALL_BATCHES}}
     rows = []
     for b in batches:
-        feeds = next(stage_feeds(sessions["fp32"], names, x[:b], b))
         for k in range(m.num_exits):
             row: dict[str, Any] = {"stage": k, "batch": b, "mflops": stage_flops[k] / 1e6}
             for p in ("fp32", "int8"):  # alternated, so both see the same load
-                s, f = sessions[p][k], feeds[k]
-                ms = 1e3 * seconds_per_call(partial(s.run, None, f), seconds) / b
+                s = sessions[p][k]
+                ms = 1e3 * seconds_per_call(partial(s.run, None, feeds[b][k]), seconds) / b
                 row[p] = {"ms_per_image": ms, "gflops": stage_flops[k] / ms / 1e6}
-            if b == max(batches):
-                for p in ("fp32", "int8"):
-                    row[p]["profile"] = profile_shares(str(pkg.root / files[p][k]), feeds[k], 50)
+                if b == max(batches):
+                    small = [feeds[n][k] for n in SMALL_BATCHES]
+                    row[p]["fixed_us"] = fixed_us(s, small, seconds)
+                    row[p]["profile"] = profile_shares(str(pkg.root / files[p][k]), feeds[b][k], 50)
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
 
 
-def fixed_cost(rows: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
-    """Per stage and precision, the fixed microseconds of one call: the intercept of a
-    least-squares line through (batch, ms per call) over the batches measured."""
-    out: dict[int, dict[str, float]] = {}
-    for k in sorted({r["stage"] for r in rows}):
-        mine = [r for r in rows if r["stage"] == k]
-        b = np.array([r["batch"] for r in mine], dtype=float)
-        for p in ("fp32", "int8"):
-            ms = b * np.array([r[p]["ms_per_image"] for r in mine])
-            intercept = np.polyfit(b, ms, 1)[1] if len(b) > 1 else 0.0
-            out.setdefault(k, {})[p] = 1e3 * float(intercept)
-    return out
+SMALL_BATCHES = (1, 2, 4)  # small enough that every batch's tensors stay in the caches
+
+
+def fixed_us(s: Any, feeds: Sequence[Feeds], seconds: float) -> float:
+    """Microseconds one call costs whatever its batch: the intercept of a least-squares line
+    through (batch, CPU time per call) at :data:`SMALL_BATCHES` (``feeds``, in that order)."""
+    t = [seconds_per_call(partial(s.run, None, f), seconds) for f in feeds]
+    return 1e6 * float(np.polyfit(SMALL_BATCHES, t, 1)[1])
 
 
 def conv_model(c: int, hw: int) -> onnx.ModelProto:
@@ -229,7 +230,7 @@ def markdown(result: dict[str, Any]) -> str:
     cats = ["conv", "concat", "reorder", "quant", "other", "overhead"]
     out += [
         "",
-        "| stage | precision | " + " | ".join(cats) + " | fixed µs per call |",
+        "| stage | precision | " + " | ".join(cats) + " | fixed µs per call (share) |",
         "|---|---|" + "---|" * (len(cats) + 1),
     ]
     for r in result["stages"]:
@@ -237,8 +238,9 @@ def markdown(result: dict[str, Any]) -> str:
             if "profile" in r[p]:
                 shares = r[p]["profile"]
                 cells = " | ".join(f"{100 * shares.get(c, 0.0):.0f} %" for c in cats)
-                fixed = result["fixed_us"][str(r["stage"])][p]
-                out.append(f"| {r['stage']} | {p} | {cells} | {fixed:.0f} |")
+                call_us = 1e3 * r[p]["ms_per_image"] * r["batch"]
+                fixed = f"{r[p]['fixed_us']:.0f} ({100 * r[p]['fixed_us'] / call_us:.0f} %)"
+                out.append(f"| {r['stage']} | {p} | {cells} | {fixed} |")
     out += ["", "| channels | fp32 ms | fp32 GFLOP/s | int8 ms | int8 GOP/s | int8 speed-up |"]
     out.append("|---|---|---|---|---|---|")
     for r in result["channels"]:
@@ -265,11 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(peak), flush=True)
     int8 = load_package(args.package, verify_checksums=False).manifest.int8
     config = int8.quantization if int8 is not None else QuantizeConfig()
-    stages = stage_rows(args.package, args.batches, args.seconds)
     result = {
         "peak": peak,
-        "stages": stages,
-        "fixed_us": {str(k): v for k, v in fixed_cost(stages).items()},
+        "stages": stage_rows(args.package, args.batches, args.seconds),
         "channels": channel_rows(args.channels, args.hw, max(args.batches), args.seconds, config),
     }
     args.json.write_text(json.dumps(result, separators=(",", ":")) + "\n")
