@@ -49,8 +49,13 @@ class Point:
     body: str
 
 
-def peer_specs(package: Path, name: str, threads: int) -> tuple[list[ServerSpec], list[Point]]:
-    """Triton and LitServe on the full network, each from its venv under ``.peers``."""
+def peer_specs(
+    package: Path, name: str, threads: int, precision: str = "fp32"
+) -> tuple[list[ServerSpec], list[Point]]:
+    """Triton and LitServe on the full network, each from its venv under ``.peers``: the torch
+    model, or with ``precision`` int8 the package's int8 graphs on ONNX Runtime (what the
+    service serves then)."""
+    graphs = "int8" if precision == "int8" else "torch"
     specs, points = [], []
     for peer, body, path, ready in (
         ("triton", "v2", f"/v2/models/{name}/infer", f"/v2/models/{name}/ready"),
@@ -61,7 +66,7 @@ def peer_specs(package: Path, name: str, threads: int) -> tuple[list[ServerSpec]
             raise SystemExit(f"error: {python} is missing: `make peers` creates the peers' venvs")
         port = free_port_block(3)  # Triton: http, grpc, metrics
         cmd = [str(python), "-m", f"benchmarks.peers.{peer}_server", "--package", str(package),
-               "--port", str(port), "--threads", str(threads)]  # fmt: skip
+               "--port", str(port), "--threads", str(threads), "--graphs", graphs]  # fmt: skip
         specs.append(ServerSpec(peer, cmd, ready, port))
         points.append(Point(f"{peer} (full network)", peer, path, body))
     return specs, points
@@ -71,35 +76,44 @@ ENGINE_START_S = 30.0  # time for every engine process to load and warm up befor
 
 
 def engine_point(
-    package: Path, budget: float, blobs: list[bytes], seconds: float, start_at: float | None = None
+    package: Path,
+    budget: float,
+    blobs: list[bytes],
+    seconds: float,
+    start_at: float | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
-    """The in-process engine, torch backend, one image per request, 16 concurrent clients;
-    the load starts at wall-clock ``start_at`` when given (after loading and warm-up)."""
+    """The in-process engine, torch backend (int8: onnxruntime on the int8 graphs), one image
+    per request, 16 concurrent clients; the load starts at wall-clock ``start_at`` when given
+    (after loading and warm-up)."""
     from benchmarks import serving
     from models.package import load_package
+    from service.engine.precision import at_int8
 
     args = argparse.Namespace(
         threads=1, max_batch_size=32, max_delay_ms=0.0, requests=10**7, max_seconds=seconds,
         warmup_requests=64, blobs=blobs, start_at=start_at,
     )  # fmt: skip
-    r = serving.run_engine(load_package(package), "torch", True, budget, 16, args)
+    pkg = load_package(package)
+    served, backend = (at_int8(pkg), "onnxruntime") if precision == "int8" else (pkg, "torch")
+    r = serving.run_engine(served, backend, True, budget, 16, args)
     return {"images_per_s": r.images_per_s, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
             "mean_compute_fraction": r.mean_compute_fraction}  # fmt: skip
 
 
 def engine_processes(
-    package: Path, budget: float, blobs: list[bytes], seconds: float, processes: int
+    package: Path, budget: float, blobs: list[bytes], seconds: float, processes: int, precision: str
 ) -> dict[str, Any]:
     """:func:`engine_point` in ``processes`` processes at once (as many as the service's
     workers), each with 16 clients, their loads started together: images/s summed."""
     if processes == 1:
-        return engine_point(package, budget, blobs, seconds)
+        return engine_point(package, budget, blobs, seconds, precision=precision)
     start_at = time.time() + ENGINE_START_S
     n = processes
     with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
         parts = list(
             pool.map(engine_point, [package] * n, [budget] * n, [blobs] * n, [seconds] * n,
-                     [start_at] * n)
+                     [start_at] * n, [precision] * n)
         )  # fmt: skip
     return {
         "images_per_s": sum(p["images_per_s"] for p in parts),
@@ -152,14 +166,15 @@ def measure(args: argparse.Namespace, images: Path) -> dict[str, Any]:
     from models.package import read_manifest
 
     name = read_manifest(args.package).name
-    svc = service_spec(
-        args.package, free_port_block(1), [] if args.workers == 1 else ["--workers", str(args.workers)]
-    )
+    extra = [] if args.workers == 1 else ["--workers", str(args.workers)]
+    if args.precision == "int8":  # the int8 graphs run on onnxruntime
+        extra += ["--backend", "onnxruntime"]
+    svc = service_spec(args.package, free_port_block(1), [*extra, "--precision", args.precision])
     points = [Point(f"anytime HTTP, budget {b}", "anytime",
                     f"/v1/models/{name}/classify?budget={b}", "raw") for b in (1.0, 0.5)]  # fmt: skip
     specs = [svc]
     if not args.no_peers:
-        more_specs, more_points = peer_specs(args.package, name, args.peer_threads)
+        more_specs, more_points = peer_specs(args.package, name, args.peer_threads, args.precision)
         specs, points = specs + more_specs, points + more_points
     blobs = [p.read_bytes() for p in sorted(images.glob("*.jpg"))]
     runs: dict[str, list[Any]] = {p.label: [] for p in points}
@@ -187,7 +202,7 @@ def measure(args: argparse.Namespace, images: Path) -> dict[str, Any]:
                 print(f"  [{r + 1}/{args.repeats}] {p.label}: {res.images_per_s:.1f} img/s, "
                       f"acc {res.accuracy:.4f}, p50 {res.p50_ms:.1f} ms", flush=True)  # fmt: skip
             for b in (1.0, 0.5):
-                e = engine_processes(args.package, b, blobs, args.seconds, args.workers)
+                e = engine_processes(args.package, b, blobs, args.seconds, args.workers, args.precision)
                 engine[f"engine, budget {b}"].append(e)
                 print(
                     f"  [{r + 1}/{args.repeats}] engine b{b}: {e['images_per_s']:.1f} img/s", flush=True
@@ -219,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--peer-threads", type=int, default=1, help="torch intra-op threads in the peers")
     p.add_argument("--no-peers", action="store_true", help="this service and the engine only")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        default=os.environ.get("ANYTIME_PRECISION", "fp32"),
+        help="fp32: everyone runs torch; int8: the service serves the package's int8 graphs "
+        "(onnxruntime) and the peers run the same graphs (default: $ANYTIME_PRECISION, else fp32)",
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -262,10 +284,17 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
             if args.package.resolve().is_relative_to(REPO)
             else str(args.package),
             "package_accuracy": package_accuracy(args.package),
-            "service": f"python -m service --backend torch --device cpu --workers {args.workers} "
+            "service": f"python -m service --device cpu --workers {args.workers} "
+            + ("--backend torch" if args.precision != "int8" else "--backend onnxruntime")
+            + f" --precision {args.precision} "
             "(defaults: batching on, max batch 32, delay 0, 1 intra-op thread)",
             "workers": args.workers,
-            "peers": f"torch {args.peer_threads} intra-op thread(s), max batch 32; Triton dynamic "
+            "peers": (
+                "onnxruntime on the package's int8 graphs, the ones the service serves, "
+                if args.precision == "int8"
+                else "torch "
+            )
+            + f"{args.peer_threads} intra-op thread(s), max batch 32; Triton dynamic "
             "batcher queue delay 1000 us; LitServe batch_timeout 1 ms",
         },
         "rows": rows,

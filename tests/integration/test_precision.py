@@ -7,7 +7,6 @@ graphs and budget table give on the package's held test images, and ``/v1/models
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +14,12 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from models.exit_policy import first_exit
 from models.package import ModelPackage, load_package
 from models.quantize import stage_logits
 from service.engine.precision import at_int8
+from tests.conftest import held_test_images
 from tests.integration.conftest import Server, launch, wait_ready
 
 NAME = "tiny-int8"
@@ -38,22 +37,6 @@ def servers(int8_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     yield started
     for s in started.values():
         s.stop()
-
-
-def held_test_images(pkg: ModelPackage, n: int = 64) -> tuple[list[bytes], np.ndarray]:
-    """The first ``n`` held test images as PNG files, and the same images preprocessed."""
-    from training.quantize import package_splits
-
-    x, _ = package_splits(pkg.manifest, None)["test"]
-    pre = pkg.manifest.preprocessing
-    mean, std = np.array(pre.mean).reshape(3, 1, 1), np.array(pre.std).reshape(3, 1, 1)
-    pixels = np.rint((x[:n] * std + mean) * 255).clip(0, 255).astype(np.uint8)
-    pngs = []
-    for img in pixels:
-        buf = io.BytesIO()
-        Image.fromarray(img.transpose(1, 2, 0)).save(buf, "PNG")
-        pngs.append(buf.getvalue())
-    return pngs, ((pixels / 255.0 - mean) / std).astype(np.float32)
 
 
 Answers = tuple[list[int], list[int], np.ndarray]  # exit, class, confidence of every image
