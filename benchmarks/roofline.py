@@ -211,44 +211,48 @@ def channel_rows(
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The tables of docs/engine.md from a result."""
-    peak = result["peak"]
-    out = [
-        "| stage | MFLOPs | batch | fp32 ms/img | fp32 GFLOP/s | % peak | int8 ms/img | int8 GOP/s "
-        "| % peak | int8 speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    """The tables of docs/engine.md from a result: per stage, then the one-layer sweep."""
+    peak = {p: result["peak"][p]["gflops"] for p in ("fp32", "int8")}
+    stages: dict[int, list[dict[str, Any]]] = {}
     for r in result["stages"]:
-        f, q = r["fp32"], r["int8"]
+        stages.setdefault(r["stage"], []).append(r)
+    out = [
+        "| stage | MFLOPs | fp32 ms/image, batch " + " / ".join(str(r["batch"]) for r in stages[0])
+        + " | int8 ms/image | int8 gain | fp32 GFLOP/s, % of peak | int8 GOP/s, % of peak |",
+        "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for k, rows in stages.items():
+        big = rows[-1]
+        ms = {p: " / ".join(f"{r[p]['ms_per_image']:.3f}" for r in rows) for p in peak}
+        gain = " / ".join(f"{r['fp32']['ms_per_image'] / r['int8']['ms_per_image']:.2f}x" for r in rows)
+        rate = {p: f"{big[p]['gflops']:.0f}, {100 * big[p]['gflops'] / peak[p]:.0f} %" for p in peak}
         out.append(
-            f"| {r['stage']} | {r['mflops']:.1f} | {r['batch']} | {f['ms_per_image']:.3f} "
-            f"| {f['gflops']:.1f} | {100 * f['gflops'] / peak['fp32']['gflops']:.0f} "
-            f"| {q['ms_per_image']:.3f} | {q['gflops']:.1f} "
-            f"| {100 * q['gflops'] / peak['int8']['gflops']:.0f} "
-            f"| {f['ms_per_image'] / q['ms_per_image']:.2f}x |"
+            f"| {k} | {rows[0]['mflops']:.1f} | {ms['fp32']} | {ms['int8']} | {gain} "
+            f"| {rate['fp32']} | {rate['int8']} |"
         )
     cats = ["conv", "concat", "reorder", "quant", "other", "overhead"]
     out += [
         "",
-        "| stage | precision | " + " | ".join(cats) + " | fixed µs per call (share) |",
-        "|---|---|" + "---|" * (len(cats) + 1),
+        "| stage, fp32 / int8 | " + " | ".join(cats) + " | fixed µs per call |",
+        "|---|" + "---|" * (len(cats) + 1),
     ]
-    for r in result["stages"]:
-        for p in ("fp32", "int8"):
-            if "profile" in r[p]:
-                shares = r[p]["profile"]
-                cells = " | ".join(f"{100 * shares.get(c, 0.0):.0f} %" for c in cats)
-                call_us = 1e3 * r[p]["ms_per_image"] * r["batch"]
-                fixed = f"{r[p]['fixed_us']:.0f} ({100 * r[p]['fixed_us'] / call_us:.0f} %)"
-                out.append(f"| {r['stage']} | {p} | {cells} | {fixed} |")
-    out += ["", "| channels | fp32 ms | fp32 GFLOP/s | int8 ms | int8 GOP/s | int8 speed-up |"]
-    out.append("|---|---|---|---|---|---|")
-    for r in result["channels"]:
-        f, q = r["fp32"], r["int8"]
-        out.append(
-            f"| {r['channels']} | {f['ms']:.3f} | {f['gflops']:.1f} | {q['ms']:.3f} "
-            f"| {q['gflops']:.1f} | {f['ms'] / q['ms']:.2f}x |"
-        )
+    for k, rows in stages.items():
+        big = rows[-1]
+        cells = [
+            " / ".join(f"{100 * big[p]['profile'].get(c, 0.0):.0f}" for p in peak) + " %" for c in cats
+        ]
+        fixed = " / ".join(f"{big[p]['fixed_us']:.0f}" for p in peak)
+        out.append(f"| {k} | " + " | ".join(cells) + f" | {fixed} |")
+    chans = result["channels"]
+    out += [
+        "",
+        "| channels | " + " | ".join(str(r["channels"]) for r in chans) + " |",
+        "|---|" + "---|" * len(chans),
+    ]
+    for p, unit in (("fp32", "GFLOP/s"), ("int8", "GOP/s")):
+        out.append(f"| {p} {unit} | " + " | ".join(f"{r[p]['gflops']:.0f}" for r in chans) + " |")
+    gains = " | ".join(f"{r['fp32']['ms'] / r['int8']['ms']:.2f}x" for r in chans)
+    out.append(f"| int8 gain | {gains} |")
     return "\n".join(out)
 
 

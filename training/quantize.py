@@ -54,15 +54,42 @@ def add_quantize_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     p.add_argument("--package", type=Path, required=True, help="package directory")
     p.add_argument("--data-dir", help="override data.path of the package's training config")
-    p.add_argument("--calibration-images", type=int, default=QuantizeConfig().calibration_images)
-    p.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax")
+    p.add_argument(
+        "--calibration-images",
+        type=int,
+        default=QuantizeConfig().calibration_images,
+        help="validation images the activation ranges are measured on",
+    )
+    p.add_argument(
+        "--method",
+        choices=["minmax", "percentile", "entropy"],
+        default="minmax",
+        help="ONNX Runtime's calibration method for the activation ranges",
+    )
+    p.add_argument(
+        "--fp32-below-channels",
+        type=int,
+        default=QuantizeConfig().fp32_below_channels,
+        help="convolutions with fewer input or output channels stay fp32",
+    )
+    p.add_argument(
+        "--reduce-range",
+        action=argparse.BooleanOptionalAction,
+        default=QuantizeConfig().reduce_range,
+        help="7-bit weights (no int16 overflow on x86 CPUs without VNNI)",
+    )
     p.set_defaults(handler=run_quantize)
 
 
 def run_quantize(args: argparse.Namespace) -> int:
     from training.checkpoint import CheckpointError
 
-    config = QuantizeConfig(calibration_images=args.calibration_images, method=args.method)
+    config = QuantizeConfig(
+        calibration_images=args.calibration_images,
+        method=args.method,
+        fp32_below_channels=args.fp32_below_channels,
+        reduce_range=args.reduce_range,
+    )
     try:
         manifest = quantize_package(args.package, config, args.data_dir)
     except QuantizationError as e:
