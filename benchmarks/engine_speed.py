@@ -286,9 +286,10 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             engine.stop()
         row = dict(
             mode=mode, budget=budget, request_images=size, clients=args.clients,
-            backend=engine.backend.name, device=engine.backend.device, precision=precision,
+            backend=engine.backend.name, device=engine.backend.device,
             # what ran: the CPU runs float32 whatever was asked, bfloat16 apart
-            dtype=str(getattr(engine.backend, "dtype", dtype)).removeprefix("torch."),
+            dtype=(ran := str(getattr(engine.backend, "dtype", dtype)).removeprefix("torch.")),
+            precision="bf16" if ran == "bfloat16" else precision,
             **row,
         )  # fmt: skip
         rows.append(row)
