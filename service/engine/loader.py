@@ -88,11 +88,11 @@ def load_model(path: str | Path, settings: ServiceSettings, metrics: ServiceMetr
         settings.precision,
         settings.backend,
         device,
-        settings.intra_op_threads,
-        default_buckets(device, config.max_batch_size),
-        config.max_batch_size,
-        config.default_budget or m.default_budget or 1.0,
-        settings.torch.dtype,
+        threads=settings.intra_op_threads,
+        buckets=default_buckets(device, config.max_batch_size),
+        batch=config.max_batch_size,
+        default_budget=config.default_budget or m.default_budget or 1.0,
+        cuda_dtype=settings.torch.dtype,
     )
     pkg, backend = served.package, served.backend
     engine = build_engine(pkg, backend, config, metrics, warmup=settings.warmup)

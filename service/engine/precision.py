@@ -18,17 +18,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import torch
 
 from models.multi_exit import State
 from models.package import Manifest, ModelPackage
 from service.engine.backends import BackendError, OnnxBackend, StageBackend, build_backend
+from service.settings import Precision
 
 log = logging.getLogger("service.engine")
 
-Precision = Literal["fp32", "int8", "bf16", "auto"]
 MAX_INT8_LOSS = 0.003  # 0.3 point of test accuracy, at every budget of the table
 
 
