@@ -133,6 +133,7 @@ class WideNet(MultiExitNet):
         self.stages = nn.ModuleList(
             nn.Sequential(*all_groups[bounds[k] : bounds[k + 1]]) for k in range(len(after))
         )
+        # airbench's head has no bias; an ExitHead's starts at zero, its weights as nn.Linear's
         self.exits = nn.ModuleList(
             ExitHead(
                 ScaledMaxPool(head_scale),
@@ -143,8 +144,6 @@ class WideNet(MultiExitNet):
             )
             for k, a in enumerate(after)
         )
-        for head in self.exits:  # airbench's head has no bias; ours starts at zero (ExitHead)
-            nn.init.kaiming_uniform_(head.linear.weight)
 
     def run_block(self, k: int, features: State) -> State:
         x = features[0]
