@@ -32,7 +32,12 @@ def test_train_calibrate_export_serve_semantics(tmp_path: Path) -> None:
 
     pkg = load_package(pkg_dir)
     m = pkg.manifest
-    assert m.default_budget == 0.5 and m.provenance.split_seed == 0
+    # The table: distinct front points, cheapest first, the full network last; the default is the
+    # row a request for budget 0.5 gets.
+    offered = [b.budget for b in m.budgets]
+    assert offered == sorted(set(offered)) and offered[-1] == 1.0
+    assert m.default_budget == max(b for b in offered if b <= 0.5)
+    assert m.provenance.split_seed == 0
     assert m.provenance.training_config is not None and m.provenance.training_config["ge"] is True
     # Rebuild the held test split from the recorded config and run the model stage by stage,
     # dropping the samples that exit, as the service does.
