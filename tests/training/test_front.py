@@ -7,7 +7,7 @@ import torch
 
 from models.exit_policy import NEVER_EXIT
 from training.calibrate import OperatingPoint, simulate
-from training.front import front_table, largest_drop, pareto_front, spread
+from training.front import FrontRow, front_table, largest_drop, pareto_front, spread
 
 from .test_calibrate import FRACTIONS, _scores
 
@@ -45,6 +45,13 @@ def test_front_table_offers_distinct_points_from_the_first_exit_to_the_full_netw
     for r in rows:
         again = simulate(test, FRACTIONS, torch.tensor(r.val.thresholds))
         assert again.accuracy == pytest.approx(r.test.accuracy)
-    assert largest_drop(rows) == pytest.approx(
-        max([0.0] + [a.test.accuracy - b.test.accuracy for a, b in zip(rows, rows[1:], strict=False)])
-    )
+
+
+def test_largest_drop_is_the_worst_fall_to_the_next_larger_budget() -> None:
+    def row(budget: float, acc: float) -> FrontRow:
+        return FrontRow(budget, _pt(budget, acc)[1], _pt(budget, acc)[1])
+
+    assert largest_drop(
+        [row(0.2, 0.80), row(0.4, 0.85), row(0.6, 0.83), row(1.0, 0.90)]
+    ) == pytest.approx(0.02)
+    assert largest_drop([row(0.2, 0.80), row(1.0, 0.90)]) == 0.0
