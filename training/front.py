@@ -101,7 +101,7 @@ def front_table(
     k = len(fractions)
     points = [(t, simulate(val, fractions, t)) for t in candidate_thresholds(val, fractions)]
     front = [(t, pt) for t, pt in pareto_front(points) if pt.compute < 1.0 - 1e-9]
-    rows = []
+    rows: list[FrontRow] = []
     for i in spread(front, max(n_points - 1, 1)):
         t, pt = front[i]
         budget = min(math.ceil(pt.compute * 1000 - 1e-6) / 1000, 1.0)
