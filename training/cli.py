@@ -166,9 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     from training.commands import add_artifact_parsers
     from training.compare import add_compare_parser
+    from training.transfer import add_transfer_parsers
 
     add_artifact_parsers(sub)
     add_compare_parser(sub)
+    add_transfer_parsers(sub)
     return parser
 
 
