@@ -101,7 +101,7 @@ def test_a_missing_package_stops_start_up_with_its_name(tmp_path: Path) -> None:
 def test_a_default_budget_below_the_budget_table_stops_start_up(calibrated_package: Path) -> None:
     # Else /readyz would say ready and every request without a budget would get a 422.
     app = create_app(make_settings(calibrated_package, default_budget=0.3, warmup=False))
-    match = r"default budget 0\.3: budget 0\.3 is below what this model offers; use a budget betw"
+    match = r"default budget: budget 0\.3 is below what this model offers; use a budget betw"
     with pytest.raises(ModelLoadError, match=match), TestClient(app):
         pass
 
