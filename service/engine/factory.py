@@ -24,6 +24,7 @@ import torch
 
 from models.package import ModelPackage, load_package
 from service.engine.backends import StageBackend, build_backend, resolve_device
+from service.engine.choices import BackendChoices
 from service.engine.config import EngineConfig
 from service.engine.controller import ControllerConfig
 from service.engine.engine import ModelEngine
@@ -139,8 +140,17 @@ def engine_config(settings: ServiceSettings, device: str = "cpu") -> EngineConfi
     )
 
 
-def load_model(path: str | Path, settings: ServiceSettings, metrics: ServiceMetrics) -> LoadedModel:
+def load_model(
+    path: str | Path,
+    settings: ServiceSettings,
+    metrics: ServiceMetrics,
+    choices: BackendChoices | None = None,
+) -> LoadedModel:
     """Load the package at ``path`` and start its engine as ``settings`` say (:func:`build_engine`).
+
+    Args:
+        choices: with several worker processes, where ``auto``'s choice is shared: the first
+            worker measures, the others build what it chose (``choices.py``).
 
     Raises:
         PackageError: the package is missing or damaged.
@@ -152,16 +162,26 @@ def load_model(path: str | Path, settings: ServiceSettings, metrics: ServiceMetr
     pkg = load_package(path)
     m = pkg.manifest
     device = resolve_device(settings.device)
-    engine = build_engine(
-        pkg,
-        settings.backend,
-        engine_config(settings, device),
-        metrics,
-        device=device,
-        dtype=settings.torch.dtype,
-        threads=settings.intra_op_threads,
-        warmup=settings.warmup,
-    )
+    config = engine_config(settings, device)
+
+    def start(backend: str) -> ModelEngine:
+        return build_engine(
+            pkg,
+            backend,
+            config,
+            metrics,
+            device=device,
+            dtype=settings.torch.dtype,
+            threads=settings.intra_op_threads,
+            warmup=settings.warmup,
+        )
+
+    if settings.backend == "auto" and choices is not None:
+        with choices.deciding(path):
+            engine = start(choices.get(path) or "auto")
+            choices.put(path, engine.backend.name)
+    else:
+        engine = start(settings.backend)
     backend = engine.backend
     metrics.model_info.labels(m.name, m.version, backend.name, backend.device, str(m.num_exits)).set(1)
     metrics.queue_depth.labels(m.name).set(0)
