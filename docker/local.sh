@@ -175,7 +175,8 @@ build() {
     done
 }
 
-# Tests that need the engine: REQUIRE_DEPLOY_TOOLS=1 turns a missing tool into a failure.
+# Tests that need the engine: REQUIRE_DEPLOY_TOOLS=1 turns a missing tool into a failure
+# (tests/tools.py).
 run_tests() {
     REQUIRE_DEPLOY_TOOLS=1 DOCKER="$DOCKER" "$PY" -m pytest -q -s -m docker "$@"
 }
