@@ -120,6 +120,11 @@ class ModelEngine:
     def queue_depth(self) -> int:
         return self.queues.waiting
 
+    @property
+    def flops(self) -> list[int]:
+        """``[K]`` cumulative FLOPs of one image at each exit (the manifest's)."""
+        return self.meters.flops
+
     def plan(
         self, budget: float | None = None, threshold: float | None = None, max_exit: int | None = None
     ) -> ExitPlan:
