@@ -36,10 +36,9 @@ from models.package import ModelPackage, load_package
 from service.engine import EngineConfig, ModelEngine, build_engine
 from service.engine.backends import TorchBackend, resolve_device
 from service.engine.controller import ControllerConfig
-from service.engine.images import ImageLimits, images_to_batch
 from service.errors import QueueFullError
+from service.images import ImageLimits, images_to_batch
 from service.metrics import ServiceMetrics
-from service.policy import resolve_plan
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -129,7 +128,7 @@ class Load:
     def submit(self, engine: ModelEngine, run: Run, budget: float | None, rng: random.Random) -> Any:
         n = rng.randint(1, 4)
         idx = [rng.randrange(len(self.x)) for _ in range(n)]
-        plan = resolve_plan(self.pkg.manifest, budget=budget, default_budget=engine.default_budget())
+        plan = engine.plan(budget)
         t0 = time.monotonic()
         try:
             work = engine.submit(self.x[idx], plan, t0 + 30.0)
@@ -256,7 +255,7 @@ def controller_part(
                     rejections_429=run.rejected,
                     agreement_with_final=run.agree / max(run.images, 1),
                     accuracy=run.accuracy(),
-                    final_budget=engine.default_budget(),
+                    final_budget=engine.plan().budget,
                     offered_images_est=round(offered),
                 )
             )

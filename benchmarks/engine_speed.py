@@ -236,7 +236,7 @@ def load_images(path: Path | None, pkg: Any, data_dir: str | None) -> tuple[torc
         data = np.load(path)
         return torch.from_numpy(data["x"]), data["y"]
     from benchmarks.engine_modes import held_test_images
-    from service.engine.images import ImageLimits, images_to_batch
+    from service.images import ImageLimits, images_to_batch
 
     labelled = held_test_images(pkg, data_dir)
     if labelled is None:

@@ -36,7 +36,7 @@ from benchmarks.http_client import Connection, HttpError
 from benchmarks.workload import calibrated_package, sample_pngs
 from models.package import ModelPackage, load_package
 from service.engine import EngineConfig, build_engine
-from service.engine.images import ImageLimits, images_to_batch
+from service.images import ImageLimits, images_to_batch
 from service.policy import resolve_plan
 
 Send = Callable[[bytes], Awaitable[list[float]]]

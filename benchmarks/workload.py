@@ -17,7 +17,7 @@ from PIL import Image
 from models import create_model
 from models.exit_policy import NEVER_EXIT, confidences, first_exit
 from models.package import BudgetEntry, Preprocessing, new_manifest, save_package
-from service.engine.images import ImageLimits, images_to_batch
+from service.images import ImageLimits, images_to_batch
 
 PREPROCESSING = Preprocessing(
     input_size=(32, 32), mean=(0.4914, 0.4822, 0.4465), std=(0.247, 0.2435, 0.2616)

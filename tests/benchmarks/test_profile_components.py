@@ -28,9 +28,9 @@ ROUTE = f"{LOOP};FastAPI.__call__ (fastapi/applications.py:1);classify (service/
 WORKER = "Thread.run (threading.py:982);ModelEngine._worker (service/engine/engine.py:219)"
 STACKS = {
     # innermost recognised frame -> component
-    f"{ROUTE};decode_image (service/engine/images.py:60);ImageFile.load (PIL/ImageFile.py:9)": "decode",
-    f"{ROUTE};preprocess (service/engine/images.py:100)": "preprocessing",
-    f"{ROUTE};preprocess (service/engine/images.py:99);Image.resize (PIL/Image.py:22)": "preprocessing",
+    f"{ROUTE};decode_image (service/images.py:60);ImageFile.load (PIL/ImageFile.py:9)": "decode",
+    f"{ROUTE};preprocess (service/images.py:100)": "preprocessing",
+    f"{ROUTE};preprocess (service/images.py:99);Image.resize (PIL/Image.py:22)": "preprocessing",
     f"{ROUTE};Request.form (starlette/requests.py:9);parse (python_multipart/multipart.py:1)": (
         "body / multipart parse"
     ),
@@ -65,7 +65,7 @@ def _raw(tmp_path: Path) -> Path:
     lines = [
         f'process 7:"python -m service";thread (11): engine-0;{engine} 30',
         f'process 7:"svc";thread (11): engine-0;{WORKER};_next_batch (service/engine/x.py:1) 10',
-        f"thread (12): MainThread;{ROUTE};decode_image (service/engine/images.py:60) 5",
+        f"thread (12): MainThread;{ROUTE};decode_image (service/images.py:60) 5",
         f"thread (12): MainThread;{LOOP};data_received (uvicorn/protocols/http/httptools_impl.py:1) 15",
         "thread (13): other;mystery (elsewhere.py:1) 4",
         "not a sample line",

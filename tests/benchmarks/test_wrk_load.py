@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import struct
 import threading
 import time
@@ -29,6 +28,7 @@ from benchmarks.wrk_load import (
     to_result,
     write_image_set,
 )
+from tests.tools import require_binary
 
 RAW = {
     "window_us": 2_000_000, "wrk_duration_us": 3_010_000, "late_threads": 0,
@@ -130,8 +130,7 @@ class _QuietServer(ThreadingHTTPServer):
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    if shutil.which("wrk") is None:
-        pytest.skip("wrk is not installed (make bench-tools)")
+    require_binary("wrk", "wrk")
     httpd = _QuietServer(("127.0.0.1", 0), _Classifier)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
