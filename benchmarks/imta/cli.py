@@ -1,4 +1,4 @@
-"""``python -m benchmarks.imta {start,run,status,pause,continue,stop,pack,unpack,evaluate,report}``.
+"""``python -m benchmarks.imta {start,run,status,pause,continue,stop,evaluate,report}``.
 
     python -m benchmarks.imta start --runs-dir runs/imta --jobs 2  # every run, in the background
     python -m benchmarks.imta status --runs-dir runs/imta       # done / running, time left
@@ -6,8 +6,6 @@
     python -m benchmarks.imta continue --runs-dir runs/imta     # SIGCONT
     python -m benchmarks.imta evaluate --runs-dir runs/imta     # imta.json, imta_stats.json
     python -m benchmarks.imta report                            # plots, BENCHMARKS.md section
-    python -m benchmarks.imta pack --runs-dir runs/imta --out F # the runs as one file (resumable)
-    python -m benchmarks.imta unpack F --runs-dir runs/imta     # ... on another machine
 
 Extra training arguments for every run go after ``--`` (a smoke test:
 ``start --runs-dir /tmp/imta -- --epochs 1 --set data.limit_train=512``).
@@ -58,16 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
         ("stop", "SIGTERM the launcher and its run; start again to resume from the last epoch"),
     ):
         _runs_dir(sub.add_parser(name, help=text, description=text))
-    pk = sub.add_parser("pack", help="the runs' resume points and logs as one tar file")
-    _runs_dir(pk)
-    pk.add_argument("--out", type=Path, required=True, help="the .tar.gz file to write")
-    pk.add_argument(
-        "--part-mib", type=int, help="cut it into OUT.part00, OUT.part01, ... of at most this size"
-    )
-    up = sub.add_parser("unpack", help="extract a pack file into a runs directory, then `start`")
-    up.add_argument("archive", type=Path, help="a file written by pack (or the name of its parts)")
-    _runs_dir(up)
-    up.add_argument("--force", action="store_true", help="overwrite runs already there")
     ev = sub.add_parser("evaluate", help="score the finished runs; write imta.json, imta_stats.json")
     _runs_dir(ev)
     ev.add_argument("--seeds", help="only these seeds (default: the plan's)")
@@ -112,21 +100,6 @@ def _run(args: argparse.Namespace) -> int:
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     s = LaunchSettings(runs_dir, tuple(runs), _overrides(args), jobs=args.jobs, threads=threads)
     launch(s, subprocess_runner(REPO))
-    return 0
-
-
-def _transfer(args: argparse.Namespace) -> int:
-    from benchmarks.imta.transfer import pack, parts_of, unpack
-
-    runs_dir = args.runs_dir.resolve()
-    if args.command == "pack":
-        paths = pack(runs_dir, args.out, args.part_mib)
-        files = parts_of(args.out)
-        size = sum(f.stat().st_size for f in files) / 2**20
-        print(f"wrote {', '.join(map(str, files))}: {len(paths)} files, {size:.1f} MiB")
-        return 0
-    names = unpack(args.archive, runs_dir, force=args.force)
-    print(f"unpacked {len(names)} files into {runs_dir}; resume with start --runs-dir {runs_dir}")
     return 0
 
 
@@ -178,8 +151,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("pause", "continue", "stop"):
             print(signal_launcher(args.runs_dir.resolve(), args.command))
             return 0
-        if args.command in ("pack", "unpack"):
-            return _transfer(args)
         if args.command == "evaluate":
             return _evaluate(args)
         return _report(args)

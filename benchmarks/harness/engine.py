@@ -1,0 +1,136 @@
+"""The engine under test: the one module of the benchmarks that imports ``service``.
+
+Everything else reaches the service through these names, so a change of the service's engine
+API is met here once. ``engine_speed --compare`` runs the benchmarks of this checkout on the
+service of an older one: :func:`make_engine` builds either.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.harness.load import Answer
+from service.engine import EngineConfig, ModelEngine
+from service.engine.backends import resolve_device
+from service.engine.controller import ControllerConfig
+from service.engine.images import ImageLimits, images_to_batch
+from service.errors import QueueFullError
+from service.metrics import ServiceMetrics
+from service.policy import resolve_plan
+
+try:
+    from service.engine import build_engine
+    from service.engine.factory import default_max_batch, freeze_startup_heap
+except ImportError:  # a checkout from before build_engine (under --compare)
+    build_engine = None
+
+__all__ = ["ControllerConfig", "QueueFullError", "resolve_device"]
+
+
+class StubBackend:
+    """Zero-cost stages: logits and the carried state are preallocated ``[rows, ...]`` slices.
+
+    Confidences vary from row to row (random logits, one array per stage), so a budget below 1
+    sends some images out at every exit, as real traffic would. The carried state is one float
+    per image: gathering survivors costs what the engine's bookkeeping costs, not a copy of the
+    network's feature maps.
+    """
+
+    name, device = "stub", "cpu"
+
+    def __init__(self, num_exits: int, num_classes: int, rows: int = 4096, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.logits = [3.0 * torch.randn(rows, num_classes, generator=g) for _ in range(num_exits)]
+        self.state = torch.zeros(rows, 1)
+
+    def run_stage(
+        self, k: int, state: tuple[torch.Tensor, ...]
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        n = state[0].shape[0]
+        return (self.state[:n],), self.logits[k][:n]
+
+
+def make_engine(
+    pkg: Any,
+    backend: str = "torch",
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    threads: int = 1,
+    batch: int | None = None,
+    **config: Any,
+) -> ModelEngine:
+    """A warmed-up, started engine for the package ``pkg`` as the service builds it, with its
+    start-up heap frozen as the service does; ``backend`` ``stub``: :class:`StubBackend`.
+    ``config``: :class:`EngineConfig` fields (``mode``, ``batching``, ``controller``, ...);
+    ``batch``: ``max_batch_size`` (default: the device's)."""
+    if threads:
+        torch.set_num_threads(threads)
+    m = pkg.manifest
+    stub = StubBackend(m.num_exits, len(m.classes)) if backend == "stub" else None
+    fields = {"queue_size": 10**6, "intra_op_threads": threads, **config}
+    if build_engine is None:
+        from service.engine.backends import build_backend
+
+        built = stub or build_backend(pkg, backend, device, dtype, threads)
+        cfg = EngineConfig(max_batch_size=batch or 32, **fields)
+        engine = ModelEngine(m.name, m, built, cfg, ServiceMetrics())
+        engine.warmup()
+        engine.start()
+        return engine
+    cfg = EngineConfig(max_batch_size=batch or default_max_batch(device), **fields)
+    engine = build_engine(
+        pkg, stub or backend, cfg, ServiceMetrics(), device=device, dtype=dtype, threads=threads
+    )
+    freeze_startup_heap()
+    return engine
+
+
+def plan(manifest: Any, budget: float | None, engine: ModelEngine | None = None) -> Any:
+    """The exit plan of a request at ``budget`` (None: the engine's current default)."""
+    default = engine.default_budget() if engine is not None and budget is None else None
+    return resolve_plan(manifest, budget=budget, default_budget=default)
+
+
+def submit(engine: ModelEngine, x: torch.Tensor, exit_plan: Any, timeout_s: float = 60.0) -> Future[Any]:
+    """Queue ``x [N, 3, H, W]``; the future gets one answer per image."""
+    return engine.submit(x, exit_plan, time.monotonic() + timeout_s).future
+
+
+def score(got: list[Any], labels: np.ndarray | None = None, final: np.ndarray | None = None) -> Answer:
+    """An :class:`Answer` from the engine's answers, against ``labels`` and the final exit's
+    classes ``final`` of the same images (each ``[N]``) when given."""
+    fraction = sum(r.compute_fraction for r in got)
+    if labels is None and final is None:
+        return Answer(len(got), fraction)
+    pred = np.array([int(r.probs.argmax()) for r in got])
+    right = int((pred == labels).sum()) if labels is not None else 0
+    return Answer(len(got), fraction, right, int((pred == final).sum()) if final is not None else 0)
+
+
+def preprocess(blobs: list[bytes], pre: Any) -> torch.Tensor:
+    """Encoded images -> ``[N, 3, H, W]`` as the service preprocesses them."""
+    return images_to_batch(blobs, pre, ImageLimits(2**30, 2**30))
+
+
+def worker_clocks(engine: ModelEngine) -> list[int]:
+    """CPU-time clocks of the engine's worker threads (every checkout keeps them in ``_threads``)."""
+    return [time.pthread_getcpuclockid(t.ident) for t in engine._threads if t.ident is not None]
+
+
+def stage_stats(engine: ModelEngine, answered: int) -> tuple[list[float], float]:
+    """Mean batch size per stage and FLOPs per answered image, from the stage-run metrics."""
+    reg, flops = engine.metrics.registry, [0, *engine.flops]
+    sizes, spent = [], 0.0
+    for k in range(engine.num_exits):
+        labels = {"model": engine.name, "stage": str(k)}
+        total = reg.get_sample_value("anytime_batch_size_sum", labels) or 0.0
+        runs = reg.get_sample_value("anytime_batch_size_count", labels) or 0.0
+        sizes.append(total / runs if runs else 0.0)
+        spent += total * (flops[k + 1] - flops[k])
+    return sizes, spent / max(answered, 1)
