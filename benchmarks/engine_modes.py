@@ -135,7 +135,8 @@ def controller_part(
             "goodput_per_s": sum(v <= slo_s for v in tally.latencies) / seconds,
             "p99_ms": latency_ms(tally.latencies)["p99_ms"], "rejections_429": rejected,
             "agreement_with_final": s["agreement"], "accuracy": s["accuracy"],
-            "final_budget": engine.default_budget(), "offered_images_est": round(tally.images + rejected * MEAN_IMAGES),
+            "final_budget": engine.default_budget(),
+            "offered_images_est": round(tally.images + rejected * MEAN_IMAGES),
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     return capacity, rows
@@ -152,11 +153,12 @@ def markdown(meta: dict[str, Any], modes: list[dict[str, Any]], ctl: list[dict[s
         f"{meta['note']}. Images: {meta['images']}. Reproduce: `{meta['command']}`.", "",
         f"Closed loop, {meta['clients']} clients, requests of 1-4 images with budgets mixed over the "
         f"package's table; median of {meta['repeat']} interleaved runs (all runs' images/s listed).", "",
-        *table(("mode", "images/s (median; all)", "p50 ms", "p99 ms", "mean batch per stage", "MFLOPs/image",
-                "accuracy", "agreement w/ final"),
+        *table(("mode", "images/s (median; all)", "p50 ms", "p99 ms", "mean batch per stage",
+                "MFLOPs/image", "accuracy", "agreement w/ final"),
                [(r["mode"], f"{r['images_per_s']:.1f}; {r['images_per_s_all']}", f"{r['p50_ms']:.1f}",
                  f"{r['p99_ms']:.1f}", " / ".join(map(str, r["mean_batch_per_stage"])),
-                 f"{r['mflops_per_image']:.2f}", _acc(r), f"{r['agreement_with_final']:.3f}") for r in modes]),
+                 f"{r['mflops_per_image']:.2f}", _acc(r), f"{r['agreement_with_final']:.3f}")
+                for r in modes]),
         "", f"SLO controller (p99 target {meta['slo_ms']} ms, accuracy-loss cap "
         f"{meta.get('max_accuracy_loss')}, queue {meta['queue']} images, full-budget "
         f"capacity {meta['capacity']:.1f} images/s, requests pin no budget):", "",

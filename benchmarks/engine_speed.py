@@ -94,7 +94,8 @@ def load_row(engine: Any, exit_plan: Any, x: torch.Tensor, labels: Any, size: in
         tally = run(closed_loop(send, clients, 10**12, seconds), uvloop=True)
     cpu, engine_cpu = time.process_time() - cpu0, sum(map(time.clock_gettime, clocks)) - engine0
     s, n = tally.summary(labels is not None), max(tally.images, 1)
-    return {k: s[k] for k in ("images_per_s", "p50_ms", "p99_ms", "accuracy", "mean_compute_fraction")} | {
+    keep = ("images_per_s", "p50_ms", "p99_ms", "accuracy", "mean_compute_fraction")
+    return {k: s[k] for k in keep} | {
         "wall_us_per_image": 1e6 * tally.elapsed / n, "cpu_us_per_image": 1e6 * cpu / n,
         "engine_cpu_us_per_image": 1e6 * engine_cpu / n, "images": tally.images, "clients_kind": kind,
     }  # fmt: skip
@@ -137,7 +138,8 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             row = {"mode": mode, "budget": budget, "request_images": size, "clients": args.clients,
                    "backend": backend.name, "device": backend.device,
                    # what ran: the CPU runs float32 whatever was asked
-                   "dtype": str(getattr(backend, "dtype", dtype)).removeprefix("torch."), **row}  # fmt: skip
+                   "dtype": str(getattr(backend, "dtype", dtype)).removeprefix("torch."),
+                   **row}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -171,11 +173,13 @@ def compare(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
                 runs[label].append(json.loads(Path(out.name).read_text()))
     rows = []
     for j, row in enumerate(runs["after"][0]):
-        keys = ("mode", "budget", "request_images", "dtype", "clients_kind")
-        summary: dict[str, Any] = {k: row.get(k) for k in keys} | {"backend": row["backend"]}
+        same_load = ("mode", "request_images", "dtype", "clients_kind")
+        summary: dict[str, Any] = {k: row.get(k) for k in ("budget", *same_load)} | {
+            "backend": row["backend"]
+        }
         # Within each run: this row's images/s over the same row at budget 1.0.
         same = [i for i, r in enumerate(runs["after"][0])
-                if r["budget"] == 1.0 and all(r[k] == row[k] for k in keys if k != "budget")]  # fmt: skip
+                if r["budget"] == 1.0 and all(r[k] == row[k] for k in same_load)]  # fmt: skip
         for label in ("before", "after"):
             mine = [r[j] for r in runs[label]]
             summary[f"{label}_images_per_s"] = [round(r["images_per_s"], 1) for r in mine]

@@ -120,8 +120,11 @@ def serve(package: Path, out: Path, args: argparse.Namespace, quick: bool) -> di
         raise RuntimeError(f"{package} records no training config: its test images are unknown")
     data = labelled_test_split(manifest.provenance.training_config, args.data_dir)
     conc = args.concurrency or (8 if quick else 16)
-    s = serving.Settings(conc, args.requests or (150 if quick else 2000),
-                         args.max_seconds or (4.0 if quick else 20.0), 2 * conc)  # fmt: skip
+    requests, seconds = (
+        args.requests or (150 if quick else 2000),
+        args.max_seconds or (4.0 if quick else 20.0),
+    )
+    s = serving.Settings(concurrency=conc, requests=requests, seconds=seconds, warmup_requests=2 * conc)
     loads = serving.http_loads(package, data, s, None if args.no_profile else out)
     grid = []
     if not args.no_grid:

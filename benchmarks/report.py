@@ -77,15 +77,16 @@ def ablation_tables(arms: list[dict[str, Any]]) -> list[str]:
     lines = [
         "Per-exit top-1 accuracy (%) on the held test part; cumulative multiply-adds in brackets.", "",
         *table(("arm", *exits, "epochs", "train time (s)"),
-               [(a["label"], *map(_pct, a["test_exit_accuracy"]), a["epochs"], f"{a['train_seconds']:.0f}")
-                for a in arms]),
+               [(a["label"], *map(_pct, a["test_exit_accuracy"]), a["epochs"],
+                 f"{a['train_seconds']:.0f}") for a in arms]),
     ]  # fmt: skip
     by = {a["arm"]: a for a in arms}
     pairs = [(a, by[b]) for a in arms if (b := a.get("baseline", "plain")) in by and by[b] is not a]
     if pairs:
         lines += ["", "Difference to the baseline arm (points; plain training unless named):", ""]
         diff = [(a["label"], b["label"], *(f"{100 * (x - y):+.2f}" for x, y in
-                 zip(a["test_exit_accuracy"], b["test_exit_accuracy"], strict=True))) for a, b in pairs]  # fmt: skip
+                 zip(a["test_exit_accuracy"], b["test_exit_accuracy"], strict=True)))
+                for a, b in pairs]  # fmt: skip
         lines += table(("arm", "baseline", *(f"exit {i}" for i in range(k))), diff)
     budgets = sorted({r["budget"] for a in arms for r in a["budgets"]})
 
@@ -115,11 +116,15 @@ def _errors(row: dict[str, Any]) -> str:
 
 def serving_tables(serving: dict[str, Any]) -> list[str]:
     loads, pkg = serving["loads"], serving.get("package")
-    served = (f"Package served: `{pkg['path']}` ({pkg['name']}, {pkg['exits']} exits, default budget "
-              f"{pkg['default_budget']}); its own held test part. " if isinstance(pkg, dict) else "")  # fmt: skip
-    rows = [(r["loop"], r["budget"], r["concurrency"], f"{r['offered_rate']:.1f}" if r["offered_rate"] else "-",
-             r["requests"], _errors(r), f"{r['images_per_s']:.1f}", f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}",
-             f"{r['p99_ms']:.1f}", _pct(r["accuracy"]), f"{r['mean_compute_fraction']:.3f}")
+    served = (
+        f"Package served: `{pkg['path']}` ({pkg['name']}, {pkg['exits']} exits, default "
+        f"budget {pkg['default_budget']}); its own held test part. "
+        if isinstance(pkg, dict)
+        else ""
+    )
+    rows = [(r["loop"], r["budget"], r["concurrency"], _num(r["offered_rate"] or None), r["requests"],
+             _errors(r), *(f"{r[k]:.1f}" for k in ("images_per_s", "p50_ms", "p95_ms", "p99_ms")),
+             _pct(r["accuracy"]), f"{r['mean_compute_fraction']:.3f}")
             for r in loads["closed_loop"] + loads["open_loop"]]  # fmt: skip
     lines = [
         f"{served}HTTP (uvicorn on 127.0.0.1, torch backend, batching on, 1 intra-op thread), "
@@ -135,7 +140,8 @@ def serving_tables(serving: dict[str, Any]) -> list[str]:
             "written by the run, not kept in the repository). "
             "Share of non-idle samples per thread, then per leaf frame:", "",
             *table(("thread", "share"), [(f"`{t}`", f"{100 * v:.1f}%") for t, v in prof["threads"]]), "",
-            *table(("leaf frame", "share"), [(f"`{f}`", f"{100 * v:.1f}%") for f, v in prof["top_frames"]]),
+            *table(("leaf frame", "share"),
+                   [(f"`{f}`", f"{100 * v:.1f}%") for f, v in prof["top_frames"]]),
         ]  # fmt: skip
     elif prof:
         lines += ["", f"Profile failed: {prof.get('error')}"]
@@ -143,8 +149,8 @@ def serving_tables(serving: dict[str, Any]) -> list[str]:
         lines += ["", "Backend x batching x mode (`benchmarks/serving.py` on the same package and test "
                   "images, closed loop; `engine` = in-process, no HTTP):", ""]  # fmt: skip
         lines += table(
-            ("mode", "backend", "batching", "budget", "clients", "requests", "images/s", "p50 ms", "p99 ms",
-             "compute"),
+            ("mode", "backend", "batching", "budget", "clients", "requests", "images/s", "p50 ms",
+             "p99 ms", "compute"),
             [(r["mode"], r["backend"], r["batching"], r["budget"], r["concurrency"], r["requests"],
               f"{r['images_per_s']:.1f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
               f"{r['mean_compute_fraction']:.3f}") for r in serving["grid"]],
@@ -158,8 +164,8 @@ def target_lines(h: dict[str, Any]) -> list[str]:
     if s := h.get("speedup_within_half_point"):
         out.append(
             "- Fastest budget (HTTP images/s) within 0.5 point of the full model's accuracy: "
-            f"{s['budget']} ({s['accuracy_delta_points']:+.2f} points), {s['throughput_ratio']:.2f}x the "
-            f"full model's HTTP throughput; target >= 2x: {_verdict(s['throughput_ratio'] >= 2.0)}."
+            f"{s['budget']} ({s['accuracy_delta_points']:+.2f} points), {s['throughput_ratio']:.2f}x "
+            f"the full model's HTTP throughput; target >= 2x: {_verdict(s['throughput_ratio'] >= 2.0)}."
         )
     for key, what, ok in (
         ("p99_over_p50_at_half_load", "p99 / p50 at half of saturation (open loop)", lambda v: v < 3),
@@ -222,10 +228,8 @@ def ratio_lines(ratios: dict[str, Any], rows: dict[str, Any], package_accuracy: 
             peer = f" ({ratios['better_peer']})" if key.endswith("better_peer") else ""
             extra = _accuracy_line(rows, package_accuracy) if key == "http_b05_over_b10" else ""
             out.append(f"- {what}: {v:.2f}{peer}; target >= {wanted}: {_verdict(v >= wanted)}{extra}.")
-    if "http_b05_over_engine_b05" in ratios:
-        out.append(
-            f"- HTTP budget 0.5 / in-process engine budget 0.5: {ratios['http_b05_over_engine_b05']:.2f}."
-        )
+    if (v := ratios.get("http_b05_over_engine_b05")) is not None:
+        out.append(f"- HTTP budget 0.5 / in-process engine budget 0.5: {v:.2f}.")
     return out
 
 
@@ -251,22 +255,25 @@ def peers_section(peers: dict[str, Any], profile: dict[str, Any] | None = None) 
     for label, r in rows.items():
         lo, hi = r.get("images_per_s_range", [None, None])
         cells.append((label, r["body"], f"{_num(r['images_per_s'])} ({_num(lo)}-{_num(hi)})",
-                      _num(r.get("p50_ms")), _num(r.get("p99_ms")), _accuracy(r.get("accuracy"), r.get("answers")),
-                      r.get("answers", "-"), r.get("failed", "-"), _num(r.get("server_cpu_ms_per_image"), ".2f")))  # fmt: skip
-    lines += table(("server", "request body", "images/s", "p50 ms", "p99 ms", "accuracy % (± s.e.)", "answers",
-                    "failed", "server CPU ms/image"), cells)  # fmt: skip
+                      _num(r.get("p50_ms")), _num(r.get("p99_ms")),
+                      _accuracy(r.get("accuracy"), r.get("answers")), r.get("answers", "-"),
+                      r.get("failed", "-"), _num(r.get("server_cpu_ms_per_image"), ".2f")))  # fmt: skip
+    lines += table(("server", "request body", "images/s", "p50 ms", "p99 ms", "accuracy % (± s.e.)",
+                    "answers", "failed", "server CPU ms/image"), cells)  # fmt: skip
     lines += ["", *ratio_lines(peers["ratios"], rows, s.get("package_accuracy"))]
     if acc := s.get("package_accuracy"):
         lines.append(
             "- Accuracy on the whole held test part (the package's budget table): "
             + ", ".join(f"budget {b}: {100 * a:.2f} %" for b, a in acc.items())
-            + "; the wrk accuracies above are over the answers of these short runs only (standard error shown)."
+            + "; the wrk accuracies above are over the answers of these short runs only (standard error "
+            "shown)."
         )
     if profile:
         lines += [
             "", f"### CPU per one-image request, by component (budget {profile['budget']})", "",
-            f"`python -m benchmarks.profile --budget {profile['budget']}`: {profile['images_per_s']:.1f} "
-            f"images/s during a {profile['seconds']:.0f} s profile. {profile['method']}", "",
+            f"`python -m benchmarks.profile --budget {profile['budget']}`: "
+            f"{profile['images_per_s']:.1f} images/s during a {profile['seconds']:.0f} s profile. "
+            f"{profile['method']}", "",
             *profile_markdown(profile),
         ]  # fmt: skip
     return lines

@@ -261,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-args", default="", help="extra `python -m service` options (http mode)")
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
     a = p.parse_args(argv)
-    s = Settings(1, a.requests, a.max_seconds, a.warmup_requests, a.threads, a.max_batch_size,
-                 a.max_delay_ms, tuple(a.server_args.split()))  # fmt: skip
+    s = Settings(requests=a.requests, seconds=a.max_seconds, warmup_requests=a.warmup_requests,
+                 threads=a.threads, max_batch_size=a.max_batch_size, max_delay_ms=a.max_delay_ms,
+                 server_args=tuple(a.server_args.split()))  # fmt: skip
     budgets = [float(b) for b in a.budgets.split(",")]
     with tempfile.TemporaryDirectory(prefix="anytime-bench-") as tmp:
         package = a.package or calibrated_package(Path(tmp), a.arch, budgets)
@@ -270,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(table(("mode", "backend", "batching", "budget", "clients", *ROW), [])))
         rows = grid(package, s, budgets, [int(c) for c in a.concurrency.split(",")],
                     a.modes.split(","), a.backends.split(","),
-                    [b == "on" for b in a.batching.split(",")], sample_pngs(64, seed=1), a.repeat)  # fmt: skip
+                    [b == "on" for b in a.batching.split(",")], sample_pngs(64, seed=1),
+                    a.repeat)  # fmt: skip
     if a.json:
         write_json(a.json, rows)
     return 0

@@ -40,13 +40,16 @@ def engine_processes(
 ) -> dict[str, Any]:
     """The in-process engine (torch, one image per request, 16 clients) in ``n`` processes at once
     (as many as the service's workers), their loads started together: images/s summed."""
-    s = Settings(16, 10**7, seconds, warmup_requests=64)
+    s = Settings(concurrency=16, requests=10**7, seconds=seconds, warmup_requests=64)
     if n == 1:
         return engine_load(package, "torch", True, budget, 16, s, blobs)
     start_at = time.time() + ENGINE_START_S
     with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
         parts = list(
-            pool.map(engine_load, *zip(*[(package, "torch", True, budget, 16, s, blobs, start_at)] * n))
+            pool.map(
+                engine_load,
+                *zip(*[(package, "torch", True, budget, 16, s, blobs, start_at)] * n, strict=True),
+            )
         )
     return {
         "images_per_s": sum(p["images_per_s"] for p in parts),
@@ -127,7 +130,8 @@ def measure(args: argparse.Namespace, images: Path) -> dict[str, Any]:
     for label, es in engine.items():
         median = median_run(es)
         rows[label] = median | {"server": "in-process", "body": "decoded in process",
-                                "images_per_s": statistics.median(e["images_per_s"] for e in es)}  # fmt: skip
+                                "images_per_s": statistics.median(e["images_per_s"] for e in es),
+                                }  # fmt: skip
     return rows
 
 

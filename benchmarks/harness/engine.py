@@ -1,9 +1,6 @@
-"""The engine under test: the one module of the benchmarks that imports ``service``.
-
-Everything else reaches the service through these names, so a change of the service's engine
-API is met here once. ``engine_speed --compare`` runs the benchmarks of this checkout on the
-service of an older one: :func:`make_engine` builds either.
-"""
+"""The engine under test: the one module of the benchmarks that imports ``service``, so a change
+of the service's engine API is met here once. :func:`make_engine` also builds the engine of an
+older checkout (``engine_speed --compare`` runs this harness on another checkout's service)."""
 
 from __future__ import annotations
 
@@ -26,20 +23,16 @@ from service.policy import resolve_plan
 try:
     from service.engine import build_engine
     from service.engine.factory import default_max_batch, freeze_startup_heap
-except ImportError:  # a checkout from before build_engine (under --compare)
+except ImportError:  # a checkout from before build_engine
     build_engine = None
 
 __all__ = ["ControllerConfig", "QueueFullError", "resolve_device"]
 
 
 class StubBackend:
-    """Zero-cost stages: logits and the carried state are preallocated ``[rows, ...]`` slices.
-
-    Confidences vary from row to row (random logits, one array per stage), so a budget below 1
-    sends some images out at every exit, as real traffic would. The carried state is one float
-    per image: gathering survivors costs what the engine's bookkeeping costs, not a copy of the
-    network's feature maps.
-    """
+    """Zero-cost stages: preallocated random logits (confidences vary, so a budget below 1 sends
+    images out at every exit) and one float of carried state per image, so that the engine's own
+    bookkeeping is all that costs."""
 
     name, device = "stub", "cpu"
 
@@ -50,25 +43,18 @@ class StubBackend:
 
     def run_stage(
         self, k: int, state: tuple[torch.Tensor, ...]
-    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    ) -> tuple[tuple[torch.Tensor], torch.Tensor]:
         n = state[0].shape[0]
         return (self.state[:n],), self.logits[k][:n]
 
 
 def make_engine(
-    pkg: Any,
-    backend: str = "torch",
-    *,
-    device: str = "cpu",
-    dtype: str = "float32",
-    threads: int = 1,
-    batch: int | None = None,
-    **config: Any,
-) -> ModelEngine:
-    """A warmed-up, started engine for the package ``pkg`` as the service builds it, with its
-    start-up heap frozen as the service does; ``backend`` ``stub``: :class:`StubBackend`.
-    ``config``: :class:`EngineConfig` fields (``mode``, ``batching``, ``controller``, ...);
-    ``batch``: ``max_batch_size`` (default: the device's)."""
+    pkg: Any, backend: str = "torch", *, device: str = "cpu", dtype: str = "float32", threads: int = 1,
+    batch: int | None = None, **config: Any,
+) -> ModelEngine:  # fmt: skip
+    """A started engine for the package ``pkg`` as the service builds it (warmed up, its start-up
+    heap frozen); ``backend`` ``stub``: :class:`StubBackend`; ``config``: :class:`EngineConfig`
+    fields; ``batch``: its ``max_batch_size`` (default: the device's)."""
     if threads:
         torch.set_num_threads(threads)
     m = pkg.manifest
@@ -78,8 +64,9 @@ def make_engine(
         from service.engine.backends import build_backend
 
         built = stub or build_backend(pkg, backend, device, dtype, threads)
-        cfg = EngineConfig(max_batch_size=batch or 32, **fields)
-        engine = ModelEngine(m.name, m, built, cfg, ServiceMetrics())
+        engine = ModelEngine(
+            m.name, m, built, EngineConfig(max_batch_size=batch or 32, **fields), ServiceMetrics()
+        )
         engine.warmup()
         engine.start()
         return engine
@@ -103,10 +90,9 @@ def submit(engine: ModelEngine, x: torch.Tensor, exit_plan: Any, timeout_s: floa
 
 
 def score(got: list[Any], labels: np.ndarray | None = None, final: np.ndarray | None = None) -> Answer:
-    """An :class:`Answer` from the engine's answers, against ``labels`` and the final exit's
-    classes ``final`` of the same images (each ``[N]``) when given."""
+    """The engine's answers against ``labels`` and the final exit's classes ``final`` ([N] each)."""
     fraction = sum(r.compute_fraction for r in got)
-    if labels is None and final is None:
+    if labels is None and final is None:  # the hot path of the host-overhead benchmark
         return Answer(len(got), fraction)
     pred = np.array([int(r.probs.argmax()) for r in got])
     right = int((pred == labels).sum()) if labels is not None else 0
@@ -125,12 +111,10 @@ def worker_clocks(engine: ModelEngine) -> list[int]:
 
 def stage_stats(engine: ModelEngine, answered: int) -> tuple[list[float], float]:
     """Mean batch size per stage and FLOPs per answered image, from the stage-run metrics."""
-    reg, flops = engine.metrics.registry, [0, *engine.flops]
-    sizes, spent = [], 0.0
+    reg, flops, sizes, spent = engine.metrics.registry, [0, *engine.flops], [], 0.0
     for k in range(engine.num_exits):
         labels = {"model": engine.name, "stage": str(k)}
         total = reg.get_sample_value("anytime_batch_size_sum", labels) or 0.0
-        runs = reg.get_sample_value("anytime_batch_size_count", labels) or 0.0
-        sizes.append(total / runs if runs else 0.0)
+        sizes.append(total / (reg.get_sample_value("anytime_batch_size_count", labels) or 1.0))
         spent += total * (flops[k + 1] - flops[k])
     return sizes, spent / max(answered, 1)

@@ -1,11 +1,10 @@
 """Closed- and open-loop load, one driver for every target (the engine in-process, HTTP).
 
-A target is a ``send(i)`` that makes request ``i`` and returns an :class:`Answer`, or raises: the
-exception is counted as an error of its kind (its type name; a :class:`Failed` names its own).
-Closed loop: ``clients`` clients, each sending its next request when its last one is answered,
-as coroutines or, for a target that blocks, as threads. Open loop: seeded Poisson arrivals at
-``rate`` per second; latency counts from the *scheduled* arrival, so that a slow server cannot
-slow the clock down (no coordinated omission). Both stop at ``requests`` or after ``seconds``.
+A target is a ``send(i)`` that makes request ``i`` and returns an :class:`Answer`, or raises:
+the failure is counted by kind (its type name; a :class:`Failed` names its own). Closed loop:
+``clients`` clients each send their next request when the last one is answered (coroutines, or
+threads for a target that blocks). Open loop: seeded Poisson arrivals at ``rate``/s, latency from
+the *scheduled* arrival, so a slow server cannot slow the clock (no coordinated omission).
 """
 
 from __future__ import annotations
@@ -26,13 +25,13 @@ T = TypeVar("T")
 
 
 class Failed(Exception):
-    """A request that failed; the message is its error kind (``HTTP 503``)."""
+    """A failed request; the message is its kind (``HTTP 503``)."""
 
 
 @dataclass(frozen=True)
 class Answer:
-    """One answered request: its images, their summed compute fraction, how many are right
-    (against the labels) and how many agree with another reference (the final exit)."""
+    """An answered request: images, their summed compute fraction, how many are right (labels)
+    and how many agree with a reference (the final exit's class)."""
 
     images: int = 1
     fraction: float = 1.0
@@ -42,9 +41,9 @@ class Answer:
 
 @dataclass
 class Tally:
-    """What a load received; :meth:`summary` gives the figures."""
+    """What a load received (latencies in s, of answered requests); :meth:`summary` the figures."""
 
-    latencies: list[float] = field(default_factory=list)  # seconds, answered requests only
+    latencies: list[float] = field(default_factory=list)
     images: int = 0
     fraction: float = 0.0
     correct: int = 0
@@ -53,37 +52,30 @@ class Tally:
     elapsed: float = 0.0
     peak: int = 0  # open loop: most requests in flight
 
-    def add(self, a: Answer, latency: float) -> None:
-        self.latencies.append(latency)
-        self.images += a.images
-        self.fraction += a.fraction
-        self.correct += a.correct
-        self.agree += a.agree
+    def add(self, a: Answer | Tally, latency: float | None = None) -> None:
+        """One answer and its latency, or another tally's answers and failures."""
+        if isinstance(a, Tally):
+            self.latencies += a.latencies
+            self.errors += a.errors
+        else:
+            self.latencies.append(latency or 0.0)
+        self.images, self.fraction = self.images + a.images, self.fraction + a.fraction
+        self.correct, self.agree = self.correct + a.correct, self.agree + a.agree
 
     def fail(self, e: BaseException) -> None:
         self.errors[str(e) if isinstance(e, Failed) else type(e).__name__] += 1
 
-    def merge(self, other: Tally) -> None:
-        self.latencies += other.latencies
-        for k in ("images", "fraction", "correct", "agree"):
-            setattr(self, k, getattr(self, k) + getattr(other, k))
-        self.errors += other.errors
-
     def summary(self, labelled: bool = True) -> dict[str, Any]:
-        """requests, errors (and their kinds), images/s, latency percentiles (ms), accuracy (None
-        without labels), mean compute fraction and agreement, per answered image."""
+        """Requests, errors, images/s, latency (ms), and per answered image: accuracy (None
+        unless ``labelled``), compute fraction, agreement."""
         n = self.images or float("nan")
         return {
-            "requests": len(self.latencies),
-            "errors": sum(self.errors.values()),
-            "error_kinds": dict(self.errors),
-            "images": self.images,
+            "requests": len(self.latencies), "errors": sum(self.errors.values()),
+            "error_kinds": dict(self.errors), "images": self.images,
             "images_per_s": self.images / self.elapsed if self.elapsed > 0 else 0.0,
-            **latency_ms(self.latencies),
-            "accuracy": self.correct / n if labelled else None,
-            "mean_compute_fraction": self.fraction / n,
-            "agreement": self.agree / n,
-        }
+            **latency_ms(self.latencies), "accuracy": self.correct / n if labelled else None,
+            "mean_compute_fraction": self.fraction / n, "agreement": self.agree / n,
+        }  # fmt: skip
 
 
 Send = Callable[[int], Awaitable[Answer]]
@@ -92,16 +84,14 @@ Send = Callable[[int], Awaitable[Answer]]
 async def _timed(send: Send, i: int, started: float, tally: Tally) -> None:
     try:
         answer = await send(i)
-    except Exception as e:  # every failure is a figure of the run, not the end of it
-        tally.fail(e)
-        return
+    except Exception as e:  # a failure is a figure of the run, not its end
+        return tally.fail(e)
     tally.add(answer, time.perf_counter() - started)
 
 
 async def closed_loop(send: Send, clients: int, requests: int, seconds: float) -> Tally:
     """``clients`` coroutines, each sending its next request when the last is answered."""
-    tally, counter = Tally(), itertools.count()
-    t0 = time.perf_counter()
+    tally, counter, t0 = Tally(), itertools.count(), time.perf_counter()
 
     async def client() -> None:
         for i in counter:
@@ -123,15 +113,13 @@ async def open_loop(
     tally, rng, tasks = Tally(), random.Random(seed), set[asyncio.Task[None]]()
     t0 = due = time.perf_counter()
     for i in range(requests):
-        due += rng.expovariate(rate)
-        if due - t0 > seconds:
+        if (due := due + rng.expovariate(rate)) - t0 > seconds:
             break
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
         if len(tasks) >= max_in_flight:
             tally.fail(Failed("client: max_in_flight reached"))
             continue
-        task = asyncio.create_task(_timed(send, i, due, tally))
-        tasks.add(task)
+        tasks.add(task := asyncio.create_task(_timed(send, i, due, tally)))
         task.add_done_callback(tasks.discard)
         tally.peak = max(tally.peak, len(tasks))
     await asyncio.gather(*list(tasks))
@@ -141,30 +129,28 @@ async def open_loop(
 
 def thread_loop(call: Callable[[int], Answer], clients: int, requests: int, seconds: float) -> Tally:
     """A closed loop of ``clients`` threads, each blocked on its request (``call`` waits)."""
-    counter, tallies = itertools.count(), [Tally() for _ in range(clients)]
-    t0 = time.perf_counter()
+    counter, tally, lock, t0 = itertools.count(), Tally(), threading.Lock(), time.perf_counter()
 
-    def client(tally: Tally) -> None:
+    def client() -> None:
+        mine = Tally()
         for i in counter:
             if i >= requests or time.perf_counter() - t0 >= seconds:
-                return
+                break
             started = time.perf_counter()
             try:
-                answer = call(i)
+                mine.add(call(i), time.perf_counter() - started)
             except Exception as e:
-                tally.fail(e)
-                continue
-            tally.add(answer, time.perf_counter() - started)
+                mine.fail(e)
+        with lock:  # merged once at the end: no lock on the hot path
+            tally.add(mine)
 
-    threads = [threading.Thread(target=client, args=(t,)) for t in tallies]
+    threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    total = Tally(elapsed=time.perf_counter() - t0)
-    for t in tallies:
-        total.merge(t)
-    return total
+    tally.elapsed = time.perf_counter() - t0
+    return tally
 
 
 def run(coro: Coroutine[Any, Any, T], uvloop: bool = False) -> T:

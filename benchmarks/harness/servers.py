@@ -56,10 +56,6 @@ class ServerSpec:
     port: int
     env: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
 
 def service_spec(package: Path, backend: str = "torch", extra: list[str] | None = None) -> ServerSpec:
     """``python -m service`` on ``package`` on the CPU, on a free port."""
@@ -103,7 +99,7 @@ class Server:
     """A running server; use as a context manager."""
 
     def __init__(self, spec: ServerSpec, log: Path, ready_timeout_s: float = 300.0) -> None:
-        self.spec, self.log = spec, log
+        self.spec, self.log, self.url = spec, log, f"http://127.0.0.1:{spec.port}"
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(REPO), **spec.env}
         with log.open("wb") as out:
@@ -122,16 +118,15 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise LaunchError(f"{self.spec.name} exited {self.proc.returncode}: {self.tail()}")
-            with contextlib.suppress(urllib.error.URLError, OSError):
-                with urllib.request.urlopen(self.spec.url + self.spec.ready_path, timeout=2) as r:
-                    if r.status == 200:
-                        return
+            ready = self.url + self.spec.ready_path
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(ready, timeout=2) as r,
+            ):
+                if r.status == 200:
+                    return
             time.sleep(0.5)
         raise LaunchError(f"{self.spec.name} not ready after {timeout_s:.0f} s: {self.tail()}")
-
-    @property
-    def url(self) -> str:
-        return self.spec.url
 
     def tail(self, chars: int = 1500) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.is_file() else ""

@@ -46,23 +46,26 @@ class LateStartError(WrkError):
 
 @dataclass(frozen=True)
 class WrkResult:
-    """One wrk run's measured window: ``ok`` answers with a class, ``correct`` of them the label."""
+    """One run's window (``seconds`` long): ``requests`` read in the whole run, ``answered`` in the
+    window (any status), ``ok`` with a class, ``correct`` the label's; ``failed``: non-200,
+    unparsable, lost and socket errors; ``in_flight``: answers/s x mean latency (Little's law, at
+    most the connections); the spread of the threads' first requests; the warm-up given."""
 
-    seconds: float  # the window's length
-    requests: int  # responses wrk read in the whole run, warm-up included, any status
-    answered: int  # responses inside the window, any status
+    seconds: float
+    requests: int
+    answered: int
     ok: int
     correct: int
-    failed: int  # non-200, unparsable answers, lost requests and socket errors
-    images_per_s: float  # ok answers per second of the window
+    failed: int
+    images_per_s: float
     accuracy: float
     p50_ms: float
     p90_ms: float
     p99_ms: float
     mean_ms: float
-    in_flight: float  # Little's law: answers/s x mean latency, at most the connections
-    thread_start_spread_ms: float  # first request of the last thread minus that of the first
-    warmup_s: float  # seconds of load before the window opened (longer if the run was retried)
+    in_flight: float
+    thread_start_spread_ms: float
+    warmup_s: float
 
 
 def parse_wrk_output(stdout: str) -> dict[str, Any]:
@@ -95,23 +98,13 @@ def to_result(raw: dict[str, Any], connections: int, warmup_s: float = WARMUP_S)
             f"{lat['mean'] / 1e3:.1f} ms would need {in_flight:.1f} requests in flight on "
             f"{connections} connections: the run counted answers from outside its window"
         )
+    failed = raw["bad_status"] + raw["unparsed"] + raw["lost"] + socket
     return WrkResult(
-        seconds=seconds,
-        requests=raw["requests"],
-        answered=raw["answered"],
-        ok=ok,
-        correct=raw["correct"],
-        failed=raw["bad_status"] + raw["unparsed"] + raw["lost"] + socket,
-        images_per_s=ok / seconds if seconds > 0 else 0.0,
-        accuracy=raw["correct"] / ok if ok else float("nan"),
-        p50_ms=lat["p50"] / 1e3,
-        p90_ms=lat["p90"] / 1e3,
-        p99_ms=lat["p99"] / 1e3,
-        mean_ms=lat["mean"] / 1e3,
-        in_flight=in_flight,
-        thread_start_spread_ms=raw["thread_start_spread_us"] / 1e3,
-        warmup_s=warmup_s,
-    )
+        seconds, raw["requests"], raw["answered"], ok, raw["correct"], failed,
+        ok / seconds if seconds > 0 else 0.0, raw["correct"] / ok if ok else float("nan"),
+        *(lat[k] / 1e3 for k in ("p50", "p90", "p99", "mean")), in_flight,
+        raw["thread_start_spread_us"] / 1e3, warmup_s,
+    )  # fmt: skip
 
 
 def wrk_command(

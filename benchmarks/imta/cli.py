@@ -20,25 +20,32 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks.harness.provenance import REPO, RESULTS
 from benchmarks.imta.collect import CollectError
-from benchmarks.imta.launcher import REPO, LauncherError, LaunchSettings, launch, signal_launcher
+from benchmarks.imta.launcher import LauncherError, LaunchSettings, launch, signal_launcher
 from benchmarks.imta.plan import ARM_NAMES, DEFAULT_SEEDS, PlanError, parse_seeds, plan
 from training.config import ConfigError
-
-RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.imta", description=__doc__.split("\n\n")[0] if __doc__ else None
+        prog="python -m benchmarks.imta", description=(__doc__ or "").split("\n\n")[0]
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str, runs_dir: bool = True) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=text, description=text)
+        if runs_dir:
+            c.add_argument(
+                "--runs-dir", type=Path, required=True, help="parent of <arm>/seed<N> run dirs"
+            )
+        return c
+
     for name, text in (
         ("run", "train every unfinished run in order, in the foreground (resumes each)"),
         ("start", "the same as run, detached in its own process group (launcher.out, launcher.log)"),
     ):
-        r = sub.add_parser(name, help=text, description=text)
-        _runs_dir(r)
+        r = command(name, text)
         r.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="default: 0,1,2")
         r.add_argument("--arms", default=",".join(ARM_NAMES), help="default: all five")
         r.add_argument(
@@ -48,36 +55,30 @@ def build_parser() -> argparse.ArgumentParser:
             help="runs trained at the same time, each with cores/jobs torch threads (default 1; "
             "on 2 cores, 2 one-thread runs train ~1.3x the images/s of one two-thread run)",
         )
-        r.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then extra `train` arguments")
+        r.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then `train` arguments")
     for name, text in (
         ("status", "finished / partial / pending runs and the training time left"),
         ("pause", "SIGSTOP the launcher and its training run (the whole process group)"),
         ("continue", "SIGCONT a paused launcher"),
         ("stop", "SIGTERM the launcher and its run; start again to resume from the last epoch"),
     ):
-        _runs_dir(sub.add_parser(name, help=text, description=text))
-    ev = sub.add_parser("evaluate", help="score the finished runs; write imta.json, imta_stats.json")
-    _runs_dir(ev)
+        command(name, text)
+    ev = command("evaluate", "score the finished runs; write imta.json, imta_stats.json")
     ev.add_argument("--seeds", help="only these seeds (default: the plan's)")
-    ev.add_argument("--out", type=Path, default=RESULTS_DIR, help="default benchmarks/results")
+    ev.add_argument("--out", type=Path, default=RESULTS, help="default benchmarks/results")
     ev.add_argument("--threads", type=int, help="torch threads of the evaluation")
     ev.add_argument("--data-dir", help="override the runs' data.path")
     ev.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (10,000)")
-    rp = sub.add_parser("report", help="plots and the IMTA section of BENCHMARKS.md")
-    rp.add_argument("--out", type=Path, default=RESULTS_DIR, help="where imta_stats.json is")
+    rp = command("report", "plots and the IMTA section of BENCHMARKS.md", runs_dir=False)
+    rp.add_argument("--out", type=Path, default=RESULTS, help="where imta_stats.json is")
     rp.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     return p
 
 
 def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
+    if (value := int(text)) < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
-
-
-def _runs_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runs-dir", type=Path, required=True, help="parent of <arm>/seed<N> run dirs")
 
 
 def _overrides(args: argparse.Namespace) -> tuple[str, ...]:

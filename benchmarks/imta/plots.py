@@ -98,7 +98,8 @@ def plot_norms(stats: dict[str, Any], path: Path) -> bool:
     styles: dict[str, Literal["-", "--", ":"]] = {"plain": "-", "ge": "--", "lr_scaled": ":"}
     with figure(path, cols=2, size=(10, 4)) as (_, axes):
         for ax, key, title in zip(axes, ("block_grad_norm", "block_weight_norm"),
-                                  ("gradient norm (RMS over steps)", "weight norm"), strict=True):  # fmt: skip
+                                  ("gradient norm (RMS over steps)", "weight norm"),
+                                  strict=True):  # fmt: skip
             for arm in arms:
                 series = [np.array(r["norms"][key]) for r in _runs_of(stats, arm) if key in r["norms"]]
                 length = min(len(s) for s in series)

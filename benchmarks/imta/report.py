@@ -76,7 +76,8 @@ def comparison_table(c: dict[str, Any], resamples: int) -> list[str]:
     ]  # fmt: skip
     m = c["mean_over_exits"]
     rows.append(("**mean**", f"**{_pts(m['estimate'])}**", f"[{_pts(m['low'])}, {_pts(m['high'])}]",
-                 f"bootstrap {_p(m['bootstrap_p'], resamples)}", *(_pts(s["mean_difference"]) for s in seeds)))  # fmt: skip
+                 f"bootstrap {_p(m['bootstrap_p'], resamples)}",
+                 *(_pts(s["mean_difference"]) for s in seeds)))  # fmt: skip
     head = ("exit", f"{c['a']} − {c['b']} (points)", "95 % CI", "McNemar p (Holm)")
     return table((*head, *(f"seed {s['seed']} (p)" for s in seeds)), rows)
 
