@@ -39,7 +39,7 @@ from benchmarks.harness.engine import (
 )
 from benchmarks.harness.load import Answer, Tally, open_loop, run, thread_loop
 from benchmarks.harness.output import table, write_json
-from benchmarks.harness.provenance import RESULTS, Sitting, machine
+from benchmarks.harness.provenance import REPO, RESULTS, Sitting, display, machine
 from benchmarks.harness.stats import latency_ms, median_run
 from models.package import ModelPackage, load_package
 
@@ -196,14 +196,14 @@ def main(argv: list[str] | None = None) -> None:
     add("--note", help="what else ran on the machine (default: the CPU and torch build)")
     args = ap.parse_args(argv)  # fmt: skip
     torch.set_num_threads(args.threads)
-    device, default, sitting = (
-        resolve_device("auto"),
-        Path("packages/default"),
-        Sitting("benchmarks.engine_modes", argv),
-    )
+    device, sitting = resolve_device("auto"), Sitting("benchmarks.engine_modes", argv)
+    default = REPO / "packages" / "default"
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.package or (
-            default if default.exists() else calibrated_package(Path(tmp), "msdnet", [0.3, 0.5, 0.7])
+        fitted = args.package is None and not default.exists()
+        path = (
+            calibrated_package(Path(tmp), "msdnet", [0.3, 0.5, 0.7])
+            if fitted
+            else args.package or default
         )
         pkg = load_package(path)
         labelled = None if args.synthetic_images else held_test_images(pkg.manifest, args.data_dir)
@@ -211,11 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         modes = modes_part(load, device, args.seconds, args.clients, args.repeat)
         capacity, ctl = controller_part(load, device, args.seconds, args.slo_ms / 1e3, args.queue,
                                         args.max_accuracy_loss)  # fmt: skip
-    origin = (
-        "untrained, budget table fitted on synthetic images"
-        if args.package is None and path != default
-        else str(path)
-    )
+    origin = "untrained, budget table fitted on synthetic images" if fitted else display(path)
     meta = {
         "model": f"{pkg.manifest.name} ({pkg.manifest.num_exits} exits, {origin})", "device": device,
         "seconds": args.seconds, "note": args.note or machine(), "slo_ms": args.slo_ms,

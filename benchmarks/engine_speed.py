@@ -204,7 +204,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     add = ap.add_argument
     add("--backend", default="stub", choices=["stub", "torch", "onnxruntime", "auto"])
-    add("--package", type=Path, default=Path("packages/default"))
+    add("--package", type=Path, default=REPO / "packages" / "default")
     add("--modes", nargs="+", default=["shrink"], choices=["run_to_end", "shrink", "rebatch"])
     add(
         "--dtypes",

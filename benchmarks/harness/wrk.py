@@ -99,11 +99,12 @@ def to_result(raw: dict[str, Any], connections: int, warmup_s: float = WARMUP_S)
             f"{connections} connections: the run counted answers from outside its window"
         )
     failed = raw["bad_status"] + raw["unparsed"] + raw["lost"] + socket
+    ms = {k: lat[k] / 1e3 for k in ("p50", "p90", "p99", "mean")}
     return WrkResult(
         seconds, raw["requests"], raw["answered"], ok, raw["correct"], failed,
         ok / seconds if seconds > 0 else 0.0, raw["correct"] / ok if ok else float("nan"),
-        *(lat[k] / 1e3 for k in ("p50", "p90", "p99", "mean")), in_flight,
-        raw["thread_start_spread_us"] / 1e3, warmup_s,
+        ms["p50"], ms["p90"], ms["p99"], ms["mean"], in_flight, raw["thread_start_spread_us"] / 1e3,
+        warmup_s,
     )  # fmt: skip
 
 
