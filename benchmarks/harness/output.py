@@ -23,8 +23,11 @@ def write_json(path: Path, data: Any) -> Path:
 
 def table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     """A markdown table: the header, its rule, one line per row (cells already formatted)."""
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+    def line(cells: Iterable[Any]) -> str:
+        return "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
+
+    return [line(head), "|" + "---|" * len(head), *map(line, rows)]
 
 
 @contextlib.contextmanager
