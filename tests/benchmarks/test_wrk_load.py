@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.wrk_load import (
+from benchmarks.harness.data import write_image_set
+from benchmarks.harness.wrk import (
     LateStartError,
     WrkError,
     parse_wrk_output,
@@ -26,7 +27,6 @@ from benchmarks.wrk_load import (
     run_wrk,
     summarise,
     to_result,
-    write_image_set,
 )
 from tests.tools import require_binary
 
@@ -78,7 +78,7 @@ def test_summary_is_the_median_run_and_pooled_accuracy() -> None:
 
 
 def test_image_set_needs_labels(tmp_path: Path) -> None:
-    with pytest.raises(WrkError, match="as many labels"):
+    with pytest.raises(ValueError, match="as many labels"):
         write_image_set([b"a", b"b"], [1], tmp_path)
 
 
