@@ -121,28 +121,41 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     else:
         x, labels = load_images(args.images_npz, pkg, args.data_dir)
         x, labels = x[: args.limit_images], None if labels is None else labels[: args.limit_images]
-    for dtype, mode in itertools.product(args.dtypes, args.modes):
-        for budget, size, kind in itertools.product(args.budgets, args.images, args.clients_kind):
-            engine = make_engine(pkg, args.backend, device=device, dtype=dtype, threads=args.threads,
-                                 batch=args.batch, mode=mode)  # fmt: skip
-            exit_plan = plan(pkg.manifest, budget)
-            try:
-                load_row(engine, exit_plan, x, labels, size, args.clients, min(0.5, args.seconds), kind)
-                row = load_row(engine, exit_plan, x, labels, size, args.clients, args.seconds, kind)
-                if args.full_accuracy and labels is not None:
-                    acc, fraction = full_accuracy(engine, exit_plan, x, labels)
-                    row.update(accuracy=acc, mean_compute_fraction=fraction)
-            finally:
-                engine.stop()
-            backend = engine.backend
-            row = {"mode": mode, "budget": budget, "request_images": size, "clients": args.clients,
-                   "backend": backend.name, "device": backend.device,
-                   # what ran: the CPU runs float32 whatever was asked
-                   "dtype": str(getattr(backend, "dtype", dtype)).removeprefix("torch."),
-                   **row}  # fmt: skip
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    grid = list(itertools.product(args.dtypes, args.modes, args.budgets, args.images, args.clients_kind))
+    for (dtype, mode, budget, size, kind), _, precision in itertools.product(
+        grid, range(args.rounds), args.precisions
+    ):  # precisions alternate innermost, so both see the same load
+        served = at_precision(pkg, precision)
+        engine = make_engine(served, args.backend, device=device, dtype=dtype, threads=args.threads,
+                             batch=args.batch, mode=mode)  # fmt: skip
+        exit_plan = plan(served.manifest, budget)
+        try:
+            load_row(engine, exit_plan, x, labels, size, args.clients, min(0.5, args.seconds), kind)
+            row = load_row(engine, exit_plan, x, labels, size, args.clients, args.seconds, kind)
+            if args.full_accuracy and labels is not None:
+                acc, fraction = full_accuracy(engine, exit_plan, x, labels)
+                row.update(accuracy=acc, mean_compute_fraction=fraction)
+        finally:
+            engine.stop()
+        backend = engine.backend
+        ran = str(getattr(backend, "dtype", dtype)).removeprefix("torch.")
+        row = {"mode": mode, "budget": budget, "request_images": size, "clients": args.clients,
+               "backend": backend.name, "device": backend.device,
+               # what ran: the CPU runs float32 whatever was asked, bfloat16 apart
+               "dtype": ran, "precision": "bf16" if ran == "bfloat16" else precision,
+               **row}  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     return rows
+
+
+def at_precision(pkg: Any, precision: str) -> Any:
+    """The package as the service serves it at ``precision`` (fp32, or its int8 graphs)."""
+    if precision == "fp32":
+        return pkg
+    from service.engine.precision import at_int8
+
+    return at_int8(pkg)
 
 
 # A child of --compare: this checkout's benchmarks package, the other checkout's service and models
@@ -211,9 +224,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         nargs="+",
         default=["float32"],
         choices=["float32", "float16", "bfloat16"],
-        help="torch compute dtypes (CUDA only; the CPU always runs float32)",
+        help="torch compute dtypes (on a CPU: float32 or bfloat16)",
     )
     add("--budgets", type=float, nargs="+", default=[0.5])
+    add("--precisions", nargs="+", default=["fp32"], choices=["fp32", "int8"],
+        help="int8: the package's int8 graphs and budget table (--backend onnxruntime)")  # fmt: skip
+    add("--rounds", type=int, default=1, help="repeat every row, precisions alternating")
     add("--images", type=int, nargs="+", default=[1, 16], help="images per request")
     add("--clients", type=int, default=16)
     add(

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from models.flops import cumulative_flops
 from models.multi_exit import MultiExitNet
 from models.onnx_export import StageGraph, export_stages
+from models.quantize import QuantizeConfig
 from models.registry import UnknownModelError, create_model
 from models.validation import describe_validation_error
 
@@ -85,6 +86,20 @@ class BudgetEntry(_Strict):
     accuracy: float | None = Field(None, description="accuracy on the held test split")
 
 
+class Int8Stages(_Strict):
+    """int8 stage graphs beside the fp32 ones (``models/quantize.py``), with their own budget
+    table: int8 moves the exits' confidences, so its thresholds are fitted on int8 logits."""
+
+    onnx: list[StageGraph] = Field(description="one int8 graph per stage, same tensor names")
+    budgets: list[BudgetEntry] = Field(description="the budget table fitted on int8 logits")
+    exit_accuracy: list[float] = Field(description="per-exit accuracy on the held test split")
+    fp32_agreement: list[float] = Field(
+        description="per exit: share of test images whose int8 class is the fp32 graphs' class"
+    )
+    quantization: QuantizeConfig
+    onnxruntime: str = Field(description="version of the ONNX Runtime that quantized them")
+
+
 class Provenance(BaseModel):
     """Where the weights came from. Open-ended on purpose: training adds what it knows."""
 
@@ -112,6 +127,7 @@ class Manifest(_Strict):
     budgets: list[BudgetEntry] = Field(default_factory=list)
     default_budget: float | None = None
     onnx: list[StageGraph] = Field(default_factory=list)
+    int8: Int8Stages | None = Field(None, description="int8 graphs and their budget table")
     provenance: Provenance = Field(default_factory=Provenance)
     files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256")
 
@@ -145,6 +161,14 @@ class Manifest(_Strict):
             )
         if self.onnx and len(self.onnx) != k:
             raise ValueError(f"{len(self.onnx)} ONNX stage graphs for {k} exits")
+        if self.int8 is not None:
+            q = self.int8
+            if not self.onnx or len(q.onnx) != k or len(q.exit_accuracy) != k:
+                raise ValueError(f"int8: needs the fp32 graphs and {k} graphs and accuracies")
+            if sorted(r.budget for r in q.budgets) != self.budget_values:
+                raise ValueError("int8: its budget table must have the fp32 table's budgets")
+            if any(len(r.thresholds) != k for r in q.budgets):
+                raise ValueError(f"int8: every budget row needs {k} thresholds")
         return self
 
     def budget_entry(self, budget: float) -> BudgetEntry:
@@ -376,7 +400,8 @@ def load_package(path: str | Path, *, verify_checksums: bool = True) -> ModelPac
 
 
 def _check_files(root: Path, manifest: Manifest, verify: bool) -> None:
-    required = [WEIGHTS, *(g.file for g in manifest.onnx)]
+    int8 = manifest.int8.onnx if manifest.int8 is not None else []
+    required = [WEIGHTS, *(g.file for g in [*manifest.onnx, *int8])]
     for rel in required:
         if rel not in manifest.files:
             raise PackageError(f"{root}: manifest lists no checksum for {rel}")

@@ -63,6 +63,7 @@ class ModelInfo(BaseModel):
         description="budget of a request that gives neither a budget nor a threshold, now (the "
         "service's default, else the package's; an SLO controller lowers it under load)"
     )
+    precision: str = Field("fp32", description="what the stages run at: fp32, int8, bf16 (fp16 on CUDA)")
 
 
 class ModelList(BaseModel):

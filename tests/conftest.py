@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,17 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from models import create_model
 from models.multi_exit import MultiExitNet
-from models.package import BudgetEntry, Preprocessing, new_manifest, save_package
+from models.package import (
+    BudgetEntry,
+    ModelPackage,
+    Preprocessing,
+    new_manifest,
+    save_package,
+)
 
 # Small overrides for every registered architecture so the contract tests run in seconds.
 # A newly registered model must be added here (test_every_registered_model_is_covered).
@@ -100,3 +108,46 @@ def make_package(path: Path, name: str = "msdnet", *, isc: bool = False, tar: bo
 def package_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny MSDNet package with ISC (directory form), shared by read-only tests."""
     return make_package(tmp_path_factory.mktemp("pkg"), "msdnet", isc=True)
+
+
+def make_int8_package(root: Path) -> Path:
+    """Train a tiny MSDNet on synthetic images (100 % accurate: int8 rounding flips no answer),
+    calibrate, and export it with its int8 graphs, as a user would: ``root/pkg``."""
+    from tests.training.helpers import TINY_MODEL, tiny_config, write_config
+    from training.cli import main
+
+    run = root / "run"
+    cfg = tiny_config(
+        run,
+        epochs=6,
+        model={**TINY_MODEL, "isc": True},
+        data={"synthetic_size": 1200, "n_val": 200, "n_test": 200},
+        optim={"lr": 0.1},
+    )
+    assert main(["train", "--config", str(write_config(root / "c.yaml", cfg))]) == 0
+    assert main(["calibrate", "--run-dir", str(run), "--budgets", "0.5,0.7,1.0"]) == 0
+    pkg = root / "pkg"
+    assert main(["export", "--run-dir", str(run), "--out", str(pkg), "--name", "tiny-int8"]) == 0
+    return pkg
+
+
+@pytest.fixture(scope="session")
+def int8_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained tiny package with fp32 and int8 stage graphs (read-only: copy it to change it)."""
+    return make_int8_package(tmp_path_factory.mktemp("int8"))
+
+
+def held_test_images(pkg: ModelPackage, n: int = 64) -> tuple[list[bytes], np.ndarray]:
+    """The first ``n`` held test images as PNG files, and the same images preprocessed."""
+    from training.quantize import package_splits
+
+    x, _ = package_splits(pkg.manifest, None)["test"]
+    pre = pkg.manifest.preprocessing
+    mean, std = np.array(pre.mean).reshape(3, 1, 1), np.array(pre.std).reshape(3, 1, 1)
+    pixels = np.rint((x[:n] * std + mean) * 255).clip(0, 255).astype(np.uint8)
+    pngs = []
+    for img in pixels:
+        buf = io.BytesIO()
+        Image.fromarray(img.transpose(1, 2, 0)).save(buf, "PNG")
+        pngs.append(buf.getvalue())
+    return pngs, ((pixels / 255.0 - mean) / std).astype(np.float32)

@@ -1,4 +1,4 @@
-"""``python -m training {train,evaluate,calibrate,export,compare}``: the command-line edge.
+"""``python -m training {train,evaluate,calibrate,export,quantize,compare}``: the command-line edge.
 
 Configuration is built here, once, from the YAML file and the flags, and passed down as typed
 objects. Domain errors become one clear line on stderr and the exit code of :data:`EXIT_CODES`.
@@ -166,9 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     from training.commands import add_artifact_parsers
     from training.compare import add_compare_parser
+    from training.quantize import add_quantize_parser
     from training.transfer import add_transfer_parsers
 
     add_artifact_parsers(sub)
+    add_quantize_parser(sub)
     add_compare_parser(sub)
     add_transfer_parsers(sub)
     return parser

@@ -68,6 +68,11 @@ def add_artifact_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
     ex.add_argument("--name", default="msdnet-cifar10", help="package name")
     ex.add_argument("--default-budget", type=float, default=0.5, help="default budget (nearest row)")
     ex.add_argument("--no-onnx", action="store_true", help="skip the per-stage ONNX graphs")
+    ex.add_argument(
+        "--no-int8",
+        action="store_true",
+        help="skip the int8 stage graphs (python -m training quantize adds them later)",
+    )
     ex.set_defaults(handler=run_export)
 
 
@@ -253,4 +258,19 @@ def run_export(args: argparse.Namespace) -> int:
     except PackageError as e:
         raise CheckpointError(f"export failed: {e}") from None
     print(f"wrote model package {out}")
+    if not (args.no_onnx or args.no_int8):
+        add_int8(out, args.data_dir)
     return 0
+
+
+def add_int8(package: Path, data_dir: str | None) -> None:
+    """int8 graphs for a freshly exported package; one that fails the parity check keeps fp32 only."""
+    from training.quantize import QuantizationError, quantize_package, summary
+
+    if package.suffix == ".tar":
+        print("int8 graphs are added to package directories only: skipped for a .tar")
+        return
+    try:
+        print(summary(quantize_package(package, data_dir=data_dir)))
+    except QuantizationError as e:
+        print(f"warning: no int8 graphs: {e}", file=sys.stderr)

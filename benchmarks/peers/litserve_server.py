@@ -19,12 +19,12 @@ from benchmarks.peers.full_network import FullNetwork
 
 
 class FullNetworkAPI(ls.LitAPI):  # type: ignore[misc]
-    def __init__(self, package: Path, threads: int, **kwargs: Any) -> None:
+    def __init__(self, package: Path, threads: int, graphs: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.package, self.threads = package, threads
+        self.package, self.threads, self.graphs = package, threads, graphs
 
     def setup(self, device: str) -> None:
-        self.net = FullNetwork(self.package, self.threads)
+        self.net = FullNetwork(self.package, self.threads, self.graphs)
 
     # No annotation on ``request``: LitServe then reads the body as a form (multipart) or JSON.
     def decode_request(self, request) -> bytes:  # type: ignore[no-untyped-def]
@@ -48,11 +48,15 @@ def main() -> None:
     p.add_argument("--package", type=Path, required=True)
     p.add_argument("--port", type=int, default=8200)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    p.add_argument(
+        "--graphs", choices=["torch", "fp32", "int8"], default="torch",
+        help="the torch model, or the package's fp32 or int8 ONNX graphs on ONNX Runtime",
+    )  # fmt: skip
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--batch-timeout-s", type=float, default=0.001, help="wait for a fuller batch")
     args = p.parse_args()
     api = FullNetworkAPI(
-        args.package, args.threads, max_batch_size=args.max_batch_size,
+        args.package, args.threads, args.graphs, max_batch_size=args.max_batch_size,
         batch_timeout=args.batch_timeout_s,
     )  # fmt: skip
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1)

@@ -27,10 +27,14 @@ def main() -> None:
     p.add_argument("--package", type=Path, required=True)
     p.add_argument("--port", type=int, default=8100, help="HTTP; gRPC and metrics take the next two")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    p.add_argument(
+        "--graphs", choices=["torch", "fp32", "int8"], default="torch",
+        help="the torch model, or the package's fp32 or int8 ONNX graphs on ONNX Runtime",
+    )  # fmt: skip
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-delay-us", type=int, default=1000, help="dynamic batcher queue delay")
     args = p.parse_args()
-    net = FullNetwork(args.package, args.threads)
+    net = FullNetwork(args.package, args.threads, args.graphs)
 
     @batch
     def infer(image: np.ndarray) -> dict[str, np.ndarray]:

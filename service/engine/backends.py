@@ -62,7 +62,7 @@ def resolve_device(device: str) -> str:
 
 
 class TorchBackend:
-    """Eager PyTorch over ``MultiExitNet.forward_stage``; fp16/bf16 only on CUDA.
+    """Eager PyTorch over ``MultiExitNet.forward_stage``; fp16 only on CUDA, bf16 on any device.
 
     With ``buckets``, stages run at padded bucket sizes (``graphs.PaddedStages``), captured as
     CUDA graphs when ``device`` is ``cuda``; batches above the largest bucket run eagerly.
@@ -79,7 +79,7 @@ class TorchBackend:
         input_size: tuple[int, int] = (32, 32),
     ) -> None:
         self.device = device
-        self.dtype = _DTYPES[dtype] if device == "cuda" else torch.float32
+        self.dtype = _DTYPES[dtype] if device == "cuda" or dtype == "bfloat16" else torch.float32
         self.model = model.to(device=device, dtype=self.dtype).eval()
         self.padded: PaddedStages | None = None
         if buckets:

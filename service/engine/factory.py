@@ -18,7 +18,7 @@ import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -30,8 +30,9 @@ from service.engine.controller import ControllerConfig
 from service.engine.engine import ModelEngine
 from service.engine.graphs import bucket_sizes
 from service.engine.guard import GuardConfig
+from service.engine.precision import Served, choose_backend
 from service.metrics import ServiceMetrics
-from service.settings import ServiceSettings
+from service.settings import Precision, ServiceSettings
 
 CPU_MAX_BATCH = 32
 CUDA_MAX_BATCH = 256
@@ -99,6 +100,7 @@ class LoadedModel:
 
     package: ModelPackage
     engine: ModelEngine
+    precision: str = "fp32"
 
     @property
     def name(self) -> str:
@@ -164,37 +166,48 @@ def load_model(
     device = resolve_device(settings.device)
     config = engine_config(settings, device)
 
-    def start(backend: str) -> ModelEngine:
-        return build_engine(
+    def start(backend: str, precision: Precision) -> tuple[ModelEngine, Served]:
+        served = choose_backend(
             pkg,
+            precision,
             backend,
-            config,
-            metrics,
-            device=device,
-            dtype=settings.torch.dtype,
+            device,
             threads=settings.intra_op_threads,
-            warmup=settings.warmup,
+            buckets=default_buckets(device, config.max_batch_size),
+            batch=config.max_batch_size,
+            default_budget=config.default_budget or m.default_budget or 1.0,
+            cuda_dtype=settings.torch.dtype,
         )
+        engine = build_engine(served.package, served.backend, config, metrics, warmup=settings.warmup)
+        return engine, served
 
-    if settings.backend == "auto" and choices is not None:
+    auto = settings.backend == "auto" or settings.precision == "auto"
+    if auto and choices is not None:
+        # The first worker measures; the others serve the same backend at the same precision.
         with choices.deciding(path):
-            engine = start(choices.get(path) or "auto")
-            choices.put(path, engine.backend.name)
+            chosen = choices.get(path)
+            if chosen is None:
+                engine, served = start(settings.backend, settings.precision)
+            else:
+                name, precision = chosen.split(" ")
+                engine, served = start(name, cast(Precision, precision))
+            choices.put(path, f"{engine.backend.name} {served.precision}")
     else:
-        engine = start(settings.backend)
+        engine, served = start(settings.backend, settings.precision)
     backend = engine.backend
     metrics.model_info.labels(m.name, m.version, backend.name, backend.device, str(m.num_exits)).set(1)
     metrics.queue_depth.labels(m.name).set(0)
     log.info(
-        "loaded model %s v%s from %s: %d exits, backend %s on %s",
+        "loaded model %s v%s from %s: %d exits, backend %s on %s, %s",
         m.name,
         m.version,
         path,
         m.num_exits,
         backend.name,
         backend.device,
+        served.precision,
     )
-    return LoadedModel(pkg, engine)
+    return LoadedModel(served.package, engine, served.precision)
 
 
 def freeze_startup_heap() -> None:

@@ -76,6 +76,7 @@ def model_info(loaded: LoadedModel, times: dict[float, BudgetTime]) -> ModelInfo
             for b in sorted(m.budgets, key=lambda b: b.budget)
         ],
         default_budget=default.budget,
+        precision=loaded.precision,
     )
 
 

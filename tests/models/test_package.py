@@ -182,3 +182,34 @@ def test_overwrite_survives_an_interrupted_one(package_dir: Path, tmp_path: Path
     assert not stale.exists()
     for a, b in zip(_outputs(load_package(out).model), _outputs(pkg.model), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_a_package_written_before_int8_loads_unchanged(damaged: Path) -> None:
+    manifest = json.loads((damaged / "manifest.json").read_text())
+    manifest.pop("int8")  # the key a package exported before int8 graphs existed lacks
+    (damaged / "manifest.json").write_text(json.dumps(manifest))
+    pkg = load_package(damaged)
+    assert pkg.manifest.int8 is None and len(pkg.onnx_paths) == pkg.manifest.num_exits
+
+
+@pytest.fixture
+def damaged_int8(int8_package: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "pkg"
+    shutil.copytree(int8_package, copy)
+    return copy
+
+
+def test_missing_int8_graph(damaged_int8: Path) -> None:
+    (damaged_int8 / "onnx" / "int8" / "stage_1.onnx").unlink()
+    with pytest.raises(PackageError, match=r"missing file onnx/int8/stage_1\.onnx"):
+        load_package(damaged_int8)
+
+
+def test_int8_record_inconsistent_with_the_package(damaged_int8: Path) -> None:
+    int8 = json.loads((damaged_int8 / "manifest.json").read_text())["int8"]
+    _edit_manifest(damaged_int8, **{"int8.onnx": int8["onnx"][:2]})
+    with pytest.raises(PackageError, match="int8: needs the fp32 graphs and 3 graphs"):
+        load_package(damaged_int8)
+    _edit_manifest(damaged_int8, **{"int8.onnx": int8["onnx"], "int8.budgets": int8["budgets"][:1]})
+    with pytest.raises(PackageError, match="int8: its budget table must have the fp32 table's"):
+        load_package(damaged_int8)
