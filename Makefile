@@ -95,7 +95,8 @@ clean:
 
 # Containers (docs/deployment.md, "Building the images here"). docker/local.sh starts dockerd when
 # no engine answers (as root), builds a local Debian bookworm base when the official base image
-# cannot be pulled, and trusts the host's CA bundle in the build (CA_BUNDLE=... to change it).
+# cannot be pulled (installing debootstrap as root, else printing the command to run), and trusts
+# the host's CA bundle in the build (CA_BUNDLE=... to change it).
 # Not in CI: builds take minutes and the network; run docker-smoke when docker/ or the start
 # command changes.   make docker-build DOCKER_IMAGES="cpu gpu"
 .PHONY: docker-base docker-build docker-smoke docker-stack

@@ -1,7 +1,4 @@
-"""``python -m benchmarks`` (``make bench``): the IMTA ablation, the serving figures, BENCHMARKS.md.
-
-The serving grid alone stays available as ``python -m benchmarks.serving``.
-"""
+"""``python -m benchmarks`` (``make bench``): :mod:`benchmarks.pipeline`."""
 
 import sys
 

@@ -1,8 +1,10 @@
 """Engine speed in-process: ``python -m benchmarks.engine_speed``.
 
 Closed loop: ``--clients`` clients each submit a request of ``--images`` images straight to the
-engine and wait for its answers (no HTTP, no decoding); ``--clients-kind`` says how they wait
-(``threads``, or ``asyncio`` as the service does: see ``closed_loop``). Two uses:
+engine and wait for its answers (no HTTP, no decoding); ``--clients-kind`` says how they wait:
+``threads`` (each client a thread blocked on its future; every answer wakes one thread, often on
+the other core) or ``asyncio`` (coroutines on one uvloop thread awaiting ``wrap_future``, as the
+service's request path does: one wake-up of the loop serves every answer that arrived). Two uses:
 
 - ``--backend stub``: the host overhead. Every stage returns preallocated logits, so all the time
   measured is the engine's own bookkeeping (queues, exit masks, gathers, futures, metrics).
@@ -17,7 +19,7 @@ without the load generator's).
 
 ``--compare DIR`` runs the same rows on the engine of another checkout ``DIR`` (e.g. main) and on
 this one, alternating ``--repeat`` times in child processes, so before/after share one sitting of
-a shared machine; the ratio of the medians is printed (``benchmarks/engine_compare.py``).
+a shared machine; the ratio of the medians is printed.
 """
 
 from __future__ import annotations
@@ -26,272 +28,122 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import statistics
+import subprocess
 import sys
-import threading
+import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).parent / "results"
-
-
-class StubBackend:
-    """Zero-cost stages: logits and the carried state are preallocated ``[rows, ...]`` slices.
-
-    Confidences vary from row to row (random logits, one array per stage), so a budget below 1
-    sends some images out at every exit, as real traffic would. The carried state is one float
-    per image: gathering survivors costs what the engine's bookkeeping costs, not a copy of the
-    network's feature maps.
-    """
-
-    name, device = "stub", "cpu"
-
-    def __init__(self, num_exits: int, num_classes: int, rows: int = 4096, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.logits = [3.0 * torch.randn(rows, num_classes, generator=g) for _ in range(num_exits)]
-        self.state = torch.zeros(rows, 1)
-
-    def run_stage(
-        self, k: int, state: tuple[torch.Tensor, ...]
-    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        n = state[0].shape[0]
-        return (self.state[:n],), self.logits[k][:n]
-
-
-def make_engine(pkg: Any, args: argparse.Namespace, mode: str, dtype: str, device: str) -> Any:
-    """The engine of whichever checkout is on ``sys.path`` (``--compare`` runs an older one)."""
-    from service.metrics import ServiceMetrics
-
-    m = pkg.manifest
-    stub = StubBackend(m.num_exits, len(m.classes)) if args.backend == "stub" else None
-    try:
-        from service.engine import EngineConfig, build_engine
-        from service.engine.factory import default_max_batch
-    except ImportError:  # a checkout from before build_engine
-        from service.engine import EngineConfig, ModelEngine
-        from service.engine.backends import build_backend
-
-        backend = stub or build_backend(pkg, args.backend, device, dtype, args.threads)
-        cfg = EngineConfig(
-            max_batch_size=args.batch or 32, queue_size=10**6, mode=mode, intra_op_threads=args.threads
-        )
-        engine = ModelEngine(m.name, m, backend, cfg, ServiceMetrics())
-        engine.warmup()
-        engine.start()
-        return engine
-    batch = args.batch or default_max_batch(device)
-    cfg = EngineConfig(max_batch_size=batch, queue_size=10**6, mode=mode, intra_op_threads=args.threads)
-    return build_engine(
-        pkg, stub or args.backend, cfg, ServiceMetrics(), device=device, dtype=dtype,
-        threads=args.threads,
-    )  # fmt: skip
-
-
-def freeze_heap() -> None:
-    """What the service does once started (``freeze_startup_heap``), where the checkout has it."""
-    try:
-        from service.engine.factory import freeze_startup_heap
-    except ImportError:  # an older checkout under --compare
-        return
-    freeze_startup_heap()
-
-
-def full_accuracy(engine: Any, plan: Any, x: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
-    """``(accuracy, mean compute fraction)`` over every image, sent as 16-image requests."""
-    works = [engine.submit(x[i : i + 16], plan, time.monotonic() + 600) for i in range(0, len(x), 16)]
-    got = [r for w in works for r in w.future.result(timeout=600)]
-    pred = np.array([int(r.probs.argmax()) for r in got])
-    return float((pred == labels).mean()), float(np.mean([r.compute_fraction for r in got]))
-
-
-ClientKind = Literal["threads", "asyncio"]
-
-
-@dataclass
-class Tally:
-    """What the clients received: latencies (s), images, right answers, compute fractions."""
-
-    latencies: list[float] = field(default_factory=list)
-    images: int = 0
-    correct: int = 0
-    fraction: float = 0.0
-
-    def add(self, got: list[Any], latency: float, labels: np.ndarray | None, first: int) -> None:
-        self.latencies.append(latency)
-        self.images += len(got)
-        self.fraction += sum(r.compute_fraction for r in got)
-        if labels is not None:
-            self.correct += sum(int(r.probs.argmax() == labels[first + j]) for j, r in enumerate(got))
-
-    def merge(self, other: Tally) -> None:
-        self.latencies += other.latencies
-        self.images += other.images
-        self.correct += other.correct
-        self.fraction += other.fraction
-
-
-def worker_clocks(engine: Any) -> list[int]:
-    """CPU-time clocks of the engine's worker threads (every checkout keeps them in ``_threads``)."""
-    return [time.pthread_getcpuclockid(t.ident) for t in engine._threads]
-
-
-def closed_loop(
-    engine: Any,
-    plan: Any,
-    x: torch.Tensor,
-    labels: np.ndarray | None,
-    size: int,
-    clients: int,
-    seconds: float,
-    kind: ClientKind = "threads",
-) -> dict[str, Any]:
-    """``clients`` clients each submit ``size`` images of ``x [N, 3, H, W]`` and wait, for
-    ``seconds``; returns the row's figures (images/s, latency, CPU per image).
-
-    ``threads``: each client is a Python thread blocked on its request's future; every answer
-    wakes one thread, often on the other core. ``asyncio``: the clients are coroutines on one
-    uvloop event loop thread awaiting ``asyncio.wrap_future(work.future)``, as the service's
-    request path does (``service/serving.py``): an answer schedules a callback on the loop, and
-    one wake-up of the loop serves every answer that arrived meanwhile.
-    """
-    run = _threads if kind == "threads" else _asyncio
-    workers = worker_clocks(engine)
-    engine0 = sum(map(time.clock_gettime, workers))
-    cpu0, t0 = time.process_time(), time.monotonic()
-    tally = run(engine, plan, x, labels, size, clients, t0 + seconds)
-    wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
-    engine_cpu = sum(map(time.clock_gettime, workers)) - engine0
-    n = max(tally.images, 1)
-    lat = tally.latencies
-    return dict(
-        images_per_s=tally.images / wall,
-        p50_ms=1e3 * statistics.median(lat) if lat else float("nan"),
-        p99_ms=1e3 * float(np.percentile(lat, 99)) if lat else float("nan"),
-        accuracy=tally.correct / n if labels is not None else None,
-        mean_compute_fraction=tally.fraction / n,
-        wall_us_per_image=1e6 * wall / n,
-        cpu_us_per_image=1e6 * cpu / n,
-        engine_cpu_us_per_image=1e6 * engine_cpu / n,
-        images=tally.images,
-        clients_kind=kind,
-    )
-
-
-def _threads(
-    engine: Any, plan: Any, x: torch.Tensor, labels: Any, size: int, clients: int, stop: float
-) -> Tally:
-    total, lock = Tally(), threading.Lock()
-
-    def client(seed: int) -> None:
-        rng, mine = np.random.default_rng(seed), Tally()
-        while time.monotonic() < stop:
-            i = int(rng.integers(0, len(x) - size + 1))
-            t0 = time.monotonic()
-            got = engine.submit(x[i : i + size], plan, t0 + 60.0).future.result(timeout=120)
-            mine.add(got, time.monotonic() - t0, labels, i)
-        with lock:
-            total.merge(mine)
-
-    threads = [threading.Thread(target=client, args=(s,)) for s in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return total
-
-
-def _asyncio(
-    engine: Any, plan: Any, x: torch.Tensor, labels: Any, size: int, clients: int, stop: float
-) -> Tally:
-    import uvloop
-
-    total = Tally()
-
-    async def client(seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        while time.monotonic() < stop:
-            i = int(rng.integers(0, len(x) - size + 1))
-            t0 = time.monotonic()
-            work = engine.submit(x[i : i + size], plan, t0 + 60.0)
-            got = await asyncio.wait_for(asyncio.wrap_future(work.future), 120)
-            total.add(got, time.monotonic() - t0, labels, i)
-
-    async def every_client() -> None:
-        await asyncio.gather(*(client(s) for s in range(clients)))
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(every_client())
-    return total
+from benchmarks.harness.data import held_test_images
+from benchmarks.harness.engine import (
+    make_engine,
+    plan,
+    preprocess,
+    resolve_device,
+    score,
+    submit,
+    worker_clocks,
+)
+from benchmarks.harness.load import Answer, closed_loop, run, thread_loop
+from benchmarks.harness.output import write_json
+from benchmarks.harness.provenance import REPO
 
 
 def load_images(path: Path | None, pkg: Any, data_dir: str | None) -> tuple[torch.Tensor, Any]:
     """``(x [N,3,H,W], labels [N] | None)``: a ``.npz`` (``x``, ``y``), the package's held test
-    part, or random images for the stub."""
+    part, or random images (the stub, or no data on disk)."""
     if path is not None:
         data = np.load(path)
         return torch.from_numpy(data["x"]), data["y"]
-    from benchmarks.engine_modes import held_test_images
-    from service.engine.images import ImageLimits, images_to_batch
-
-    labelled = held_test_images(pkg, data_dir)
+    labelled = held_test_images(pkg.manifest, data_dir)
     if labelled is None:
         h, w = pkg.manifest.preprocessing.input_size
         return torch.randn(512, 3, h, w, generator=torch.Generator().manual_seed(0)), None
-    pre = pkg.manifest.preprocessing
-    return images_to_batch(labelled.blobs, pre, ImageLimits(2**30, 2**30)), np.array(labelled.labels)
+    return preprocess(labelled.blobs, pkg.manifest.preprocessing), np.array(labelled.labels)
+
+
+def load_row(engine: Any, exit_plan: Any, x: torch.Tensor, labels: Any, size: int, clients: int,
+             seconds: float, kind: str) -> dict[str, Any]:  # fmt: skip
+    """``clients`` clients each submit ``size`` images of ``x`` at random offsets and wait, for
+    ``seconds``: the row's images/s, latency and CPU per image."""
+    starts = np.random.default_rng(0).integers(0, len(x) - size + 1, 1 << 16)
+
+    def request(i: int) -> tuple[torch.Tensor, Any]:
+        j = int(starts[i % len(starts)])
+        return x[j : j + size], None if labels is None else labels[j : j + size]
+
+    def call(i: int) -> Answer:
+        xs, ys = request(i)
+        return score(submit(engine, xs, exit_plan).result(timeout=120), ys)
+
+    async def send(i: int) -> Answer:
+        xs, ys = request(i)
+        return score(await asyncio.wait_for(asyncio.wrap_future(submit(engine, xs, exit_plan)), 120), ys)
+
+    clocks = worker_clocks(engine)
+    engine0, cpu0 = sum(map(time.clock_gettime, clocks)), time.process_time()
+    if kind == "threads":
+        tally = thread_loop(call, clients, 10**12, seconds)
+    else:
+        tally = run(closed_loop(send, clients, 10**12, seconds), uvloop=True)
+    cpu, engine_cpu = time.process_time() - cpu0, sum(map(time.clock_gettime, clocks)) - engine0
+    s, n = tally.summary(labels is not None), max(tally.images, 1)
+    keep = ("images_per_s", "p50_ms", "p99_ms", "accuracy", "mean_compute_fraction")
+    return {k: s[k] for k in keep} | {
+        "wall_us_per_image": 1e6 * tally.elapsed / n, "cpu_us_per_image": 1e6 * cpu / n,
+        "engine_cpu_us_per_image": 1e6 * engine_cpu / n, "images": tally.images, "clients_kind": kind,
+    }  # fmt: skip
+
+
+def full_accuracy(
+    engine: Any, exit_plan: Any, x: torch.Tensor, labels: np.ndarray
+) -> tuple[float, float]:
+    """``(accuracy, mean compute fraction)`` over every image, sent as 16-image requests."""
+    futures = [submit(engine, x[i : i + 16], exit_plan, 600) for i in range(0, len(x), 16)]
+    a = score([r for f in futures for r in f.result(timeout=600)], labels)
+    return a.correct / a.images, a.fraction / a.images
 
 
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every row of this run, on the engine of the checkout on ``sys.path``."""
+    """Every row of this run, on the engine of the checkout ``service`` is imported from."""
     from models.package import load_package
-    from service.policy import resolve_plan
 
-    torch.set_num_threads(args.threads)
-    pkg = load_package(args.package)
-    m = pkg.manifest
+    pkg, device, rows = load_package(args.package), resolve_device(args.device), []
     if args.backend == "stub":
-        h, w = m.preprocessing.input_size
-        x = torch.randn(256, 3, h, w, generator=torch.Generator().manual_seed(0))
-        labels = None
+        h, w = pkg.manifest.preprocessing.input_size
+        x, labels = torch.randn(256, 3, h, w, generator=torch.Generator().manual_seed(0)), None
     else:
         x, labels = load_images(args.images_npz, pkg, args.data_dir)
-        if args.limit_images:
-            x = x[: args.limit_images]
-            labels = None if labels is None else labels[: args.limit_images]
-    from service.engine.backends import resolve_device
-
-    device = resolve_device(args.device)
-    rows = []
-    grid = itertools.product(args.dtypes, args.modes, args.budgets, args.images, args.clients_kind)
+        x, labels = x[: args.limit_images], None if labels is None else labels[: args.limit_images]
+    grid = list(itertools.product(args.dtypes, args.modes, args.budgets, args.images, args.clients_kind))
     for (dtype, mode, budget, size, kind), _, precision in itertools.product(
-        list(grid), range(args.rounds), args.precisions
+        grid, range(args.rounds), args.precisions
     ):  # precisions alternate innermost, so both see the same load
         served = at_precision(pkg, precision)
-        engine = make_engine(served, args, mode, dtype, device)
-        freeze_heap()
-        plan = resolve_plan(served.manifest, budget=budget)
-        load = (engine, plan, x, labels, size, args.clients)
+        engine = make_engine(served, args.backend, device=device, dtype=dtype, threads=args.threads,
+                             batch=args.batch, mode=mode)  # fmt: skip
+        exit_plan = plan(served.manifest, budget)
         try:
-            closed_loop(*load, min(0.5, args.seconds), kind)
-            row = closed_loop(*load, args.seconds, kind)
+            load_row(engine, exit_plan, x, labels, size, args.clients, min(0.5, args.seconds), kind)
+            row = load_row(engine, exit_plan, x, labels, size, args.clients, args.seconds, kind)
             if args.full_accuracy and labels is not None:
-                acc, fraction = full_accuracy(engine, plan, x, labels)
+                acc, fraction = full_accuracy(engine, exit_plan, x, labels)
                 row.update(accuracy=acc, mean_compute_fraction=fraction)
         finally:
             engine.stop()
-        row = dict(
-            mode=mode, budget=budget, request_images=size, clients=args.clients,
-            backend=engine.backend.name, device=engine.backend.device,
-            # what ran: the CPU runs float32 whatever was asked, bfloat16 apart
-            dtype=(ran := str(getattr(engine.backend, "dtype", dtype)).removeprefix("torch.")),
-            precision="bf16" if ran == "bfloat16" else precision,
-            **row,
-        )  # fmt: skip
+        backend = engine.backend
+        ran = str(getattr(backend, "dtype", dtype)).removeprefix("torch.")
+        row = {"mode": mode, "budget": budget, "request_images": size, "clients": args.clients,
+               "backend": backend.name, "device": backend.device,
+               # what ran: the CPU runs float32 whatever was asked, bfloat16 apart
+               "dtype": ran, "precision": "bf16" if ran == "bfloat16" else precision,
+               **row}  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -306,28 +158,81 @@ def at_precision(pkg: Any, precision: str) -> Any:
     return at_int8(pkg)
 
 
+# A child of --compare: this checkout's benchmarks package, the other checkout's service and models
+# (its root, the working directory, is first on sys.path).
+_CHILD = """import importlib.util as u, sys
+here, argv = sys.argv[1], sys.argv[2:]
+spec = u.spec_from_file_location("benchmarks", here + "/benchmarks/__init__.py",
+                                 submodule_search_locations=[here + "/benchmarks"])
+sys.modules["benchmarks"] = m = u.module_from_spec(spec)
+spec.loader.exec_module(m)
+from benchmarks.engine_speed import main
+main(argv)"""
+
+
+def compare(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
+    """The rows on ``args.compare`` (before) and this checkout (after), alternated in children."""
+    i = argv.index("--compare")
+    child = argv[:i] + argv[i + 2 :]
+    for j, a in enumerate(child[:-1]):  # the children run in the other tree: absolute paths
+        if a in ("--images-npz", "--package", "--data-dir"):
+            child[j + 1] = str(Path(child[j + 1]).resolve())
+    runs: dict[str, list[list[dict[str, Any]]]] = {"before": [], "after": []}
+    for _ in range(args.repeat):
+        for label, tree in (("before", Path(args.compare).resolve()), ("after", REPO)):
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                cmd = [sys.executable, "-c", _CHILD, str(REPO), *child, "--json", out.name]
+                subprocess.run(cmd, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, check=True)
+                runs[label].append(json.loads(Path(out.name).read_text()))
+    rows = []
+    for j, row in enumerate(runs["after"][0]):
+        same_load = ("mode", "request_images", "dtype", "clients_kind")
+        summary: dict[str, Any] = {k: row.get(k) for k in ("budget", *same_load)} | {
+            "backend": row["backend"]
+        }
+        # Within each run: this row's images/s over the same row at budget 1.0.
+        same = [i for i, r in enumerate(runs["after"][0])
+                if r["budget"] == 1.0 and all(r[k] == row[k] for k in same_load)]  # fmt: skip
+        for label in ("before", "after"):
+            mine = [r[j] for r in runs[label]]
+            summary[f"{label}_images_per_s"] = [round(r["images_per_s"], 1) for r in mine]
+            for cost in ("cpu_us_per_image", "engine_cpu_us_per_image"):
+                summary[f"{label}_{cost}"] = round(statistics.median(r[cost] for r in mine), 1)
+            summary[f"{label}_accuracy"] = mine[0]["accuracy"]
+            summary[f"{label}_mean_compute_fraction"] = mine[0]["mean_compute_fraction"]
+            if same and same[0] != j:
+                ratios = [r[j]["images_per_s"] / r[same[0]]["images_per_s"] for r in runs[label]]
+                summary[f"{label}_vs_budget_1"] = [round(v, 3) for v in ratios]
+        summary["speedup"] = statistics.median(summary["after_images_per_s"]) / statistics.median(
+            summary["before_images_per_s"]
+        )
+        rows.append(summary)
+        print(json.dumps(summary), flush=True)
+    return rows
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backend", default="stub", choices=["stub", "torch", "onnxruntime", "auto"])
-    ap.add_argument("--package", type=Path, default=Path("packages/default"))
-    ap.add_argument(
-        "--modes", nargs="+", default=["shrink"], choices=["run_to_end", "shrink", "rebatch"]
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.engine_speed", description=__doc__.splitlines()[0]
     )
-    dtypes = ["float32", "float16", "bfloat16"]
-    ap.add_argument("--dtypes", nargs="+", default=["float32"], choices=dtypes,
-                    help="torch compute dtypes (on a CPU: float32 or bfloat16)")  # fmt: skip
-    ap.add_argument("--budgets", type=float, nargs="+", default=[0.5])
-    ap.add_argument(
-        "--precisions",
+    add = ap.add_argument
+    add("--backend", default="stub", choices=["stub", "torch", "onnxruntime", "auto"])
+    add("--package", type=Path, default=REPO / "packages" / "default")
+    add("--modes", nargs="+", default=["shrink"], choices=["run_to_end", "shrink", "rebatch"])
+    add(
+        "--dtypes",
         nargs="+",
-        default=["fp32"],
-        choices=["fp32", "int8"],
-        help="int8: the package's int8 graphs and budget table (--backend onnxruntime)",
+        default=["float32"],
+        choices=["float32", "float16", "bfloat16"],
+        help="torch compute dtypes (on a CPU: float32 or bfloat16)",
     )
-    ap.add_argument("--rounds", type=int, default=1, help="repeat every row, precisions alternating")
-    ap.add_argument("--images", type=int, nargs="+", default=[1, 16], help="images per request")
-    ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument(
+    add("--budgets", type=float, nargs="+", default=[0.5])
+    add("--precisions", nargs="+", default=["fp32"], choices=["fp32", "int8"],
+        help="int8: the package's int8 graphs and budget table (--backend onnxruntime)")  # fmt: skip
+    add("--rounds", type=int, default=1, help="repeat every row, precisions alternating")
+    add("--images", type=int, nargs="+", default=[1, 16], help="images per request")
+    add("--clients", type=int, default=16)
+    add(
         "--clients-kind",
         nargs="+",
         default=["threads"],
@@ -335,23 +240,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="threads: each client a thread blocked on its future; asyncio: coroutines on one "
         "uvloop thread awaiting wrap_future, as the service's request path does",
     )
-    ap.add_argument("--seconds", type=float, default=3.0, help="length of each row's load")
-    ap.add_argument("--batch", type=int, help="max_batch_size (default: the device's)")
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    ap.add_argument("--data-dir", help="where the package's training data is (default: its config's)")
-    ap.add_argument("--images-npz", type=Path, help="preprocessed images: arrays x [N,3,H,W], y [N]")
-    ap.add_argument("--limit-images", type=int, help="use only the first N test images")
-    ap.add_argument("--save-images", type=Path, help="write the labelled test images as .npz, exit")
-    ap.add_argument("--compare", help="another checkout: alternate its engine (before) with this one")
-    ap.add_argument("--repeat", type=int, default=3, help="alternations of --compare")
-    ap.add_argument(
+    add("--seconds", type=float, default=3.0, help="length of each row's load")
+    add("--batch", type=int, help="max_batch_size (default: the device's)")
+    add("--threads", type=int, default=1, help="intra-op threads")
+    add("--device", default="cpu", help="cpu | cuda | auto")
+    add("--data-dir", help="where the package's training data is (default: its config's)")
+    add("--images-npz", type=Path, help="preprocessed images: arrays x [N,3,H,W], y [N]")
+    add("--limit-images", type=int, help="use only the first N test images")
+    add("--save-images", type=Path, help="write the labelled test images as .npz, exit")
+    add("--compare", help="another checkout: alternate its engine (before) with this one")
+    add("--repeat", type=int, default=3, help="alternations of --compare")
+    add(
         "--full-accuracy",
         action="store_true",
         help="accuracy and compute fraction over every test image (not the load's sample)",
     )
-    ap.add_argument("--json", type=Path, help="write the rows here")
-    return ap.parse_args(argv)
+    add("--json", type=Path, help="write the rows here")
+    return ap.parse_args(argv)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -367,14 +272,9 @@ def main(argv: list[str] | None = None) -> None:
         np.savez_compressed(args.save_images, x=x.numpy(), y=y)
         print(f"wrote {len(y)} images to {args.save_images}")
         return
-    if args.compare:
-        from benchmarks.engine_compare import compare
-
-        rows = compare(args, argv)
-    else:
-        rows = measure(args)
+    rows = compare(args, argv) if args.compare else measure(args)
     if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=2))
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":

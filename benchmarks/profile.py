@@ -20,8 +20,6 @@ keep working when the routes are rewritten; "other" shows what they no longer re
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import shutil
 import subprocess
@@ -33,8 +31,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-RATE_HZ = 200
+from benchmarks.harness.data import write_held_set
+from benchmarks.harness.output import table, write_json
+from benchmarks.harness.provenance import REPO, RESULTS
+from benchmarks.harness.servers import Server, cpu_seconds, service_spec, stat_fields
+from benchmarks.harness.wrk import run_wrk
+from models.package import read_manifest
 
+RATE_HZ = 200
 # (component, regular expression over one py-spy frame "function (path:line)"), tried in order.
 COMPONENTS: list[tuple[str, str]] = [
     ("response encoding", r"json/encoder|orjson|jsonable_encoder|serialize_response|render \("
@@ -56,8 +60,8 @@ COMPONENTS: list[tuple[str, str]] = [
      r"|\(socket\.py|\(ssl\.py"),
 ]  # fmt: skip
 _COMPILED = [(name, re.compile(rx)) for name, rx in COMPONENTS]
-OTHER = "other"
-NATIVE = "threads without a Python stack"
+OTHER, NATIVE = "other", "threads without a Python stack"
+_THREAD = re.compile(r"^thread \((\d+)\)")
 
 
 def py_spy() -> str | None:
@@ -67,66 +71,55 @@ def py_spy() -> str | None:
 
 
 def start_profile(pid: int, seconds: float, raw_out: Path) -> subprocess.Popen[bytes] | None:
-    """Record ``seconds`` of collapsed stacks of process ``pid`` into ``raw_out`` (None: no py-spy)."""
-    exe = py_spy()
-    if exe is None:
+    """Record ``seconds`` of collapsed stacks of process ``pid`` (and its children) into
+    ``raw_out``; None without py-spy."""
+    if (exe := py_spy()) is None:
         return None
-    cmd = [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds)))]
-    cmd += ["--rate", str(RATE_HZ), "--format", "raw", "--threads", "--nonblocking", "--subprocesses"]
-    cmd += ["--output", str(raw_out)]
+    cmd = [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
+           "--rate", str(RATE_HZ), "--format", "raw", "--threads", "--nonblocking",
+           "--subprocesses", "--output", str(raw_out)]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def top_frames(raw: Path, n: int = 12) -> list[tuple[str, float]]:
-    """The ``n`` leaf frames with the largest share of all samples in a py-spy ``raw`` file.
-
-    Each line of the collapsed format is ``frame;frame;...;leaf count``; the leaf is where the
-    sample found the thread (self time). py-spy leaves out idle samples (threads blocked on a
-    lock, a selector or a sleep), so the shares are of the time a thread was running.
-    """
-    leaves: Counter[str] = Counter()
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if stack and count.isdigit():
-            leaves[stack.split(";")[-1].strip()] += int(count)
-    total = sum(leaves.values()) or 1
-    return [(frame, c / total) for frame, c in leaves.most_common(n)]
-
-
-def top_threads(raw: Path) -> list[tuple[str, float]]:
-    """Share of samples per thread (the first frame of each collapsed stack names the thread, after
-    the process with ``--subprocesses``)."""
-    threads: Counter[str] = Counter()
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if stack and count.isdigit():
-            frames = stack.split(";")
-            name = frames[1] if frames[0].startswith("process ") and len(frames) > 1 else frames[0]
-            # "thread (27541): AnyIO worker thread" -> one row per thread name, not per id.
-            threads[re.sub(r"\s*\(\d+\)", "", name).strip()] += int(count)
-    total = sum(threads.values()) or 1
-    return [(t, c / total) for t, c in threads.most_common(6)]
-
-
-_THREAD = re.compile(r"^thread \((\d+)\)")
-
-
-def samples(raw: Path) -> list[tuple[int | None, list[str], int]]:
-    """``(OS thread id, frames outermost first, count)`` per collapsed stack of a py-spy ``raw``
-    file (``--threads``; with ``--subprocesses`` each line starts with its process)."""
+def samples(raw: Path) -> list[tuple[int | None, str, list[str], int]]:
+    """``(OS thread id, thread name, frames outermost first, count)`` per collapsed stack of a
+    py-spy ``raw`` file (``frame;frame;...;leaf count``; with ``--subprocesses`` and
+    ``--threads`` each line starts with its process, then its thread)."""
     out = []
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not (stack and count.isdigit()):
             continue
         frames = [f.strip() for f in stack.split(";")]
-        if frames and frames[0].startswith("process "):
-            frames = frames[1:]
-        tid = None
+        frames = frames[1:] if frames[0].startswith("process ") else frames
+        tid, name = None, ""
         if frames and (m := _THREAD.match(frames[0])):
-            tid, frames = int(m.group(1)), frames[1:]
-        out.append((tid, frames, int(count)))
+            # "thread (27541): AnyIO worker thread" -> one name per thread kind, not per id
+            tid, name, frames = int(m.group(1)), re.sub(r"\s*\(\d+\)", "", frames[0]), frames[1:]
+        out.append((tid, name, frames, int(count)))
     return out
+
+
+def _shares(counts: Counter[str], n: int) -> list[tuple[str, float]]:
+    total = sum(counts.values()) or 1
+    return [(k, c / total) for k, c in counts.most_common(n)]
+
+
+def top_frames(raw: Path, n: int = 12) -> list[tuple[str, float]]:
+    """The ``n`` leaf frames (where a sample found its thread: self time) with the largest share
+    of all samples; py-spy leaves out idle samples, so the shares are of running time."""
+    leaves: Counter[str] = Counter()
+    for _, _, frames, c in samples(raw):
+        leaves[frames[-1] if frames else ""] += c
+    return _shares(leaves, n)
+
+
+def top_threads(raw: Path) -> list[tuple[str, float]]:
+    """Share of samples per thread name, the six largest."""
+    threads: Counter[str] = Counter()
+    for _, name, _, c in samples(raw):
+        threads[name] += c
+    return _shares(threads, 6)
 
 
 def component_of(frames: list[str]) -> str:
@@ -141,23 +134,15 @@ def component_of(frames: list[str]) -> str:
 def attribute(raw: Path) -> dict[int | None, Counter[str]]:
     """Samples per component, per OS thread, in a py-spy ``raw`` file."""
     by_thread: dict[int | None, Counter[str]] = {}
-    for tid, frames, n in samples(raw):
+    for tid, _, frames, n in samples(raw):
         by_thread.setdefault(tid, Counter())[component_of(frames)] += n
     return by_thread
 
 
 def thread_cpu(pids: list[int]) -> dict[int, float]:
     """CPU seconds (user + system) of every thread of ``pids``, by OS thread id, from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for pid in pids:
-        for task in Path(f"/proc/{pid}/task").glob("*"):
-            try:
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
-    return out
+    tasks = [t / "stat" for pid in pids for t in Path(f"/proc/{pid}/task").glob("*")]
+    return {int(t.parent.name): cpu_seconds(t) for t in tasks if stat_fields(t)}
 
 
 def component_table(
@@ -172,15 +157,13 @@ def component_table(
     """
     ms: dict[str, float] = dict.fromkeys([n for n, _ in COMPONENTS] + [OTHER, NATIVE], 0.0)
     total: Counter[str] = Counter()
+    per_image = 1e3 / max(images, 1e-9)
     for tid, counts in by_thread.items():
         total.update(counts)
         n = sum(counts.values())
-        if tid in cpu_s and n:
-            for name, k in counts.items():
-                ms[name] += 1e3 * cpu_s[tid] * k / n / max(images, 1e-9)
-    for tid, seconds in cpu_s.items():
-        if tid not in by_thread:
-            ms[NATIVE] += 1e3 * seconds / max(images, 1e-9)
+        for name, k in counts.items() if tid in cpu_s and n else ():
+            ms[name] += per_image * cpu_s[tid] * k / n
+    ms[NATIVE] += per_image * sum(s for tid, s in cpu_s.items() if tid not in by_thread)
     all_samples = sum(total.values()) or 1
     return [{"component": n, "ms_per_image": v, "share": total[n] / all_samples} for n, v in ms.items()]
 
@@ -191,8 +174,6 @@ def profile_components(
     """py-spy on the server's processes ``pids()`` for ``seconds`` while wrk saturates ``url`` +
     ``path`` (raw JPEG bodies, 16 connections), and every thread's CPU time over the same window:
     the component table (:func:`component_table`)."""
-    from benchmarks.wrk_load import run_wrk
-
     result: dict[str, Any] = {}
     load = threading.Thread(
         target=lambda: result.update(wrk=run_wrk(url, path, "raw", images, seconds + 3))
@@ -210,40 +191,29 @@ def profile_components(
     load.join()
     if proc.returncode != 0 or not raw.is_file():
         raise RuntimeError(f"py-spy exited {proc.returncode}: {err.decode(errors='replace')[-300:]}")
-    w = result["wrk"]
-    answered = w.images_per_s * (t1 - t0)  # the CPU window's share of the load's answers
+    answered = result["wrk"].images_per_s * (t1 - t0)  # the CPU window's share of the answers
     cpu = {tid: cpu1[tid] - cpu0.get(tid, 0.0) for tid in cpu1}
-    rows = component_table(attribute(raw), cpu, answered)
     return {
         "seconds": round(t1 - t0, 2),
-        "images_per_s": w.images_per_s,
-        "accuracy": w.accuracy,
-        "rows": rows,
+        "images_per_s": result["wrk"].images_per_s,
+        "accuracy": result["wrk"].accuracy,
+        "rows": component_table(attribute(raw), cpu, answered),
         "cpu_ms_per_image": 1e3 * sum(cpu.values()) / max(answered, 1e-9),
-        "raw": str(raw),
+        "raw": raw.name,
         "method": next(p for p in __doc__.split("\n\n") if p.startswith("Method")).replace("\n", " "),
     }
 
 
 def markdown(prof: dict[str, Any]) -> list[str]:
     """The component table as markdown lines."""
-    return [
-        "| component | ms CPU per image | share of samples |",
-        "|---|---|---|",
-        *[
-            f"| {r['component']} | {r['ms_per_image']:.2f} | {100 * r['share']:.1f}% |"
-            for r in prof["rows"]
-        ],
-        f"| **server CPU from /proc** | **{prof['cpu_ms_per_image']:.2f}** | |",
+    rows = [
+        (r["component"], f"{r['ms_per_image']:.2f}", f"{100 * r['share']:.1f}%") for r in prof["rows"]
     ]
+    total = ("**server CPU from /proc**", f"**{prof['cpu_ms_per_image']:.2f}**", "")
+    return table(("component", "ms CPU per image", "share of samples"), [*rows, total])
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.held_jpegs import write_held_set
-    from benchmarks.launch import REPO, Server, free_port_block, service_spec
-    from benchmarks.wrk_load import run_wrk
-    from models.package import read_manifest
-
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0]
     )
@@ -252,22 +222,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=1.0)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--server-args", default="", help="extra `python -m service` options")
-    p.add_argument(
-        "--out", type=Path, default=REPO / "benchmarks" / "results" / "profile_components.json"
-    )
+    p.add_argument("--out", type=Path, default=RESULTS / "profile_components.json")
     p.add_argument("--logs", type=Path, default=REPO / "runs" / "profile")
     args = p.parse_args(argv)
     images = write_held_set(args.package, args.logs / "images", args.data_dir)
     path = f"/v1/models/{read_manifest(args.package).name}/classify?budget={args.budget}"
-    spec = service_spec(args.package, free_port_block(1), args.server_args.split())
-    with Server(spec, args.logs / "service.log") as server:
-        run_wrk(server.spec.url, path, "raw", images, 3)  # warm-up
-        raw = args.out.with_name(args.out.stem + "_raw.txt")
-        prof = profile_components(server.spec.url, path, server.pids, images, args.seconds, raw)
-    prof |= {"budget": args.budget, "server_args": args.server_args, "raw": raw.name}
-    args.out.write_text(json.dumps(prof, indent=2) + "\n")
-    print(prof["method"], "\n")
-    print(f"budget {args.budget}: {prof['images_per_s']:.1f} images/s during the profile\n")
+    with Server(
+        service_spec(args.package, extra=args.server_args.split()), args.logs / "service.log"
+    ) as s:
+        run_wrk(s.url, path, "raw", images, 3)  # warm-up
+        raw = args.logs / "profile_raw.txt"  # large, rewritten by every run: not a result
+        prof = profile_components(s.url, path, s.pids, images, args.seconds, raw)
+    write_json(args.out, prof | {"budget": args.budget, "server_args": args.server_args})
+    print(
+        prof["method"],
+        f"\n\nbudget {args.budget}: {prof['images_per_s']:.1f} images/s during the profile\n",
+    )
     print("\n".join(markdown(prof)))
     return 0
 

@@ -1,205 +1,161 @@
-"""PNG plots and the generated ``BENCHMARKS.md`` from the JSON results of ``python -m benchmarks``."""
+"""``BENCHMARKS.md`` and its plots from the JSON results of the suites: the ablation and serving
+figures of ``python -m benchmarks``, the side by side with the peers (``peers.json``,
+``profile_components.json``), and the sections the IMTA factorial and the engine-modes benchmark
+write (``imta.md``, ``engine_modes.md``)."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from benchmarks.harness.output import figure, table
+from benchmarks.harness.provenance import RESULTS, display
+from benchmarks.profile import markdown as profile_markdown
 
-matplotlib.use("Agg")  # files only, no display (benchmarks run headless)
-import matplotlib.pyplot as plt
-
-from benchmarks.report_peers import section_if_measured
-
-ENGINE_MODES = Path(__file__).resolve().parent / "results" / "engine_modes.md"
-IMTA_SECTION = Path(__file__).resolve().parent / "results" / "imta.md"  # benchmarks.imta report
+ENGINE_MODES, IMTA_SECTION = RESULTS / "engine_modes.md", RESULTS / "imta.md"
+PEER_TARGETS = (  # (ratio key, wanted at least, what it compares)
+    ("http_b05_over_b10", 1.6, "HTTP budget 0.5 / budget 1.0"),
+    ("http_b05_over_better_peer", 1.5, "HTTP budget 0.5 / the better peer"),
+    ("http_b10_over_better_peer", 1.0, "HTTP budget 1.0 / the better peer"),
+    ("http_b10_over_engine_b10", 0.8, "HTTP budget 1.0 / in-process engine budget 1.0"),
+)
 
 
 def plot_ablation(arms: list[dict[str, Any]], path: Path) -> None:
     """Anytime points (per exit) and budgeted curves (optimised thresholds) of every arm vs MAdds."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5.5))
-    for a in arms:
-        style = "o--" if a.get("follow_up") else "o-"  # the five core arms in solid lines
-        madds = a["exit_mult_adds_millions"]
-        ax1.plot(madds, [100 * v for v in a["test_exit_accuracy"]], style, label=a["label"])
-        full = madds[-1]
-        opt = sorted((r["optimised"]["compute"], r["optimised"]["accuracy"]) for r in a["budgets"])
-        ax2.plot([full * c for c, _ in opt], [100 * v for _, v in opt], style, label=a["label"])
-        if a["arm"] == "ge_isc_kd":
-            geo = sorted((p["compute"], p["accuracy"]) for p in a["geometric_curve_test"])
-            ax2.plot(
-                [full * c for c, _ in geo],
-                [100 * v for _, v in geo],
-                "k:",
-                label=f"{a['label']}, geometric",
-            )
-    ax1.set(
-        title="Anytime: accuracy of each exit (test part)", xlabel="multiply-adds (M)", ylabel="top-1 %"
-    )
-    ax2.set(
-        title="Budgeted: optimised thresholds (test part)",
-        xlabel="mean multiply-adds (M)",
-        ylabel="top-1 %",
-    )
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
+    labels = len(arms) + any(a["arm"] == "ge_isc_kd" for a in arms)
     # One legend under both panels: inside, nine arms' labels hid the curves.
-    handles, labels = ax2.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.04 + 0.035 * ((len(labels) + 2) // 3), 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rect = (0, 0.04 + 0.035 * ((labels + 2) // 3), 1, 1)
+    with figure(path, cols=2, size=(12, 5.5), dpi=110, rect=rect) as (fig, (ax1, ax2)):
+        for a in arms:
+            style, madds = "o--" if a.get("follow_up") else "o-", a["exit_mult_adds_millions"]
+            ax1.plot(madds, [100 * v for v in a["test_exit_accuracy"]], style, label=a["label"])
+            opt = sorted((r["optimised"]["compute"], r["optimised"]["accuracy"]) for r in a["budgets"])
+            ax2.plot([madds[-1] * c for c, _ in opt], [100 * v for _, v in opt], style, label=a["label"])
+            if a["arm"] == "ge_isc_kd":
+                geo = sorted((p["compute"], p["accuracy"]) for p in a["geometric_curve_test"])
+                ax2.plot([madds[-1] * c for c, _ in geo], [100 * v for _, v in geo], "k:",
+                         label=f"{a['label']}, geometric")  # fmt: skip
+        ax1.set(title="Anytime: accuracy of each exit (test part)", xlabel="multiply-adds (M)",
+                ylabel="top-1 %")  # fmt: skip
+        ax2.set(title="Budgeted: optimised thresholds (test part)", xlabel="mean multiply-adds (M)",
+                ylabel="top-1 %")  # fmt: skip
+        handles, names = ax2.get_legend_handles_labels()
+        fig.legend(handles, names, loc="lower center", ncol=3, fontsize=7, frameon=False)
 
 
 def plot_serving(loads: dict[str, Any], path: Path) -> None:
     """Closed-loop throughput and open-loop latency (half load) against the budget."""
     closed = sorted(loads["closed_loop"], key=lambda r: r["budget"])
     opened = sorted(loads["open_loop"], key=lambda r: r["budget"])
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot([r["budget"] for r in closed], [r["images_per_s"] for r in closed], "o-")
-    ax1.set(title="HTTP closed loop: throughput", xlabel="budget", ylabel="images/s")
-    for key, style in (("p50_ms", "o-"), ("p95_ms", "s--"), ("p99_ms", "^:")):
-        ax2.plot([r["budget"] for r in opened], [r[key] for r in opened], style, label=key[:3])
-    ax2.set(title="HTTP open loop at half load: latency", xlabel="budget", ylabel="ms")
-    ax2.legend()
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _load(meta: dict[str, Any]) -> str:
-    if "loadavg_1m" not in meta:
-        return ""
-    a, b = meta["loadavg_1m"]
-    busy = " (the cores were shared with other work: timings are noisy)" if a > 1.5 else ""
-    return f"; 1-minute load average {a:.1f} at the start, {b:.1f} at the end{busy}"
+    with figure(path, cols=2, size=(11, 4), dpi=110) as (_, (ax1, ax2)):
+        ax1.plot([r["budget"] for r in closed], [r["images_per_s"] for r in closed], "o-")
+        ax1.set(title="HTTP closed loop: throughput", xlabel="budget", ylabel="images/s")
+        for key, style in (("p50_ms", "o-"), ("p95_ms", "s--"), ("p99_ms", "^:")):
+            ax2.plot([r["budget"] for r in opened], [r[key] for r in opened], style, label=key[:3])
+        ax2.set(title="HTTP open loop at half load: latency", xlabel="budget", ylabel="ms")
+        ax2.legend()
 
 
 def _pct(v: float) -> str:
     return f"{100 * v:.2f}"
 
 
-def ablation_tables(arms: list[dict[str, Any]]) -> list[str]:
-    k = len(arms[0]["test_exit_accuracy"])
-    madds = " | ".join(f"exit {i} ({m:.1f}M)" for i, m in enumerate(arms[0]["exit_mult_adds_millions"]))
-    lines = [
-        "Per-exit top-1 accuracy (%) on the held test part; cumulative multiply-adds in brackets.",
-        "",
-        f"| arm | {madds} | epochs | train time (s) |",
-        "|---|" + "---|" * (k + 2),
-    ]
-    for a in arms:
-        accs = " | ".join(_pct(v) for v in a["test_exit_accuracy"])
-        lines.append(f"| {a['label']} | {accs} | {a['epochs']} | {a['train_seconds']:.0f} |")
-    by = {a["arm"]: a for a in arms}
-    compared = [(a, by[a.get("baseline", "plain")]) for a in arms if a.get("baseline", "plain") in by]
-    compared = [(a, b) for a, b in compared if a is not b]
-    if compared:
-        lines += ["", "Difference to the baseline arm (points; plain training unless named):", "",
-                  "| arm | baseline | " + " | ".join(f"exit {i}" for i in range(k)) + " |",
-                  "|---|---|" + "---|" * k]  # fmt: skip
-        for a, b in compared:
-            pairs = zip(a["test_exit_accuracy"], b["test_exit_accuracy"], strict=True)
-            d = [100 * (x - y) for x, y in pairs]
-            lines.append(f"| {a['label']} | {b['label']} | " + " | ".join(f"{v:+.2f}" for v in d) + " |")
-    budgets = sorted({r["budget"] for a in arms for r in a["budgets"]})
-    lines += [
-        "",
-        "Budgeted (thresholds fitted on the validation part, scored on the test part): test accuracy"
-        " (%) at the measured mean compute fraction, geometric (MSDNet's scheme) / optimised.",
-        "",
-        "| arm | " + " | ".join(f"budget {b}" for b in budgets) + " |",
-        "|---|" + "---|" * len(budgets),
-    ]
-    for a in arms:
-        rows = {r["budget"]: r for r in a["budgets"]}
-        cells = [
-            f"{_pct(rows[b]['geometric']['accuracy'])} @{rows[b]['geometric']['compute']:.2f} / "
-            f"{_pct(rows[b]['optimised']['accuracy'])} @{rows[b]['optimised']['compute']:.2f}"
-            if b in rows
-            else "-"
-            for b in budgets
-        ]
-        lines.append(f"| {a['label']} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _errors(row: dict[str, Any]) -> str:
-    """``3 (HTTP 503: 2, ConnectionResetError: 1)``; older results have no kinds."""
-    kinds = row.get("error_kinds") or {}
-    detail = ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items()))
-    return f"{row['errors']} ({detail})" if detail else str(row["errors"])
-
-
-def serving_tables(serving: dict[str, Any]) -> list[str]:
-    loads = serving["loads"]
-    pkg = serving.get("package")
-    served = (
-        f"Package served: `{pkg['path']}` ({pkg['name']}, {pkg['exits']} exits, default budget "
-        f"{pkg['default_budget']}); its own held test part. "
-        if isinstance(pkg, dict)
-        else ""
-    )
-    lines = [
-        f"{served}HTTP (uvicorn on 127.0.0.1, torch backend, batching on, 1 intra-op thread), "
-        f"{loads['images']} real labelled "
-        "test images, one image per request.",
-        "",
-        "| loop | budget | clients / peak in flight | offered rate/s | requests | errors | images/s "
-        "| p50 ms | p95 ms | p99 ms | accuracy % | mean compute |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in loads["closed_loop"] + loads["open_loop"]:
-        rate = f"{r['offered_rate']:.1f}" if r["offered_rate"] else "-"
-        lines.append(
-            f"| {r['loop']} | {r['budget']} | {r['concurrency']} | {rate} | {r['requests']} | "
-            f"{_errors(r)} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
-            f"{r['p99_ms']:.1f} | {_pct(r['accuracy'])} | {r['mean_compute_fraction']:.3f} |"
-        )
-    prof = loads.get("profile")
-    if prof and "top_frames" in prof:
-        lines += [
-            "",
-            f"Where the saturated server runs (py-spy, {prof['seconds']:.0f} s at budget 1.0, "
-            f"{prof['images_per_s']:.1f} images/s during the profile; raw stacks: `{prof['raw']}`, "
-            "written by the run, not kept in the repository). "
-            "Share of non-idle samples per thread, then per leaf frame:",
-            "",
-            "| thread | share |",
-            "|---|---|",
-            *[f"| `{t}` | {100 * v:.1f}% |" for t, v in prof["threads"]],
-            "",
-            "| leaf frame | share |",
-            "|---|---|",
-            *[f"| `{f}` | {100 * v:.1f}% |" for f, v in prof["top_frames"]],
-        ]
-    elif prof:
-        lines += ["", f"Profile failed: {prof.get('error')}"]
-    if serving.get("grid"):
-        lines += [
-            "",
-            "Backend x batching x mode (`benchmarks/serving.py` on the same package and test "
-            "images, closed loop; `engine` = in-process, no HTTP):",
-            "",
-            "| mode | backend | batching | budget | clients | requests | images/s | p50 ms | p99 ms "
-            "| compute |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in serving["grid"]:
-            lines.append(
-                f"| {r['mode']} | {r['backend']} | {r['batching']} | {r['budget']} | "
-                f"{r['concurrency']} | "
-                f"{r['requests']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                f"{r['mean_compute_fraction']:.3f} |"
-            )
-    return lines
+def _num(v: Any, fmt: str = ".1f") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
 def _verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
+
+
+def ablation_tables(arms: list[dict[str, Any]]) -> list[str]:
+    k = len(arms[0]["test_exit_accuracy"])
+    exits = [f"exit {i} ({m:.1f}M)" for i, m in enumerate(arms[0]["exit_mult_adds_millions"])]
+    lines = [
+        "Per-exit top-1 accuracy (%) on the held test part; cumulative multiply-adds in brackets.", "",
+        *table(("arm", *exits, "epochs", "train time (s)"),
+               [(a["label"], *map(_pct, a["test_exit_accuracy"]), a["epochs"],
+                 f"{a['train_seconds']:.0f}") for a in arms]),
+    ]  # fmt: skip
+    by = {a["arm"]: a for a in arms}
+    pairs = [(a, by[b]) for a in arms if (b := a.get("baseline", "plain")) in by and by[b] is not a]
+    if pairs:
+        lines += ["", "Difference to the baseline arm (points; plain training unless named):", ""]
+        diff = [(a["label"], b["label"], *(f"{100 * (x - y):+.2f}" for x, y in
+                 zip(a["test_exit_accuracy"], b["test_exit_accuracy"], strict=True)))
+                for a, b in pairs]  # fmt: skip
+        lines += table(("arm", "baseline", *(f"exit {i}" for i in range(k))), diff)
+    budgets = sorted({r["budget"] for a in arms for r in a["budgets"]})
+
+    def cell(r: dict[str, Any] | None) -> str:
+        g, o = (r or {}).get("geometric"), (r or {}).get("optimised")
+        return (
+            f"{_pct(g['accuracy'])} @{g['compute']:.2f} / {_pct(o['accuracy'])} @{o['compute']:.2f}"
+            if g and o
+            else "-"
+        )
+
+    rows = [
+        (a["label"], *(cell({r["budget"]: r for r in a["budgets"]}.get(b)) for b in budgets))
+        for a in arms
+    ]
+    return [*lines, "",
+            "Budgeted (thresholds fitted on the validation part, scored on the test part): test accuracy"
+            " (%) at the measured mean compute fraction, geometric (MSDNet's scheme) / optimised.", "",
+            *table(("arm", *(f"budget {b}" for b in budgets)), rows)]  # fmt: skip
+
+
+def _errors(row: dict[str, Any]) -> str:
+    """``3 (HTTP 503: 2, ConnectionResetError: 1)``."""
+    detail = ", ".join(f"{k}: {v}" for k, v in sorted((row.get("error_kinds") or {}).items()))
+    return f"{row['errors']} ({detail})" if detail else str(row["errors"])
+
+
+def serving_tables(serving: dict[str, Any]) -> list[str]:
+    loads, pkg = serving["loads"], serving.get("package")
+    served = (
+        f"Package served: `{pkg['path']}` ({pkg['name']}, {pkg['exits']} exits, default "
+        f"budget {pkg['default_budget']}); its own held test part. "
+        if isinstance(pkg, dict)
+        else ""
+    )
+    rows = [(r["loop"], r["budget"], r["concurrency"], _num(r["offered_rate"] or None), r["requests"],
+             _errors(r), *(f"{r[k]:.1f}" for k in ("images_per_s", "p50_ms", "p95_ms", "p99_ms")),
+             _pct(r["accuracy"]), f"{r['mean_compute_fraction']:.3f}")
+            for r in loads["closed_loop"] + loads["open_loop"]]  # fmt: skip
+    lines = [
+        f"{served}HTTP (uvicorn on 127.0.0.1, torch backend, batching on, 1 intra-op thread), "
+        f"{loads['images']} real labelled test images, one image per request.", "",
+        *table(("loop", "budget", "clients / peak in flight", "offered rate/s", "requests", "errors",
+                "images/s", "p50 ms", "p95 ms", "p99 ms", "accuracy %", "mean compute"), rows),
+    ]  # fmt: skip
+    prof = loads.get("profile")
+    if prof and "top_frames" in prof:
+        lines += [
+            "", f"Where the saturated server runs (py-spy, {prof['seconds']:.0f} s at budget 1.0, "
+            f"{prof['images_per_s']:.1f} images/s during the profile; raw stacks: `{prof['raw']}`, "
+            "written by the run, not kept in the repository). "
+            "Share of non-idle samples per thread, then per leaf frame:", "",
+            *table(("thread", "share"), [(f"`{t}`", f"{100 * v:.1f}%") for t, v in prof["threads"]]), "",
+            *table(("leaf frame", "share"),
+                   [(f"`{f}`", f"{100 * v:.1f}%") for f, v in prof["top_frames"]]),
+        ]  # fmt: skip
+    elif prof:
+        lines += ["", f"Profile failed: {prof.get('error')}"]
+    if serving.get("grid"):
+        lines += ["", "Backend x batching x mode (`benchmarks/serving.py` on the same package and test "
+                  "images, closed loop; `engine` = in-process, no HTTP):", ""]  # fmt: skip
+        lines += table(
+            ("mode", "backend", "batching", "budget", "clients", "requests", "images/s", "p50 ms",
+             "p99 ms", "compute"),
+            [(r["mode"], r["backend"], r["batching"], r["budget"], r["concurrency"], r["requests"],
+              f"{r['images_per_s']:.1f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+              f"{r['mean_compute_fraction']:.3f}") for r in serving["grid"]],
+        )  # fmt: skip
+    return lines
 
 
 def target_lines(h: dict[str, Any]) -> list[str]:
@@ -208,33 +164,129 @@ def target_lines(h: dict[str, Any]) -> list[str]:
     if s := h.get("speedup_within_half_point"):
         out.append(
             "- Fastest budget (HTTP images/s) within 0.5 point of the full model's accuracy: "
-            f"{s['budget']} "
-            f"({s['accuracy_delta_points']:+.2f} points), {s['throughput_ratio']:.2f}x the full "
-            f"model's HTTP throughput; target >= 2x: {_verdict(s['throughput_ratio'] >= 2.0)}."
+            f"{s['budget']} ({s['accuracy_delta_points']:+.2f} points), {s['throughput_ratio']:.2f}x "
+            f"the full model's HTTP throughput; target >= 2x: {_verdict(s['throughput_ratio'] >= 2.0)}."
         )
-    if p := h.get("p99_over_p50_at_half_load"):
-        vals = {k: v for k, v in p.items() if k != "target"}
-        cells = ", ".join(f"budget {k}: {v:.2f}" for k, v in vals.items())
-        out.append(f"- p99 / p50 at half of saturation (open loop): {cells}; target < 3: "
-                   f"{_verdict(all(v < 3 for v in vals.values()))}.")  # fmt: skip
-    if r := h.get("http_over_engine"):
-        vals = {k: v for k, v in r.items() if k != "target"}
-        cells = ", ".join(f"{k}: {v:.2f}" for k, v in vals.items())
-        out.append(f"- HTTP / in-process engine throughput: {cells}; target >= 0.8: "
-                   f"{_verdict(all(v >= 0.8 for v in vals.values()))}.")  # fmt: skip
+    for key, what, ok in (
+        ("p99_over_p50_at_half_load", "p99 / p50 at half of saturation (open loop)", lambda v: v < 3),
+        ("http_over_engine", "HTTP / in-process engine throughput", lambda v: v >= 0.8),
+    ):
+        if r := h.get(key):
+            vals = {k: v for k, v in r.items() if k != "target"}
+            prefix = "budget " if key.startswith("p99") else ""
+            cells = ", ".join(f"{prefix}{k}: {v:.2f}" for k, v in vals.items())
+            out.append(
+                f"- {what}: {cells}; target {r['target']}: {_verdict(all(map(ok, vals.values())))}."
+            )
     if skipped := h.get("budgets_not_served"):
         out.append(f"- Budgets not served: {skipped}")
     return out
 
 
-def render(results: dict[str, Any], out_dir: Path, repo: Path) -> str:
-    """The whole BENCHMARKS.md text for ``results`` (written by :func:`benchmarks.pipeline.main`)."""
-    meta = results["meta"]
-    rel = (
-        out_dir.resolve().relative_to(repo.resolve())
-        if out_dir.resolve().is_relative_to(repo.resolve())
-        else out_dir
-    )
+def _accuracy(acc: float | None, n: int | None) -> str:
+    """``89.10 ± 1.05``: the share of right answers and its binomial standard error, in %."""
+    if acc is None or not n or math.isnan(acc):
+        return "-"
+    return f"{100 * acc:.2f} ± {100 * math.sqrt(acc * (1 - acc) / n):.2f}"
+
+
+def _accuracy_line(rows: dict[str, Any], package_accuracy: dict[str, float] | None) -> str:
+    """Budget 0.5 minus 1.0 in accuracy points: in these runs (with its standard error) and on the
+    whole held test part (the package's table), which decides the 0.5-point target."""
+    a, b = rows.get("anytime HTTP, budget 0.5", {}), rows.get("anytime HTTP, budget 1.0", {})
+    out = []
+    if a.get("answers") and b.get("answers"):
+        se = math.sqrt(sum(r["accuracy"] * (1 - r["accuracy"]) / r["answers"] for r in (a, b)))
+        out.append(f"{100 * (a['accuracy'] - b['accuracy']):+.2f} ± {100 * se:.2f} points in these runs")
+    if package_accuracy and {"0.5", "1.0"} <= set(package_accuracy):
+        d = 100 * (package_accuracy["0.5"] - package_accuracy["1.0"])
+        out.append(
+            f"{d:+.2f} points on the whole held test part (target within 0.5: {_verdict(d >= -0.5)})"
+        )
+    return "; accuracy " + ", ".join(out) if out else ""
+
+
+def _warmup_text(settings: dict[str, Any], rows: dict[str, Any]) -> str:
+    """`` counted after 2 s of warm-up load ...``, naming the runs that needed a longer one."""
+    if "warmup_seconds" not in settings:
+        return ""
+    base = settings["warmup_seconds"]
+    runs = [r for row in rows.values() for r in row.get("runs", [])]
+    longer = [r["warmup_s"] for r in runs if r.get("warmup_s", base) > base]
+    text = f" counted after {base:.0f} s of warm-up load (answers inside the window only"
+    if longer:
+        text += (f"; {len(longer)} of {len(runs)} runs were run again with a longer warm-up, up to "
+                 f"{max(longer):.1f} s, because wrk's threads were still starting")  # fmt: skip
+    return text + ")"
+
+
+def ratio_lines(ratios: dict[str, Any], rows: dict[str, Any], package_accuracy: Any = None) -> list[str]:
+    """The side-by-side ratios as sentences, each with its target and whether this run met it."""
+    out = []
+    for key, wanted, what in PEER_TARGETS:
+        if (v := ratios.get(key)) is not None:
+            peer = f" ({ratios['better_peer']})" if key.endswith("better_peer") else ""
+            extra = _accuracy_line(rows, package_accuracy) if key == "http_b05_over_b10" else ""
+            out.append(f"- {what}: {v:.2f}{peer}; target >= {wanted}: {_verdict(v >= wanted)}{extra}.")
+    if (v := ratios.get("http_b05_over_engine_b05")) is not None:
+        out.append(f"- HTTP budget 0.5 / in-process engine budget 0.5: {v:.2f}.")
+    return out
+
+
+def peers_section(peers: dict[str, Any], profile: dict[str, Any] | None = None) -> list[str]:
+    """Markdown lines: setting, the side-by-side table, the ratios, the request-cost table."""
+    meta, s, rows = peers["meta"], peers["settings"], peers["rows"]
+    busy = max(meta.get("loadavg_1m", [0.0])) > 1.5
+    lines = [
+        "## Side by side: this service, Triton and LitServe", "",
+        f"- command: `{meta['command']}` (`make bench-peers`); {meta['date']} UTC, commit "
+        f"`{meta['commit']}`; {meta['machine']}",
+        f"- load on the machine: `{meta['uptime_before']}` before, `{meta['uptime_after']}` after"
+        + (" (the cores were shared with other work: timings are noisy, ratios within the run "
+           "are the figures to read)" if busy else ""),
+        f"- wrk, {s['connections']} connections (one thread each), {s['seconds']:.0f} s per run"
+        + _warmup_text(s, rows) + f", {s['repeats']} runs per row round-robin (median shown, range in "
+        f"brackets); {s['images']} held test JPEGs of `{s['package']}`, one per request, every answer "
+        "scored against its label (`benchmarks/wrk/classify.lua`)",
+        f"- this service: {s['service']}; peers: {s['peers']}; the in-process engine: same "
+        "engine settings, one image per request from 16 concurrent clients, decoded in the process", "",
+    ]  # fmt: skip
+    cells = []
+    for label, r in rows.items():
+        lo, hi = r.get("images_per_s_range", [None, None])
+        cells.append((label, r["body"], f"{_num(r['images_per_s'])} ({_num(lo)}-{_num(hi)})",
+                      _num(r.get("p50_ms")), _num(r.get("p99_ms")),
+                      _accuracy(r.get("accuracy"), r.get("answers")), r.get("answers", "-"),
+                      r.get("failed", "-"), _num(r.get("server_cpu_ms_per_image"), ".2f")))  # fmt: skip
+    lines += table(("server", "request body", "images/s", "p50 ms", "p99 ms", "accuracy % (± s.e.)",
+                    "answers", "failed", "server CPU ms/image"), cells)  # fmt: skip
+    lines += ["", *ratio_lines(peers["ratios"], rows, s.get("package_accuracy"))]
+    if acc := s.get("package_accuracy"):
+        lines.append(
+            "- Accuracy on the whole held test part (the package's budget table): "
+            + ", ".join(f"budget {b}: {100 * a:.2f} %" for b, a in acc.items())
+            + "; the wrk accuracies above are over the answers of these short runs only (standard error "
+            "shown)."
+        )
+    if profile:
+        lines += [
+            "", f"### CPU per one-image request, by component (budget {profile['budget']})", "",
+            f"`python -m benchmarks.profile --budget {profile['budget']}`: "
+            f"{profile['images_per_s']:.1f} images/s during a {profile['seconds']:.0f} s profile. "
+            f"{profile['method']}", "",
+            *profile_markdown(profile),
+        ]  # fmt: skip
+    return lines
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def render(results: dict[str, Any], out_dir: Path) -> str:
+    """The whole BENCHMARKS.md text for ``results`` (written by :mod:`benchmarks.pipeline`) and the
+    other suites' results in ``out_dir``."""
+    meta, rel = results["meta"], display(out_dir)
     lines = [
         "# Benchmarks",
         "",
@@ -245,27 +297,26 @@ def render(results: dict[str, Any], out_dir: Path, repo: Path) -> str:
         lines += [
             "> **Quick smoke run.** Tiny epochs and data subset: these numbers only show that the "
             "pipeline runs end to end. They are not evidence for or against any IMTA gain or serving "
-            "target. The full command is below.",
-            "",
-        ]
+            "target. The full command is below.", "",
+        ]  # fmt: skip
+    load = ""
+    if "loadavg_1m" in meta:
+        a, b = meta["loadavg_1m"]
+        busy = " (the cores were shared with other work: timings are noisy)" if a > 1.5 else ""
+        load = f"; 1-minute load average {a:.1f} at the start, {b:.1f} at the end{busy}"
     lines += [
-        f"- command: `{meta['command']}`",
-        f"- machine: {meta['machine']}" + _load(meta),
+        f"- command: `{meta['command']}`", f"- machine: {meta['machine']}{load}",
         f"- date (UTC): {meta['date']}; git commit: `{meta['commit']}`",
         f"- results: `{rel}/results.json`; plots: `{rel}/ablation.png`, `{rel}/serving.png`",
-        f"- full run: `{meta['full_command']}`",
-        "",
-    ]
-    lines += [
+        f"- full run: `{meta['full_command']}`", "",
         "How: `benchmarks/ablation.py` trains each arm with `python -m training train --resume` "
         "(arms differ only in `--ge/--isc/--kd/--recipe`), then `calibrate` (thresholds fitted on "
         "the validation part, scored on the test part). The serving part serves the shipped model "
         "(`packages/default`; a quick run: the GE + ISC + KD arm's package; `--serve-package`) with "
-        "`python -m service` on 127.0.0.1; `benchmarks/loadgen.py` sends its "
+        "`python -m service` on 127.0.0.1; `benchmarks/harness/load.py` sends its "
         "held-out test images one per request, closed loop (fixed clients) and open loop (Poisson "
-        "arrivals, latency from the scheduled arrival), bounded by requests and seconds.",
-        "",
-    ]
+        "arrivals, latency from the scheduled arrival), bounded by requests and seconds.", "",
+    ]  # fmt: skip
     if results.get("ablation"):
         lines += ["## IMTA ablation", "", meta["ablation_note"], ""]
         lines += [*ablation_tables(results["ablation"]), "", f"![ablation]({rel}/ablation.png)", ""]
@@ -277,7 +328,8 @@ def render(results: dict[str, Any], out_dir: Path, repo: Path) -> str:
         lines += [*target_lines(results["serving"]["headline"]), ""]
     if results.get("findings"):
         lines += ["## Findings", "", *[f"- {f}" for f in results["findings"]], ""]
-    lines += section_if_measured(out_dir)  # peers.json: `python -m benchmarks --only peers`
+    if peers := _read(out_dir / "peers.json"):  # `python -m benchmarks --only peers`
+        lines += [*peers_section(peers, _read(out_dir / "profile_components.json")), ""]
     if ENGINE_MODES.is_file():
         lines += [
             "## Engine modes (from `benchmarks/results/engine_modes.md`)",

@@ -10,292 +10,271 @@ Without ``--package`` it exports an untrained package of ``--arch`` whose budget
 early: throughput and latency are real, accuracy is meaningless.
 
     .venv/bin/python -m benchmarks.serving --help
+
+``make bench`` measures its serving figures here too (:func:`http_loads`, :func:`grid`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import httpx
-import torch
+from benchmarks.harness.data import Labelled, calibrated_package, sample_pngs
+from benchmarks.harness.engine import make_engine, plan, preprocess, score, submit
+from benchmarks.harness.http import Classify
+from benchmarks.harness.load import Answer, Tally, closed_loop, open_loop, run
+from benchmarks.harness.output import table, write_json
+from benchmarks.harness.servers import Server, service_spec
+from benchmarks.harness.stats import median_run
+from benchmarks.profile import start_profile, top_frames, top_threads
+from models.package import load_package
 
-from benchmarks.http_client import Connection, HttpError
-from benchmarks.workload import calibrated_package, sample_pngs
-from models.package import ModelPackage, load_package
-from service.engine import EngineConfig, build_engine
-from service.engine.images import ImageLimits, images_to_batch
-from service.policy import resolve_plan
-
-Send = Callable[[bytes], Awaitable[list[float]]]
-"""One request: image bytes -> compute fraction of each answered image."""
-Measured = tuple[list[float], list[float], float]
-"""(request latencies in s, per-image compute fractions, elapsed s)."""
-
-LIMITS = ImageLimits(max_image_bytes=8 * 2**20, max_image_pixels=40_000_000)
+WANTED_BUDGETS = (1.0, 0.75, 0.5, 0.25)
+ROW = ("requests", "images_per_s", "p50_ms", "p99_ms", "mean_compute_fraction")
 
 
-@dataclass
-class Result:
-    mode: str
-    backend: str
-    batching: str
-    budget: float
-    concurrency: int
-    requests: int
-    images_per_s: float
-    p50_ms: float
-    p99_ms: float
-    mean_compute_fraction: float
+@dataclass(frozen=True)
+class Settings:
+    """What every configuration shares."""
+
+    concurrency: int = 16
+    requests: int = 2000
+    seconds: float = 20.0
+    warmup_requests: int = 32
+    threads: int = 1
+    max_batch_size: int = 32
+    max_delay_ms: float = 0.0
+    server_args: tuple[str, ...] = ()
 
 
-def percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+def _log() -> Path:
+    return Path(tempfile.gettempdir()) / f"anytime-bench-server-{os.getpid()}.log"
 
 
-async def closed_loop(
-    send: Send, blobs: list[bytes], concurrency: int, requests: int, seconds: float
-) -> Measured:
-    """``concurrency`` clients, each sending its next request when the last is answered."""
-    latencies: list[float] = []
-    fractions: list[float] = []
-    counter = iter(range(10**9))
-    stop_at = time.perf_counter() + seconds
-
-    async def client() -> None:
-        while time.perf_counter() < stop_at:
-            i = next(counter)
-            if i >= requests:
-                return
-            t0 = time.perf_counter()
-            fractions.extend(await send(blobs[i % len(blobs)]))
-            latencies.append(time.perf_counter() - t0)
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    return latencies, fractions, time.perf_counter() - t0
+def server_args(s: Settings, batching: bool) -> list[str]:
+    """``python -m service`` options for the engine settings ``s`` (a queue no load fills)."""
+    return [
+        "--batching.max-batch-size", str(s.max_batch_size), "--batching.max-delay-ms",
+        str(s.max_delay_ms), "--batching.queue-size", "100000", "--intra-op-threads",
+        str(s.threads), "--batching.enabled" if batching else "--no-batching.enabled", *s.server_args,
+    ]  # fmt: skip
 
 
-def summarise(
-    mode: str, backend: str, batching: bool, budget: float, conc: int, out: Measured
-) -> Result:
-    latencies, fractions, elapsed = out
-    return Result(
-        mode,
-        backend,
-        "on" if batching else "off",
-        budget,
-        conc,
-        len(latencies),
-        len(fractions) / elapsed,
-        1e3 * statistics.median(latencies),
-        1e3 * percentile(latencies, 0.99),
-        sum(fractions) / len(fractions),
-    )
+def engine_load(
+    package: Path, backend: str, batching: bool, budget: float, clients: int, s: Settings,
+    blobs: list[bytes], start_at: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The in-process engine, one image per request, decoded by the client as a server would;
+    the counted load starts at wall-clock ``start_at`` when given (several processes at once)."""
+    pkg = load_package(package)
+    engine = make_engine(pkg, backend, threads=s.threads, batch=s.max_batch_size, batching=batching,
+                         max_delay_s=s.max_delay_ms / 1e3)  # fmt: skip
+    exit_plan, pre = plan(pkg.manifest, budget), pkg.manifest.preprocessing
 
+    async def send(i: int) -> Answer:
+        x = preprocess([blobs[i % len(blobs)]], pre)
+        return score(await asyncio.wrap_future(submit(engine, x, exit_plan)))
 
-def run_engine(
-    pkg: ModelPackage, backend: str, batching: bool, budget: float, conc: int, args: argparse.Namespace
-) -> Result:
-    cfg = EngineConfig(
-        max_batch_size=args.max_batch_size,
-        max_delay_s=args.max_delay_ms / 1e3,
-        queue_size=10**6,
-        batching=batching,
-        intra_op_threads=args.threads,
-    )
-    engine = build_engine(pkg, backend, cfg, threads=args.threads)
-    plan = resolve_plan(pkg.manifest, budget=budget)
-    pre = pkg.manifest.preprocessing
-
-    async def send(blob: bytes) -> list[float]:
-        x = images_to_batch([blob], pre, LIMITS)
-        work = engine.submit(x, plan, time.monotonic() + 60)
-        return [r.compute_fraction for r in await asyncio.wrap_future(work.future)]
-
-    blobs = args.blobs or sample_pngs(64, seed=1)
     try:
-        asyncio.run(closed_loop(send, blobs, conc, args.warmup_requests, 30))
-        start_at = getattr(args, "start_at", None)  # several engine processes start together
-        if start_at is not None:
-            time.sleep(max(0.0, start_at - time.time()))
-        out = asyncio.run(closed_loop(send, blobs, conc, args.requests, args.max_seconds))
+        run(closed_loop(send, clients, s.warmup_requests, 30))
+        time.sleep(max(0.0, (start_at or 0.0) - time.time()))
+        return run(closed_loop(send, clients, s.requests, s.seconds)).summary(labelled=False)
     finally:
         engine.stop()
-    return summarise("engine", backend, batching, budget, conc, out)
 
 
-class HttpServer:
-    """``python -m service`` on a free port of 127.0.0.1, for one backend + batching setting."""
+def http_load(
+    url: str, name: str, budget: float, data: Labelled, clients: int, requests: int, seconds: float,
+    rate: float | None = None,
+) -> Tally:  # fmt: skip
+    """Closed loop of ``clients`` clients, or open loop at ``rate`` requests/s."""
+    send = Classify(url, name, budget, data.blobs, data.labels)
 
-    def __init__(self, package: Path, backend: str, batching: bool, args: argparse.Namespace) -> None:
-        cmd = [
-            sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "0", "--device", "cpu",
-            "--backend", backend, "--log-level", "warning",
-            "--batching.max-batch-size", str(args.max_batch_size),
-            "--batching.max-delay-ms", str(args.max_delay_ms),
-            "--batching.queue-size", "100000", "--intra-op-threads", str(args.threads),
-            "--batching.enabled" if batching else "--no-batching.enabled",
-            *args.server_args.split(),
-        ]  # fmt: skip
-        env = {**os.environ, "ANYTIME_MODELS": json.dumps([str(package)])}
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "http://" not in line:
-            raise RuntimeError(f"server did not start: {line!r}")
-        self.url = "http://" + line.split("http://", 1)[1].split()[0]
-        for _ in range(1200):
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("server not ready")
-
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-
-
-def run_http(
-    server: HttpServer,
-    name: str,
-    backend: str,
-    batching: bool,
-    budget: float,
-    conc: int,
-    args: argparse.Namespace,
-) -> Result:
-    url = f"/v1/models/{name}/classify"
-    blobs = args.blobs or sample_pngs(64, seed=1)
-
-    async def main(requests: int, seconds: float) -> Measured:
-        free = [Connection(server.url) for _ in range(conc)]  # one keep-alive connection per client
-
-        async def send(blob: bytes) -> list[float]:
-            conn = free.pop()
-            try:
-                status, body = await conn.post(url, blob, "image/png", {"budget": budget})
-            finally:
-                free.append(conn)
-            if status != 200:
-                raise HttpError(f"HTTP {status}: {body}")
-            return [p["compute_fraction"] for p in body["predictions"]]
-
+    async def load() -> Tally:
         try:
-            return await closed_loop(send, blobs, conc, requests, seconds)
+            if rate is None:
+                return await closed_loop(send, clients, requests, seconds)
+            return await open_loop(send, rate, requests, seconds)
         finally:
-            for c in free:
-                await c.close()
+            await send.close()
 
-    asyncio.run(main(args.warmup_requests, 30))
-    out = asyncio.run(main(args.requests, args.max_seconds))
-    return summarise("http", backend, batching, budget, conc, out)
+    return run(load())
 
 
-def median_of(repeat: int, run: Callable[[], Result]) -> Result:
-    """Run a configuration ``repeat`` times and keep the run with the median throughput (the
-    machine's cores are shared, so single runs are noisy)."""
-    runs = sorted((run() for _ in range(repeat)), key=lambda r: r.images_per_s)
-    return runs[len(runs) // 2]
+def grid(
+    package: Path, s: Settings, budgets: list[float], concurrency: list[int], modes: list[str],
+    backends: list[str], batching: list[bool], blobs: list[bytes], repeat: int = 1,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Rows ``mode, backend, batching, budget, concurrency`` + images/s, latency, compute: each
+    configuration ``repeat`` times, the median run kept."""
+    name, rows = load_package(package).manifest.name, []
+    data = Labelled(blobs, [])
+
+    def show(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values())
+              + " |", flush=True)  # fmt: skip
+
+    for backend in backends:
+        for on in batching:
+            key = {"backend": backend, "batching": "on" if on else "off"}
+            configs = [(b, c) for b in budgets for c in concurrency]
+            for b, c in configs if "engine" in modes else ():
+                runs = [engine_load(package, backend, on, b, c, s, blobs) for _ in range(repeat)]
+                show({"mode": "engine", **key, "budget": b, "concurrency": c} | _row(median_run(runs)))
+            if "http" not in modes:
+                continue
+            spec = service_spec(package, backend, server_args(s, on))
+            with Server(spec, _log()) as server:
+                for b, c in configs:
+                    http_load(server.url, name, b, data, c, s.warmup_requests, 30)
+                    runs = [
+                        http_load(server.url, name, b, data, c, s.requests, s.seconds).summary(False)
+                        for _ in range(repeat)
+                    ]
+                    show({"mode": "http", **key, "budget": b, "concurrency": c} | _row(median_run(runs)))
+    return rows
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def _row(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary[k] for k in ROW}
+
+
+def served_budgets(manifest: Any) -> list[float]:
+    """The wanted budgets (and the default) the package's table can serve: a row at or below each."""
+    lowest = min(manifest.budget_values, default=1.0)
+    wanted = set(WANTED_BUDGETS) | ({manifest.default_budget} if manifest.default_budget else set())
+    return sorted((b for b in wanted if b >= lowest - 1e-9), reverse=True)
+
+
+def http_loads(package: Path, data: Labelled, s: Settings, profile_dir: Path | None) -> dict[str, Any]:
+    """HTTP with labelled images: a closed loop per served budget, then an open loop at half of
+    each budget's closed-loop throughput; with ``profile_dir``, a last closed loop at budget 1.0
+    under py-spy (where the saturated server runs)."""
+    m = load_package(package).manifest
+    budgets, closed, opened = served_budgets(m), [], []
+    profile: dict[str, Any] | None = None
+    spec = service_spec(package, "torch", server_args(s, True))
+    with Server(spec, _log()) as server:
+        http_load(server.url, m.name, 1.0, data, s.concurrency, 4 * s.concurrency, 30)  # warm-up
+        for b in budgets:
+            t = http_load(server.url, m.name, b, data, s.concurrency, s.requests, s.seconds)
+            closed.append(_load_row("closed", b, s.concurrency, None, t))
+            print(f"closed loop budget {b}: {t.summary()['images_per_s']:.1f} img/s", flush=True)
+        for r in closed:
+            rate = r["images_per_s"] / 2
+            t = http_load(server.url, m.name, r["budget"], data, 0, s.requests, s.seconds, rate)
+            opened.append(_load_row("open", r["budget"], t.peak, rate, t))
+            print(f"open loop budget {r['budget']} at {rate:.1f}/s: p99 {opened[-1]['p99_ms']:.1f} ms")
+        if profile_dir is not None:
+            profile = profile_server(server, m.name, data, s, profile_dir)
+    return {"budgets": budgets, "default_budget": m.default_budget, "closed_loop": closed,
+            "open_loop": opened, "images": len(data.blobs), "profile": profile}  # fmt: skip
+
+
+def _load_row(loop: str, budget: float, conc: int, rate: float | None, t: Tally) -> dict[str, Any]:
+    keep = ("requests", "errors", "error_kinds", "images_per_s", "p50_ms", "p95_ms", "p99_ms",
+            "accuracy", "mean_compute_fraction")  # fmt: skip
+    summary = t.summary()
+    return {"loop": loop, "budget": budget, "concurrency": conc, "offered_rate": rate} | {
+        k: summary[k] for k in keep
+    }
+
+
+def profile_server(
+    server: Server, name: str, data: Labelled, s: Settings, out: Path
+) -> dict[str, Any] | None:
+    """py-spy on the server during a closed loop at budget 1.0 (saturation): top frames, threads."""
+    seconds, raw = min(s.seconds, 10.0), out / "profile_http_raw.txt"
+    proc = start_profile(server.proc.pid, seconds, raw)
+    if proc is None:
+        return None
+    t = http_load(server.url, name, 1.0, data, s.concurrency, 10**6, seconds)
+    _, err = proc.communicate(timeout=seconds + 60)
+    if proc.returncode != 0 or not raw.is_file():
+        return {"error": f"py-spy exited {proc.returncode}: {err.decode(errors='replace')[-300:]}"}
+    return {"seconds": seconds, "budget": 1.0, "images_per_s": t.summary()["images_per_s"],
+            "raw": raw.name, "top_frames": top_frames(raw), "threads": top_threads(raw)}  # fmt: skip
+
+
+def headline(loads: dict[str, Any], grid_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The three serving targets, computed from the measured rows."""
+    closed = {r["budget"]: r for r in loads["closed_loop"]}
+    out: dict[str, Any] = {}
+    if missing := sorted(set(WANTED_BUDGETS) - set(closed)):
+        # Calibration only writes rows it can reach: a budget below the first exit's own cost
+        # (every image pays at least stage 0) has no thresholds.
+        out["budgets_not_served"] = (
+            f"{missing}: the package's budget table has no row at or below them (calibration writes "
+            "only the budgets it can reach; every image pays at least the first exit)."
+        )
+    if full := closed.get(1.0):
+        # The fastest budget (HTTP images/s) within 0.5 point of the full model's accuracy.
+        ok = [r for r in closed.values() if r["accuracy"] >= full["accuracy"] - 0.005]
+        best = max(ok, key=lambda r: r["images_per_s"])
+        out["speedup_within_half_point"] = {
+            "budget": best["budget"],
+            "throughput_ratio": best["images_per_s"] / full["images_per_s"],
+            "accuracy_delta_points": 100 * (best["accuracy"] - full["accuracy"]),
+            "target": ">= 2.0",
+        }
+    if opened := [r for r in loads["open_loop"] if r["requests"]]:
+        ratios = {str(r["budget"]): r["p99_ms"] / r["p50_ms"] for r in opened}
+        out["p99_over_p50_at_half_load"] = ratios | {"target": "< 3"}
+    engine = {(r["backend"], r["batching"], r["budget"]): r for r in grid_rows if r["mode"] == "engine"}
+    pairs = {
+        f"{r['backend']}/batching {r['batching']}/budget {r['budget']}": r["images_per_s"]
+        / engine[k]["images_per_s"]
+        for r in grid_rows
+        if r["mode"] == "http" and (k := (r["backend"], r["batching"], r["budget"])) in engine
+    }
+    if pairs:
+        out["http_over_engine"] = pairs | {"target": ">= 0.8"}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.serving", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument(
-        "--package", type=Path, help="model package to serve (default: export an untrained --arch)"
-    )
-    p.add_argument(
-        "--arch", default="msdnet", help="registry model for the untrained package (default msdnet)"
-    )
+    p.add_argument("--package", type=Path, help="model package to serve (default: an untrained --arch)")
+    p.add_argument("--arch", default="msdnet", help="registry model for the untrained package")
     p.add_argument("--modes", default="engine,http", help="engine,http")
     p.add_argument("--backends", default="torch,onnxruntime", help="torch,onnxruntime")
     p.add_argument("--batching", default="on,off", help="on,off")
     p.add_argument("--budgets", default="0.5,1.0", help="budgets (rows of the package's budget table)")
     p.add_argument("--concurrency", default="1,8,32", help="closed-loop clients")
     p.add_argument("--requests", type=int, default=400, help="requests per configuration (upper bound)")
-    p.add_argument(
-        "--max-seconds", type=float, default=15.0, help="seconds per configuration (upper bound)"
-    )
+    p.add_argument("--max-seconds", type=float, default=15.0, help="seconds per configuration (bound)")
     p.add_argument("--warmup-requests", type=int, default=20)
     p.add_argument("--repeat", type=int, default=1, help="runs per configuration; the median is shown")
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-delay-ms", type=float, default=0.0)
-    p.add_argument(
-        "--threads", type=int, default=1, help="intra-op threads, both modes (0 = library default)"
-    )
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (0 = library default)")
     p.add_argument("--server-args", default="", help="extra `python -m service` options (http mode)")
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None, blobs: list[bytes] | None = None) -> int:
-    """Run the grid; ``blobs`` (encoded images) replace the synthetic PNGs when given."""
-    args = parse_args(argv)
-    args.blobs = blobs
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lists = {k: getattr(args, k).split(",") for k in ("modes", "backends", "batching")}
-    budgets = [float(b) for b in args.budgets.split(",")]
-    concurrency = [int(c) for c in args.concurrency.split(",")]
-    tmp = tempfile.TemporaryDirectory(prefix="anytime-bench-")
-    path = args.package or calibrated_package(Path(tmp.name), args.arch, budgets)
-    pkg = load_package(path)
-    m = pkg.manifest
-    print(f"package {m.name} ({m.architecture.name}), torch threads {torch.get_num_threads()}")
-    cols = (
-        "mode | backend | batching | budget | clients | requests | images/s | p50 ms | p99 ms | compute"
-    )
-    print(f"| {cols} |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    results: list[Result] = []
-
-    def show(r: Result) -> None:
-        results.append(r)
-        print(
-            f"| {r.mode} | {r.backend} | {r.batching} | {r.budget} | {r.concurrency} | {r.requests} | "
-            f"{r.images_per_s:.1f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.mean_compute_fraction:.3f} |",
-            flush=True,
-        )
-
-    for backend in lists["backends"]:
-        for batching in (b == "on" for b in lists["batching"]):
-            configs = [(budget, conc) for budget in budgets for conc in concurrency]
-            if "engine" in lists["modes"]:
-                for budget, conc in configs:
-                    show(
-                        median_of(
-                            args.repeat, partial(run_engine, pkg, backend, batching, budget, conc, args)
-                        )
-                    )
-            if "http" in lists["modes"]:
-                server = HttpServer(path, backend, batching, args)
-                try:
-                    for budget, conc in configs:
-                        run = partial(run_http, server, m.name, backend, batching, budget, conc, args)
-                        show(median_of(args.repeat, run))
-                finally:
-                    server.close()
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-    tmp.cleanup()
+    a = p.parse_args(argv)
+    s = Settings(requests=a.requests, seconds=a.max_seconds, warmup_requests=a.warmup_requests,
+                 threads=a.threads, max_batch_size=a.max_batch_size, max_delay_ms=a.max_delay_ms,
+                 server_args=tuple(a.server_args.split()))  # fmt: skip
+    budgets = [float(b) for b in a.budgets.split(",")]
+    with tempfile.TemporaryDirectory(prefix="anytime-bench-") as tmp:
+        package = a.package or calibrated_package(Path(tmp), a.arch, budgets)
+        print(f"package {load_package(package).manifest.name}")
+        print("\n".join(table(("mode", "backend", "batching", "budget", "clients", *ROW), [])))
+        rows = grid(package, s, budgets, [int(c) for c in a.concurrency.split(",")],
+                    a.modes.split(","), a.backends.split(","),
+                    [b == "on" for b in a.batching.split(",")], sample_pngs(64, seed=1),
+                    a.repeat)  # fmt: skip
+    if a.json:
+        write_json(a.json, rows)
     return 0
 
 

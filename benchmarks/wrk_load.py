@@ -1,11 +1,4 @@
-"""wrk, the C load generator, with labelled images: images/s, latency percentiles and accuracy.
-
-A Python load generator on a 2-core machine steals the CPU it measures; wrk spends a few percent.
-``benchmarks/wrk/classify.lua`` sends one image per request (raw ``image/jpeg``, a multipart form
-or a KServe v2 binary body) cycling through an image set on disk, and scores every answer
-against its image's label (the script says how requests and answers are paired). Only answers
-that arrive inside a window on the wall clock count, opened after a warm-up: wrk's own duration
-leaves out its threads' start-up, during which the first threads already load the server.
+"""wrk with labelled images against a running server (:mod:`benchmarks.harness.wrk`).
 
     .venv/bin/python -m benchmarks.wrk_load --url http://127.0.0.1:8000 \\
         --path '/v1/models/NAME/classify?budget=0.5' --images DIR --seconds 5 --repeats 3
@@ -15,239 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import shutil
-import statistics
-import subprocess
 import sys
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from benchmarks.loadgen import check_loopback
-
-LUA_SCRIPT = Path(__file__).resolve().parent / "wrk" / "classify.lua"
-BODIES = ("raw", "multipart", "v2")
-MARKER = "WRK_JSON "
-# Seconds between wrk's start and the measured window: its threads start one after another.
-WARMUP_S = 2.0
-
-
-class WrkError(RuntimeError):
-    """wrk is missing, failed, or printed no result; the message says which."""
-
-
-class LateStartError(WrkError):
-    """wrk's threads were still starting when the measured window opened."""
-
-    def __init__(self, late: int, spread_s: float) -> None:
-        super().__init__(
-            f"{late} of wrk's threads sent their first request after the measured window "
-            f"opened (threads started over {spread_s * 1e3:.0f} ms): give the run a longer warm-up"
-        )
-        self.spread_s = spread_s
-
-
-@dataclass(frozen=True)
-class WrkResult:
-    """One wrk run's measured window: ``ok`` answers with a class, ``correct`` of them the label."""
-
-    seconds: float  # the window's length
-    requests: int  # responses wrk read in the whole run, warm-up included, any status
-    answered: int  # responses inside the window, any status
-    ok: int
-    correct: int
-    failed: int  # non-200, unparsable answers, lost requests and socket errors
-    images_per_s: float  # ok answers per second of the window
-    accuracy: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    in_flight: float  # Little's law: answers/s x mean latency, at most the connections
-    thread_start_spread_ms: float  # first request of the last thread minus that of the first
-    warmup_s: float  # seconds of load before the window opened (longer if the run was retried)
-
-
-def wrk_executable() -> str:
-    exe = shutil.which("wrk")
-    if exe is None:
-        raise WrkError("wrk is not installed: `make bench-tools` installs Debian's wrk")
-    return exe
-
-
-def write_image_set(blobs: list[bytes], labels: list[int], out: Path, suffix: str = "jpg") -> Path:
-    """Write ``blobs`` and ``labels.txt`` (``file label`` per line) into ``out`` for the Lua script."""
-    if len(blobs) != len(labels) or not blobs:
-        raise WrkError(f"an image set needs as many labels as images (>0): {len(blobs)}, {len(labels)}")
-    out.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i, (blob, label) in enumerate(zip(blobs, labels, strict=True)):
-        name = f"{i:05d}.{suffix}"
-        (out / name).write_bytes(blob)
-        lines.append(f"{name} {label}")
-    (out / "labels.txt").write_text("\n".join(lines) + "\n")
-    return out
-
-
-def parse_wrk_output(stdout: str) -> dict[str, Any]:
-    """The JSON line ``done()`` of the Lua script printed (wrk's own summary is ignored)."""
-    for line in stdout.splitlines():
-        if line.startswith(MARKER):
-            parsed: dict[str, Any] = json.loads(line[len(MARKER) :])
-            return parsed
-    raise WrkError(f"wrk printed no {MARKER.strip()} line; its output ends: {stdout[-400:]!r}")
-
-
-def to_result(raw: dict[str, Any], connections: int, warmup_s: float = WARMUP_S) -> WrkResult:
-    """Images/s, accuracy and latency (ms) of the window from the script's raw counts (µs);
-    ``warmup_s`` is the warm-up the run was given, recorded with it.
-
-    Raises:
-        WrkError: a thread began after the window opened (a longer warm-up is needed), or the
-            figures break Little's law: more requests in flight than ``connections`` means that
-            answers from outside the window were counted.
-    """
-    if raw["late_threads"]:
-        raise LateStartError(raw["late_threads"], raw["thread_start_spread_us"] / 1e6)
-    seconds = raw["window_us"] / 1e6
-    ok = raw["ok"]
-    # wrk's "status" errors are the non-2xx answers the script already counts as bad_status.
-    socket = sum(v for k, v in raw["socket_errors"].items() if k != "status")
-    lat = raw["latency_us"]
-    in_flight = raw["answered"] / seconds * lat["mean"] / 1e6 if seconds > 0 else 0.0
-    if in_flight > connections * 1.05:
-        raise WrkError(
-            f"{raw['answered']} answers in {seconds:.2f} s at a mean latency of "
-            f"{lat['mean'] / 1e3:.1f} ms would need {in_flight:.1f} requests in flight on "
-            f"{connections} connections: the run counted answers from outside its window"
-        )
-    return WrkResult(
-        seconds=seconds,
-        requests=raw["requests"],
-        answered=raw["answered"],
-        ok=ok,
-        correct=raw["correct"],
-        failed=raw["bad_status"] + raw["unparsed"] + raw["lost"] + socket,
-        images_per_s=ok / seconds if seconds > 0 else 0.0,
-        accuracy=raw["correct"] / ok if ok else float("nan"),
-        p50_ms=lat["p50"] / 1e3,
-        p90_ms=lat["p90"] / 1e3,
-        p99_ms=lat["p99"] / 1e3,
-        mean_ms=lat["mean"] / 1e3,
-        in_flight=in_flight,
-        thread_start_spread_ms=raw["thread_start_spread_us"] / 1e3,
-        warmup_s=warmup_s,
-    )
-
-
-def wrk_command(
-    url: str,
-    path: str,
-    body: str,
-    images: Path,
-    window: tuple[float, float],
-    connections: int,
-    offset: int = 0,
-) -> list[str]:
-    """wrk for the wall-clock ``window`` (``time.time()`` seconds: start, end), run from now
-    until a second past its end. One thread per connection: each Lua state then owns one
-    connection (accuracy pairing)."""
-    if body not in BODIES:
-        raise WrkError(f"body {body!r} is not one of {BODIES}")
-    run_s = math.ceil(window[1] - time.time()) + 1
-    return [
-        wrk_executable(), f"-t{connections}", f"-c{connections}", f"-d{run_s}s",
-        "--timeout", "30s", "-s", str(LUA_SCRIPT), url,
-        "--", str(images), path, body, str(connections), str(offset),
-        str(round(window[0] * 1e6)), str(round(window[1] * 1e6)),
-    ]  # fmt: skip
-
-
-def run_wrk(
-    url: str,
-    path: str,
-    body: str,
-    images: Path,
-    seconds: float,
-    connections: int = 16,
-    offset: int = 0,
-    warmup: float = WARMUP_S,
-) -> WrkResult:
-    """Load ``url`` + ``path`` with ``connections`` closed-loop clients; count ``seconds`` of
-    answers after ``warmup`` seconds (every thread sending, connections open).
-
-    A run whose threads were still starting when the window opened is run again once, with a
-    warm-up of twice that start-up plus a second (beside a busy server 16 threads took 1.3-2.0 s).
-    """
-    check_loopback(url)
-    try:
-        return _run_window(url, path, body, images, seconds, connections, offset, warmup)
-    except LateStartError as e:
-        longer = max(2 * warmup, 2 * e.spread_s + 1.0)
-        print(f"wrk: {e}; running again with {longer:.1f} s", file=sys.stderr, flush=True)
-        return _run_window(url, path, body, images, seconds, connections, offset, longer)
-
-
-def _run_window(
-    url: str,
-    path: str,
-    body: str,
-    images: Path,
-    seconds: float,
-    connections: int,
-    offset: int,
-    warmup: float,
-) -> WrkResult:
-    start = time.time() + warmup
-    cmd = wrk_command(url, path, body, images, (start, start + seconds), connections, offset)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=warmup + seconds + 120)
-    if proc.returncode != 0:
-        raise WrkError(f"wrk exited {proc.returncode}: {proc.stderr[-400:]}")
-    return to_result(parse_wrk_output(proc.stdout), connections, warmup)
-
-
-def run_repeats(
-    url: str,
-    path: str,
-    body: str,
-    images: Path,
-    seconds: float,
-    repeats: int,
-    connections: int = 16,
-    warmup: float = WARMUP_S,
-) -> dict[str, Any]:
-    """``repeats`` runs (each starting at other images) and the median run by images/s."""
-    n_images = sum(1 for line in (images / "labels.txt").read_text().splitlines() if line.strip())
-    runs = [
-        run_wrk(url, path, body, images, seconds, connections, r * n_images // max(repeats, 1), warmup)
-        for r in range(repeats)
-    ]
-    return summarise(runs)
-
-
-def summarise(runs: list[WrkResult]) -> dict[str, Any]:
-    """The runs, their median by images/s, and the accuracy over every answer of every run."""
-    ranked = sorted(runs, key=lambda r: r.images_per_s)
-    median = ranked[len(ranked) // 2]
-    ok = sum(r.ok for r in runs)
-    return {
-        "runs": [asdict(r) for r in runs],
-        "images_per_s": statistics.median(r.images_per_s for r in runs),
-        "images_per_s_range": [ranked[0].images_per_s, ranked[-1].images_per_s],
-        "p50_ms": median.p50_ms,
-        "p99_ms": median.p99_ms,
-        "answers": ok,
-        "accuracy": sum(r.correct for r in runs) / ok if ok else float("nan"),
-        "failed": sum(r.failed for r in runs),
-    }
+from benchmarks.harness.wrk import BODIES, WARMUP_S, WrkError, run_repeats
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.wrk_load", description=__doc__.split("\n\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m benchmarks.wrk_load", description=__doc__.split("\n")[0])
     p.add_argument("--url", required=True, help="http://127.0.0.1:PORT")
     p.add_argument("--path", required=True, help="request path with its query")
     p.add_argument("--images", type=Path, required=True, help="a folder with labels.txt")
@@ -257,16 +25,13 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup",
         type=float,
         default=WARMUP_S,
-        help="seconds of load before the window opens (wrk's threads start one after another)",
+        help="seconds of load before the window opens (wrk's threads start one by one)",
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--connections", type=int, default=16)
-    args = p.parse_args(argv)
+    a = p.parse_args(argv)
     try:
-        out = run_repeats(
-            args.url, args.path, args.body, args.images, args.seconds, args.repeats,
-            args.connections, args.warmup,
-        )  # fmt: skip
+        out = run_repeats(a.url, a.path, a.body, a.images, a.seconds, a.repeats, a.connections, a.warmup)
     except WrkError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -80,9 +80,19 @@ image_available() { have_image "$1" || "$DOCKER" pull --quiet "$1" >/dev/null 2>
 dockerfile_arg() { sed -n "s/^ARG $2=//p" "$1" | head -1; }
 
 # --- the base image ----------------------------------------------------------------------------
+# Like the other verbs, install what the build needs: debootstrap from Debian's archive as root,
+# else the one command to run.
+ensure_debootstrap() {
+    command -v debootstrap >/dev/null && return 0
+    [ "$(id -u)" = 0 ] || die "debootstrap missing; run as root: apt-get install debootstrap"
+    log "installing debootstrap (apt-get)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        debootstrap >/dev/null; } || die "apt-get install debootstrap failed"
+}
+
 build_base() {
     have_image "$BASE_TAG" && { log "$BASE_TAG is here"; return 0; }
-    command -v debootstrap >/dev/null || die "debootstrap missing: apt-get install debootstrap"
+    ensure_debootstrap
     local root
     root=$(mktemp -d "${TMPDIR:-/tmp}/anytime-rootfs.XXXXXX")
     log "debootstrap bookworm into $root"
@@ -165,7 +175,8 @@ build() {
     done
 }
 
-# Tests that need the engine: REQUIRE_DEPLOY_TOOLS=1 turns a missing tool into a failure.
+# Tests that need the engine: REQUIRE_DEPLOY_TOOLS=1 turns a missing tool into a failure
+# (tests/tools.py).
 run_tests() {
     REQUIRE_DEPLOY_TOOLS=1 DOCKER="$DOCKER" "$PY" -m pytest -q -s -m docker "$@"
 }

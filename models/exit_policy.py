@@ -1,8 +1,10 @@
-"""The early-exit rule, in one place for calibration (training) and serving (service).
+"""The early-exit rule of calibration (training): the rule the service must exit by.
 
 A sample leaves at the first exit ``k`` whose confidence (max softmax probability) reaches
 ``thresholds[k]``; the last exit takes everything left. A threshold above 1 disables an exit
 (a softmax probability never exceeds 1), which is how budget 1.0 sends every sample to the end.
+The service applies the same rule one exit at a time (``service.policy.leaving_now``, tested
+against :func:`first_exit`).
 """
 
 from __future__ import annotations
@@ -19,19 +21,6 @@ def confidences(logits: Tensor) -> tuple[Tensor, Tensor]:
     probs = torch.softmax(logits.float(), dim=-1)
     conf, pred = probs.max(dim=-1)
     return conf, pred
-
-
-def exits_now(conf: Tensor, thresholds: Tensor, is_last: bool) -> Tensor:
-    """Boolean mask ``[N]``: which samples leave at this exit.
-
-    Args:
-        conf: ``[N]`` confidences at this exit.
-        thresholds: ``[N]`` (per-sample) or scalar threshold of this exit.
-        is_last: the last exit takes every remaining sample.
-    """
-    if is_last:
-        return torch.ones_like(conf, dtype=torch.bool)
-    return conf >= thresholds
 
 
 def first_exit(all_conf: Tensor, thresholds: Tensor) -> Tensor:

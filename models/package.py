@@ -8,7 +8,8 @@ Layout of a package directory (or the same files in one ``.tar``)::
 
 ``load_package`` validates everything before it returns, so a damaged package never loads
 half-way: missing file, checksum mismatch, unknown schema version, unregistered architecture or
-a budget table inconsistent with the exits each raise one :class:`PackageError` naming it.
+a budget table inconsistent with the exits (or with itself: exit fractions that are not shares)
+each raise one :class:`PackageError` naming it.
 """
 
 from __future__ import annotations
@@ -149,8 +150,8 @@ class Manifest(_Strict):
         for row in self.budgets:
             if len(row.thresholds) != k:
                 raise ValueError(f"budget {row.budget}: {len(row.thresholds)} thresholds for {k} exits")
-            if row.exit_fractions is not None and len(row.exit_fractions) != k:
-                raise ValueError(f"budget {row.budget}: exit_fractions must have {k} entries")
+            if row.exit_fractions is not None:
+                _check_exit_fractions(row.budget, row.exit_fractions, k)
             if row.budget in seen:
                 raise ValueError(f"budget {row.budget} appears twice in the budget table")
             seen.add(row.budget)
@@ -185,6 +186,19 @@ class Manifest(_Strict):
     def budget_values(self) -> list[float]:
         """The budget table's budgets, ascending."""
         return sorted(r.budget for r in self.budgets)
+
+
+def _check_exit_fractions(budget: float, fractions: list[float], k: int) -> None:
+    """A row's ``exit_fractions`` are shares of images, one per exit: ``k`` entries, none
+    negative, summing to 1 (service/budget_times.py turns them into expected latency)."""
+    if len(fractions) != k:
+        raise ValueError(f"budget {budget}: exit_fractions must have {k} entries")
+    total = math.fsum(fractions)
+    if min(fractions) < 0 or not math.isclose(total, 1.0, abs_tol=1e-6):
+        raise ValueError(
+            f"budget {budget}: exit_fractions are the shares of images leaving at each exit, so "
+            f"none may be negative and they must sum to 1; got {fractions} (sum {total:g})"
+        )
 
 
 def governing_row(row_budgets: Iterable[float], budget: float) -> float | None:

@@ -79,4 +79,5 @@ def create_model(name: str, **kwargs: Any) -> MultiExitNet:
 def _import_builtin_models() -> None:
     # Importing the architecture modules runs their @register_model decorators.
     import models.msdnet
-    import models.resnet_exits  # noqa: F401
+    import models.resnet_exits
+    import models.widenet  # noqa: F401

@@ -2,6 +2,10 @@
 
 Binds the socket first so that ``--port 0`` works and the printed address is the real one; with
 ``--workers N`` (N > 1) uvicorn's supervisor runs N server processes on it (service/workers.py).
+
+Light at import: each spawned worker imports this module again (it is the parent's main module)
+before it can answer uvicorn's health check, which kills a worker silent for 5 s; torch and the
+app are imported in ``main`` (the parent) and in the worker's app factory (after the check runs).
 """
 
 from __future__ import annotations
@@ -14,10 +18,8 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
-from service.app import create_app
 from service.logs import configure_logging
 from service.settings import ServiceSettings, SettingsFileError
-from service.workers import serve_workers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         "timeout_graceful_shutdown": int(settings.request_timeout_s) + 5,
     }
     if settings.workers > 1:
+        from service.workers import serve_workers
+
         return serve_workers(settings, argv, sock, options)
+    from service.app import create_app
+
     server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
     server.run(sockets=[sock])
     # uvicorn exits 0 after a graceful SIGTERM; a failed start-up (bad package) leaves it unstarted.

@@ -19,6 +19,7 @@ import service
 from service.budget_times import BudgetTime, budget_times
 from service.contract import build_openapi
 from service.engine import LoadedModel, load_model
+from service.engine.choices import BackendChoices
 from service.engine.factory import freeze_startup_heap
 from service.metrics import ServiceMetrics
 from service.middleware import RequestMetricsMiddleware
@@ -34,11 +35,13 @@ class ModelLoadError(RuntimeError):
     """A configured package could not be served (the message names it and why)."""
 
 
-def _load_all(settings: ServiceSettings, metrics: ServiceMetrics) -> dict[str, LoadedModel]:
+def _load_all(
+    settings: ServiceSettings, metrics: ServiceMetrics, choices: BackendChoices | None
+) -> dict[str, LoadedModel]:
     models: dict[str, LoadedModel] = {}
     for path in settings.models:
         try:
-            loaded = load_model(path, settings, metrics)
+            loaded = load_model(path, settings, metrics, choices)
         except Exception as e:  # PackageError, BackendError, ...: stop start-up with one message
             for m in models.values():
                 m.engine.stop()
@@ -62,11 +65,14 @@ def _time_budgets(loaded: LoadedModel, metrics: ServiceMetrics) -> dict[float, B
 
 
 def create_app(
-    settings: ServiceSettings | None = None, metrics: ServiceMetrics | None = None
+    settings: ServiceSettings | None = None,
+    metrics: ServiceMetrics | None = None,
+    backend_choices: BackendChoices | None = None,
 ) -> FastAPI:
     """Build the FastAPI app for ``settings`` (default: from the environment).
 
-    ``metrics`` defaults to a fresh single-process :class:`ServiceMetrics`.
+    ``metrics`` defaults to a fresh single-process :class:`ServiceMetrics`; ``backend_choices``
+    is given to each of several worker processes, so that they serve one backend per model.
     """
     settings = settings or ServiceSettings()
     state = AppState(settings=settings, metrics=metrics or ServiceMetrics())
@@ -76,7 +82,9 @@ def create_app(
         if not settings.models:
             log.warning("no model packages configured (ANYTIME_MODELS); serving no models")
         # Loading and warm-up are heavy: a worker thread keeps the event loop free meanwhile.
-        state.models = await anyio.to_thread.run_sync(_load_all, settings, state.metrics)
+        state.models = await anyio.to_thread.run_sync(
+            _load_all, settings, state.metrics, backend_choices
+        )
         state.budget_times = {name: _time_budgets(m, state.metrics) for name, m in state.models.items()}
         freeze_startup_heap()
         state.ready = True

@@ -1,18 +1,22 @@
-"""Pure exit decisions: request options -> per-exit thresholds, confidences -> who leaves now.
+"""Pure exit decisions: a request's options -> its plan (thresholds), confidences -> who leaves now.
 
-The rule itself is ``models.exit_policy`` (shared with calibration, so the service exits exactly
-where calibration assumed, MSDNet section 5 "budgeted batch classification"). This module only
-turns a request's options into thresholds and applies them per image, so that images with
-different budgets can share one batch.
+The one owner of both. :func:`resolve_plan` is the only place that turns options, the default
+budget (the SLO controller's, else the service's, else the package's) and the accuracy guard's
+shift into thresholds; the engine asks it for every request and for its published gauges, and
+``GET /v1/models`` reports the budget of the plan it gives a request without options.
+:func:`leaving_now` is the served exit rule, calibration's (``models.exit_policy.first_exit``,
+MSDNet section 5 "budgeted batch classification") applied one exit at a time per image, so that
+images with different budgets can share one batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from torch import Tensor
+import numpy as np
 
-from models.exit_policy import NEVER_EXIT, exits_now
+from models.exit_policy import NEVER_EXIT
 from models.package import Manifest, governing_row
 from service.errors import InvalidOptionError
 
@@ -40,14 +44,22 @@ def resolve_plan(
     threshold: float | None = None,
     max_exit: int | None = None,
     default_budget: float | None = None,
+    shift: Sequence[float] = (),
 ) -> ExitPlan:
-    """Thresholds for a request's options, checked against what this model offers.
+    """The plan of a request's options, checked against what this model offers.
 
     The options' own ranges (budget in (0, 1], threshold in [0, 1]) are the options model's
     (:class:`service.schemas.InferenceOptions`); this is the one place that checks them against
     the model: ``max_exit`` against its exits, ``budget`` against its budget table.
-    ``threshold`` (one confidence for every exit) wins over ``budget``; without either, the
-    service's ``default_budget``, else the package's, else 1.0 (every image to the last exit).
+
+    Args:
+        budget, threshold, max_exit: the request's options. ``threshold`` (one confidence for
+            every exit) wins over ``budget``; without either, the default budget below.
+        default_budget: the budget of a request that gives none: the SLO controller's current
+            one, else the service's setting; unset, the package's, else 1.0 (every image to the
+            last exit).
+        shift: ``K`` amounts the accuracy guard raised each exit's threshold by; they apply to
+            budget-derived thresholds only (a pinned threshold is the client's). Empty: none.
 
     Raises:
         InvalidOptionError: an exit the model does not have, or a budget below its table's rows;
@@ -67,10 +79,13 @@ def resolve_plan(
         budget = default_budget if default_budget is not None else manifest.default_budget
     if budget is None:
         budget = 1.0
-    return ExitPlan(budget_thresholds(manifest, budget), max_exit, budget)
+    thresholds = _budget_thresholds(manifest, budget)
+    if any(shift):
+        thresholds = tuple(t + d for t, d in zip(thresholds, shift, strict=True))
+    return ExitPlan(thresholds, max_exit, budget)
 
 
-def budget_thresholds(manifest: Manifest, budget: float) -> tuple[float, ...]:
+def _budget_thresholds(manifest: Manifest, budget: float) -> tuple[float, ...]:
     """The ``K`` thresholds of the package's budget table row for ``budget``.
 
     A budget between two rows uses the largest row not above it (never spend more than asked);
@@ -89,12 +104,19 @@ def budget_thresholds(manifest: Manifest, budget: float) -> tuple[float, ...]:
     )
 
 
-def leaving_now(conf: Tensor, thresholds: Tensor, max_exit: Tensor, k: int, num_exits: int) -> Tensor:
-    """Boolean mask ``[N]`` of the images that leave at exit ``k``.
+def leaving_now(
+    conf: np.ndarray, thresholds: np.ndarray, max_exit: np.ndarray, k: int, num_exits: int
+) -> np.ndarray:
+    """``[n]`` bool: the images that leave at exit ``k``.
 
     Args:
-        conf: ``[N]`` max-softmax confidence of each image at exit ``k``.
-        thresholds: ``[N]`` each image's threshold for exit ``k`` (per image: mixed budgets).
-        max_exit: ``[N]`` each image's deepest allowed exit.
+        conf: ``[n]`` max-softmax confidence of each image at exit ``k``.
+        thresholds: ``[n]`` each image's threshold for exit ``k`` (per image: mixed budgets).
+        max_exit: ``[n]`` each image's deepest allowed exit.
+
+    NumPy on the host's arrays: a torch call per stage costs more than the comparison itself.
+    ``tests/service/test_engine_vectorised.py`` checks it against calibration's ``first_exit``.
     """
-    return exits_now(conf, thresholds, is_last=k == num_exits - 1) | (max_exit <= k)
+    if k == num_exits - 1:
+        return np.ones(len(conf), dtype=np.bool_)
+    return (conf >= thresholds) | (max_exit <= k)

@@ -59,7 +59,10 @@ class ModelInfo(BaseModel):
     num_exits: int
     exits: list[ExitInfo]
     budgets: list[BudgetInfo]
-    default_budget: float
+    default_budget: float = Field(
+        description="budget of a request that gives neither a budget nor a threshold, now (the "
+        "service's default, else the package's; an SLO controller lowers it under load)"
+    )
     precision: str = Field("fp32", description="what the stages run at: fp32, int8, bf16 (fp16 on CUDA)")
 
 

@@ -18,7 +18,6 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from service.engine import ImageResult, LoadedModel, ModelEngine, RequestWork
-from service.engine.images import ImageLimits, images_to_batch
 from service.errors import (
     BadRequestError,
     ClientDisconnectedError,
@@ -27,7 +26,8 @@ from service.errors import (
     PayloadTooLargeError,
     validation_problems,
 )
-from service.policy import ExitPlan, resolve_plan
+from service.images import ImageLimits, images_to_batch
+from service.policy import ExitPlan
 from service.schemas import InferenceOptions
 from service.settings import ServiceSettings
 
@@ -88,13 +88,8 @@ async def serve(
         ClientDisconnectedError: the client left; its queued work was dropped.
     """
     # Options first: a request the model cannot serve is refused before any image is decoded.
-    plan = resolve_plan(
-        loaded.package.manifest,
-        budget=options.budget,
-        threshold=options.threshold,
-        max_exit=options.max_exit,
-        default_budget=loaded.engine.default_budget(),
-    )
+    # The engine's plan: its default budget (the SLO controller's) and its guard's shift.
+    plan = loaded.engine.plan(options.budget, options.threshold, options.max_exit)
     batch = await to_batch(images, loaded, settings)
     timeout = settings.request_timeout_s
     if options.deadline_ms is not None:

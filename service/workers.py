@@ -14,7 +14,9 @@ more images/s over HTTP in two sittings (docs/serving-performance.md).
 
 Metrics: the parent makes a fresh ``PROMETHEUS_MULTIPROC_DIR`` before it spawns the workers, so
 that prometheus_client starts in multiprocess mode in each of them (service/metrics.py), and
-removes it at exit.
+removes it at exit. Likewise a directory where the first worker records what ``--backend auto``
+chose for each package, so that every worker serves the same backend
+(service/engine/choices.py).
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from service.app import create_app
+from service.engine.choices import BackendChoices
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.settings import ServiceSettings
 
 ARGV_ENV = "SERVICE_WORKER_ARGV"
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CHOICES_DIR_ENV = "SERVICE_WORKER_BACKENDS"
 WORKER_APP = "service.workers:create_worker_app"
 log = logging.getLogger("anytime.workers")
 
@@ -52,7 +56,12 @@ def create_worker_app() -> FastAPI:
     settings = ServiceSettings(_cli_parse_args=json.loads(os.environ[ARGV_ENV]))
     configure_logging(settings.log_level, settings.json_logs)
     metrics_dir = os.environ.get(METRICS_DIR_ENV)
-    return create_app(settings, ServiceMetrics(Path(metrics_dir) if metrics_dir else None))
+    choices_dir = os.environ.get(CHOICES_DIR_ENV)
+    return create_app(
+        settings,
+        ServiceMetrics(Path(metrics_dir) if metrics_dir else None),
+        BackendChoices(Path(choices_dir)) if choices_dir else None,
+    )
 
 
 def core_groups(cores: Sequence[int], n: int) -> list[list[int]]:
@@ -137,9 +146,11 @@ def serve_workers(
         The exit status: 0 after a drain, 3 when a worker failed to start.
     """
     metrics_dir = Path(tempfile.mkdtemp(prefix="anytime-metrics-"))
-    saved = {name: os.environ.get(name) for name in (ARGV_ENV, METRICS_DIR_ENV)}
+    choices_dir = Path(tempfile.mkdtemp(prefix="anytime-backends-"))
+    saved = {name: os.environ.get(name) for name in (ARGV_ENV, METRICS_DIR_ENV, CHOICES_DIR_ENV)}
     os.environ[ARGV_ENV] = json.dumps(argv)
     os.environ[METRICS_DIR_ENV] = str(metrics_dir)
+    os.environ[CHOICES_DIR_ENV] = str(choices_dir)
     try:
         config = uvicorn.Config(
             WORKER_APP,
@@ -156,5 +167,6 @@ def serve_workers(
             else:
                 os.environ[name] = value
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(choices_dir, ignore_errors=True)
     # uvicorn's supervisor stops every worker when one fails to start (bad package, say).
     return 3 if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes) else 0

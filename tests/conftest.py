@@ -37,6 +37,8 @@ TINY_CONFIGS: dict[str, tuple[dict[str, Any], int]] = {
     "resnet_exits": (TINY_RESNET, 32),
     "resnet18_exits": (dict(num_classes=10, **TINY_RESNET), 64),
     "resnet50_exits": (dict(num_classes=10, **TINY_RESNET), 64),
+    "widenet": (dict(groups=((16, 1, True), (32, 3, True), (32, 2, False)), exit_after=(0, 1, 2)), 32),
+    "widenet_teacher": (dict(groups=((16, 3, True), (32, 3, True)), exit_after=(0, 1)), 32),
 }
 
 CIFAR_PREPROCESSING = Preprocessing(

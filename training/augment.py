@@ -16,8 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def random_crop_flip(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
-    """CIFAR augmentation: zero-pad by ``padding``, random crop back to size, random h-flip.
+def random_crop_flip(
+    x: Tensor, padding: int, generator: torch.Generator, pad_mode: str = "zeros"
+) -> Tensor:
+    """CIFAR augmentation: pad by ``padding`` (``pad_mode`` "zeros" or "reflect"), random crop
+    back to size, random h-flip.
 
     Args:
         x: ``[N, C, H, W]`` images (any dtype).
@@ -27,7 +30,11 @@ def random_crop_flip(x: Tensor, padding: int, generator: torch.Generator) -> Ten
     n, _, h, w = x.shape
     dev = x.device
     if padding > 0:
-        padded = F.pad(x, (padding, padding, padding, padding))
+        pad = (padding, padding, padding, padding)
+        # reflect padding needs a float tensor; the values stay whole numbers, cast back after
+        padded = (
+            F.pad(x.float(), pad, mode="reflect").to(x.dtype) if pad_mode == "reflect" else F.pad(x, pad)
+        )
         oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
         ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
         rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # [N, 1, H, 1]
@@ -73,6 +80,26 @@ def random_resized_crop_flip(
         x.float(), boxes, output_size=(h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True
     )
     return random_flip(out, generator)
+
+
+def trivial_augment(x: Tensor, generator: torch.Generator) -> Tensor:
+    """TrivialAugmentWide (Mueller & Hutter 2021), one operation and magnitude per image.
+
+    torchvision's transform draws from the global RNG, so it runs under a fork of it seeded
+    from ``generator``: a resumed run repeats the same operations.
+
+    Args:
+        x: ``[N, C, H, W]`` uint8.
+    Returns:
+        ``[N, C, H, W]`` uint8.
+    """
+    from torchvision.transforms import v2
+
+    policy = v2.TrivialAugmentWide()
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([policy(img) for img in x.cpu()]).to(x.device)
 
 
 def cutout(x: Tensor, size: int, generator: torch.Generator) -> Tensor:

@@ -24,6 +24,8 @@ from training.config import ConfigError
 
 LAST = "last.pt"
 STAGE1 = "stage1.pt"
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng")
+"""Checkpoint entries only ``--resume`` reads: a finished run can go without them."""
 
 
 class CheckpointError(Exception):

@@ -167,10 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     from training.commands import add_artifact_parsers
     from training.compare import add_compare_parser
     from training.quantize import add_quantize_parser
+    from training.transfer import add_transfer_parsers
 
     add_artifact_parsers(sub)
     add_quantize_parser(sub)
     add_compare_parser(sub)
+    add_transfer_parsers(sub)
     return parser
 
 

@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,21 @@ def add_artifact_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
         help="fit exit thresholds for compute budgets (validation) and score them (test)",
         description="Fit confidence thresholds on the validation logits for each budget (MSDNet's "
         "geometric scheme and our direct optimisation), score both on the test logits, and write "
-        "calibration.json and calibration.png. Runs evaluate first if logits.pt is missing.",
+        "calibration.json and calibration.png. The package's budget table (export) is a set of "
+        "distinct points of the validation accuracy-compute front, cheapest exit to full network "
+        "(training/front.py). Runs evaluate first if logits.pt is missing.",
     )
     _common(ca)
     ca.add_argument(
         "--budgets",
         default="0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0",
-        help="comma-separated compute fractions",
+        help="comma-separated compute fractions for the method comparison",
+    )
+    ca.add_argument(
+        "--points",
+        type=int,
+        default=8,
+        help="operating points in the package's budget table, full network included (default 8)",
     )
     ca.set_defaults(handler=run_calibrate)
     ex = sub.add_parser(
@@ -148,6 +157,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         interpolate_accuracy,
         simulate,
     )
+    from training.front import front_table, largest_drop
     from training.plots import plot_budgeted
 
     try:
@@ -164,6 +174,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     val = ExitScores.from_logits(saved["val"], saved["val_y"])
     test = ExitScores.from_logits(saved["test"], saved["test_y"])
     rows = calibrate_budgets(val, test, fractions, budgets)
+    front = front_table(val, test, fractions, args.points)
     curve = [simulate(test, fractions, t) for _, t, _ in geometric_sweep(val, fractions)]
     anytime = list(
         zip(evaluation["exit_compute_fraction"], evaluation["test_exit_accuracy"], strict=True)
@@ -177,6 +188,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         "test_exit_accuracy": evaluation["test_exit_accuracy"],
         "budgets": [_row(r, curve) for r in rows],
         "geometric_curve_test": [{"compute": p.compute, "accuracy": p.accuracy} for p in curve],
+        "front": [asdict(r) for r in front],
     }
     (args.run_dir / CALIBRATION).write_text(json.dumps(result, indent=2) + "\n")
     plot_budgeted(
@@ -194,6 +206,16 @@ def run_calibrate(args: argparse.Namespace) -> int:
             f"{r.budget:6.2f} |      {g.compute:6.3f} {100 * g.accuracy:6.2f}% |"
             f"      {o.compute:6.3f} {100 * o.accuracy:6.2f}% | {100 * same:6.2f}%"
         )
+    print(f"\nthe package's budget table: {len(front)} points of the validation front")
+    print("budget | validation: compute  acc | test: compute  acc")
+    for f in front:
+        print(
+            f"{f.budget:6.3f} |        {f.val.compute:6.3f} {100 * f.val.accuracy:6.2f}% |"
+            f"  {f.test.compute:6.3f} {100 * f.test.accuracy:6.2f}%"
+        )
+    print(
+        f"largest test-accuracy fall to the next larger budget: {100 * largest_drop(front):.2f} points"
+    )
     return 0
 
 

@@ -51,6 +51,14 @@ class DataConfig(_Frozen):
     std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
     augment: Literal["crop-flip", "resized-crop-flip", "none"] = "crop-flip"
     crop_padding: int = Field(4, ge=0)
+    pad_mode: Literal["zeros", "reflect"] = Field(
+        "zeros", description="crop-flip: how the border is padded before the random crop"
+    )
+    policy: Literal["none", "trivialaugment"] = Field(
+        "none",
+        description="per-image photometric/geometric policy after the crop (TrivialAugmentWide, "
+        "Mueller & Hutter 2021, torchvision's, one draw per image); none = off",
+    )
     cutout: int = Field(
         0,
         ge=0,
@@ -72,10 +80,21 @@ class OptimConfig(_Frozen):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["cosine", "step", "constant"] = Field(
-        "cosine", description="after the warm-up; constant suits an SWA phase (swa_start)"
+    schedule: Literal["cosine", "linear", "step", "constant"] = Field(
+        "cosine",
+        description="after the warm-up: cosine or linear to 0, step drops, or constant (suits an "
+        "SWA phase, swa_start)",
     )
     warmup_epochs: float = Field(1.0, ge=0)
+    warmup_start: float = Field(
+        0.0, ge=0, le=1, description="the warm-up rises linearly from this fraction of lr to lr"
+    )
+    norm_bias_lr_scale: float = Field(
+        1.0,
+        gt=0,
+        description="learning rate x this for BatchNorm biases, their weight decay / this (the "
+        "same decay per step); airbench's 64 for networks whose BatchNorm scales are fixed",
+    )
     milestones: tuple[float, ...] = Field(
         (0.5, 0.75), description="step schedule: fractions of the epochs where lr drops by gamma"
     )
@@ -131,6 +150,24 @@ class TrainConfig(_Frozen):
         "this run, the last one included (joint recipe, needs kd); a list of several: their last "
         "exits' logits, averaged, teach (an ensemble); default: the run's own last exit teaches "
         "the earlier ones",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="label smoothing of every cross-entropy term (0.2: airbench)"
+    )
+    lookahead: bool = Field(
+        False,
+        description="every 5 steps pull an exponential average of the weights towards them and "
+        "copy it back (airbench's lookahead; its decay rises as 0.95^5 x progress^3); at the end "
+        "the weights are the average (training/lookahead.py)",
+    )
+    eval_tta: Literal["none", "flip", "flip-translate"] = Field(
+        "none",
+        description="test-time augmentation of validation/test accuracy: mean logits over the "
+        "mirror image (flip) and 1-pixel translations (flip-translate, 6 views); the served "
+        "network never uses it",
+    )
+    kd_teacher_tta: Literal["none", "flip"] = Field(
+        "none", description="kd_teacher: average the teacher's logits over the image and its mirror"
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -189,6 +226,8 @@ class TrainConfig(_Frozen):
         if self.lr_scaled and (self.ge or self.recipe != "joint"):
             # A control for GE: GE's factor applied twice, or to a frozen network, means nothing.
             raise ValueError("lr_scaled is the plain-training control for GE: recipe 'joint' without ge")
+        if self.lr_scaled and self.optim.norm_bias_lr_scale != 1.0:
+            raise ValueError("lr_scaled and optim.norm_bias_lr_scale: choose one per-group rate")
         if self.kd_teacher == []:
             raise ValueError("kd_teacher: an empty list; name one teacher or more, or leave it out")
         if self.kd_teacher is not None and (self.recipe != "joint" or not self.kd):

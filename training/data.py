@@ -27,7 +27,13 @@ from filelock import FileLock
 from torch import Tensor
 from torch.utils.data import DistributedSampler
 
-from training.augment import cutout, normalize, random_crop_flip, random_resized_crop_flip
+from training.augment import (
+    cutout,
+    normalize,
+    random_crop_flip,
+    random_resized_crop_flip,
+    trivial_augment,
+)
 from training.config import DataConfig
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -159,15 +165,20 @@ def train_batches(
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1_009 + rank)
     # Cutout draws from its own stream: with or without it, a run sees the same crops and flips.
     hole_gen = torch.Generator().manual_seed(gen.initial_seed() + 7_777_777)
+    policy_gen = torch.Generator().manual_seed(gen.initial_seed() + 3_333_333)
 
     def batches() -> Iterator[tuple[Tensor, Tensor]]:
         for i in range(num_batches):
             idx = order[i * batch_size : (i + 1) * batch_size].to(split.x.device)
             x = split.x[idx]
             if cfg.augment == "crop-flip":
-                x = random_crop_flip(x, cfg.crop_padding, gen)
+                x = random_crop_flip(x, cfg.crop_padding, gen, cfg.pad_mode)
             elif cfg.augment == "resized-crop-flip":
                 x = random_resized_crop_flip(x, gen)
+            if cfg.policy == "trivialaugment":
+                if x.dtype != torch.uint8:  # resized crops come back as float
+                    x = x.round().clamp(0, 255).to(torch.uint8)
+                x = trivial_augment(x, policy_gen)
             x = normalize(x, cfg.mean, cfg.std)
             if cfg.cutout > 0:
                 x = cutout(x, cfg.cutout, hole_gen)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -35,8 +36,21 @@ def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
 
 
 def pick_amp(cfg: TrainConfig, device: torch.device) -> str:
-    # "auto" keeps fp32 on the CPU: bf16 is opt-in there (faster on this CPU, see docs/training.md,
-    # but not on every CPU: it depends on native bf16 support).
+    # "auto" keeps fp32 on the CPU: bf16 is opt-in there. It pays only where the CPU computes in
+    # bf16 natively (AVX-512 BF16 / AMX); elsewhere oneDNN refuses bf16 convolutions and PyTorch
+    # runs its reference loops: 13x slower than fp32 on a 2-core AVX2 EPYC (docs/training.md).
     if cfg.amp == "auto":
         return "bf16" if device.type == "cuda" else "none"
+    if cfg.amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(
+            "amp bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), where bf16 convolutions "
+            "run many times slower than fp32; training in fp32 instead",
+            stacklevel=2,
+        )
+        return "none"
     return cfg.amp
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 kernels on this CPU (AVX-512 BF16, AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -24,11 +24,24 @@ EXTRA_FILES = ("log.jsonl", "calibration.json", "calibration.png", "training.png
 
 
 def package_budgets(calibration: dict[str, Any]) -> list[BudgetEntry]:
-    """Budget table rows: per budget, the method with the higher *validation* accuracy.
+    """Budget table rows: the points of the validation front (``calibration["front"]``,
+    training/front.py) or, in an older calibration.json, per budget the method with the higher
+    *validation* accuracy.
 
     Choosing on validation keeps the test split untouched; the row's compute, exit fractions and
     accuracy are those measured on the test split.
     """
+    if "front" in calibration:
+        return [
+            BudgetEntry(
+                budget=row["budget"],
+                thresholds=row["val"]["thresholds"],
+                expected_compute_fraction=min(max(row["test"]["compute"], 0.0), 1.0),
+                exit_fractions=row["test"]["exit_fractions"],
+                accuracy=row["test"]["accuracy"],
+            )
+            for row in calibration["front"]
+        ]
     out = []
     for row in calibration["budgets"]:
         opt, geo = row["optimised_val"], row["geometric_val"]
@@ -120,7 +133,9 @@ def export_package(
         resize=None if data["source"] != "imagefolder" else int(min(data["input_size"])),
     )
     budgets = package_budgets(calibration)
-    default = min((b.budget for b in budgets), key=lambda b: abs(b - target_default), default=None)
+    # The row a request for the target budget gets: the largest not above it (else the cheapest).
+    within = [b.budget for b in budgets if b.budget <= target_default + 1e-9]
+    default = max(within) if within else min((b.budget for b in budgets), default=None)
     info = checkpoint.get("data_info", {})
     history = checkpoint.get("history", [])
     warm_start = warm_start_record(cfg)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -70,12 +71,14 @@ def train_one_epoch(
     progress: bool = True,
     frozen: list[nn.Module] | None = None,
     grad_meter: GradNormMeter | None = None,
+    after_step: Callable[[], None] | None = None,
     description: str = "train",
 ) -> EpochStats:
     """Train ``model`` on ``batches`` (already augmented and normalised, on any device).
 
     ``frozen`` modules stay in eval mode (BatchNorm statistics fixed: the two-stage recipe).
-    ``grad_meter`` sees every step's gradients, unscaled, before the update.
+    ``grad_meter`` sees every step's gradients, unscaled, before the update; ``after_step`` runs
+    after every update (lookahead).
 
     Raises:
         TrainingDiverged: ``max_bad_steps`` consecutive non-finite losses.
@@ -120,6 +123,8 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if after_step is not None:
+            after_step()
         steps += 1
         n = target.shape[0]
         seen += n
@@ -156,8 +161,14 @@ def collect_logits(
     batch_size: int = 500,
     device: torch.device | None = None,
     amp: str = "none",
+    tta: str = "none",
 ) -> Tensor:
-    """Logits of every exit on ``split`` in eval mode: ``[K, N, C]`` float32 on the CPU."""
+    """Logits of every exit on ``split`` in eval mode: ``[K, N, C]`` float32 on the CPU.
+
+    ``tta``: "flip" averages the logits over each image and its mirror; "flip-translate" also
+    over the image shifted one pixel up-left and down-right (reflect padding), weighted as
+    airbench's 6 views (half on the unshifted pair).
+    """
     device = device or torch.device("cpu")
     was_training = model.training
     model.eval()
@@ -166,11 +177,29 @@ def collect_logits(
         for i in range(0, len(split), batch_size):
             x = normalize(split.x[i : i + batch_size].to(device), mean, std)
             with autocast_context(device, amp):
-                out = model(x)
-            chunks.append(torch.stack([z.float() for z in out]).cpu())
+                out = views_logits(model, x, tta)
+            chunks.append(out.cpu())
     finally:
         model.train(was_training)
     return torch.cat(chunks, dim=1)
+
+
+def views_logits(model: nn.Module, x: Tensor, tta: str) -> Tensor:
+    """``[K, N, C]`` float32 logits of ``x`` (``[N, 3, H, W]``), averaged over ``tta``'s views."""
+
+    def mirrored(v: Tensor) -> Tensor:
+        one = torch.stack([z.float() for z in model(v)])
+        if tta == "none":
+            return one
+        return 0.5 * (one + torch.stack([z.float() for z in model(v.flip(3))]))
+
+    out = mirrored(x)
+    if tta == "flip-translate":
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        shifted = [padded[..., :h, :w], padded[..., 2 : h + 2, 2 : w + 2]]
+        out = 0.5 * out + 0.25 * (mirrored(shifted[0]) + mirrored(shifted[1]))
+    return out
 
 
 def exit_accuracy(logits: Tensor, labels: Tensor) -> list[float]:

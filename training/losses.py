@@ -28,16 +28,23 @@ from torch import Tensor
 KDForm = Literal["batchmean", "official"]
 
 
-def multi_exit_ce(all_logits: list[Tensor], target: Tensor) -> Tensor:
+def multi_exit_ce(all_logits: list[Tensor], target: Tensor, smoothing: float = 0.0) -> Tensor:
     """Sum over exits of the batch-mean cross-entropy (the plain MSDNet loss).
 
     Args:
         all_logits: K tensors ``[N, C]``.
         target: ``[N]`` class indices.
+        smoothing: label smoothing (Szegedy et al. 2016): the target puts ``smoothing`` of its
+            mass uniformly on all classes.
     Returns:
         scalar.
     """
-    return torch.stack([F.cross_entropy(z.float(), target) for z in all_logits]).sum()
+    return torch.stack([ce(z, target, smoothing) for z in all_logits]).sum()
+
+
+def ce(logits: Tensor, target: Tensor, smoothing: float = 0.0) -> Tensor:
+    """Batch-mean cross-entropy of ``[N, C]`` logits (in float32) with label ``smoothing``."""
+    return F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
 
 
 def kd_kl(student: Tensor, teacher: Tensor, temperature: float, form: KDForm = "batchmean") -> Tensor:
@@ -64,6 +71,7 @@ def ofa_kd_loss(
     teacher: Tensor | None = None,
     teach_last: bool = False,
     form: KDForm = "batchmean",
+    smoothing: float = 0.0,
 ) -> Tensor:
     """One-for-all KD loss (module docstring).
 
@@ -77,6 +85,7 @@ def ofa_kd_loss(
         teach_last: the deepest exit learns from ``teacher`` too (an external teacher); otherwise
             it gets plain CE.
         form: the KL reduction (module docstring).
+        smoothing: label smoothing of the CE terms.
     Returns:
         scalar.
     """
@@ -85,8 +94,8 @@ def ofa_kd_loss(
         raise ValueError("teach_last needs an external teacher: the last exit cannot teach itself")
     t = last if teacher is None else teacher
     students = all_logits if teach_last else all_logits[:-1]
-    loss = torch.zeros((), device=last.device) if teach_last else F.cross_entropy(last.float(), target)
+    loss = torch.zeros((), device=last.device) if teach_last else ce(last, target, smoothing)
     for z in students:
-        loss = loss + (1 - weight) * F.cross_entropy(z.float(), target)
+        loss = loss + (1 - weight) * ce(z, target, smoothing)
         loss = loss + weight * kd_kl(z, t, temperature, form)
     return loss

@@ -42,8 +42,9 @@ class StagePlan:
     frozen: list[nn.Module]  # kept in eval mode while training (BatchNorm statistics fixed)
 
 
-def plain_ce(z: list[Tensor], y: Tensor, x: Tensor) -> Tensor:
-    return multi_exit_ce(z, y)
+def plain_ce(smoothing: float = 0.0) -> Criterion:
+    """CE summed over exits, with label ``smoothing``."""
+    return lambda z, y, x: multi_exit_ce(z, y, smoothing)
 
 
 def build_stage(
@@ -55,7 +56,7 @@ def build_stage(
     if stage == "stage1":
         model = create_model(cfg.model.name, **kwargs)
         enable_gradient_equilibrium(model, cfg.ge)
-        return StagePlan(model.to(device), plain_ce, [])
+        return StagePlan(model.to(device), plain_ce(cfg.label_smoothing), [])
     isc = {"isc": cfg.model.isc, "isc_detach": cfg.model.isc_detach} if cfg.model.isc else {}
     model = create_model(cfg.model.name, **kwargs, **isc).to(device)
     if stage == "joint":
@@ -66,17 +67,20 @@ def build_stage(
 
 def joint_criterion(cfg: TrainConfig, num_classes: int, device: torch.device) -> Criterion:
     """CE at every exit, or OFA KD from the run's own last exit or from ``kd_teacher``."""
-    t, g, form = cfg.kd_temperature, cfg.kd_weight, cfg.kd_form
+    t, g, form, ls = cfg.kd_temperature, cfg.kd_weight, cfg.kd_form, cfg.label_smoothing
     if not cfg.kd:
-        return plain_ce
+        return plain_ce(ls)
     if cfg.kd_teacher is None:
-        return lambda z, y, x: ofa_kd_loss(z, y, t, g, form=form)
+        return lambda z, y, x: ofa_kd_loss(z, y, t, g, form=form, smoothing=ls)
     teacher = frozen_teachers(cfg, num_classes, device)
+    mirror = cfg.kd_teacher_tta == "flip"
 
     def criterion(z: list[Tensor], y: Tensor, x: Tensor) -> Tensor:
         with torch.no_grad():
             target = teacher(x)[-1]
-        return ofa_kd_loss(z, y, t, g, teacher=target, teach_last=True, form=form)
+            if mirror:  # the mean logits over the image and its mirror: a steadier target
+                target = 0.5 * (target + teacher(x.flip(3))[-1])
+        return ofa_kd_loss(z, y, t, g, teacher=target, teach_last=True, form=form, smoothing=ls)
 
     return criterion
 
@@ -107,24 +111,42 @@ def second_stage(
         frozen = [m for name, m in model.named_children() if name != "exits"]
         frozen += [m for h in model.exits for name, m in h.named_children() if name not in STAGE2_NEW]
     if not cfg.kd:
-        return StagePlan(model, plain_ce, frozen)
+        return StagePlan(model, plain_ce(cfg.label_smoothing), frozen)
     last = stage1.exits[-1].linear
     assert isinstance(last, nn.Linear)  # ExitHead's final layer
     teacher = SameForwardTeacher(model, last)
     t, g, form = cfg.kd_temperature, cfg.kd_weight, cfg.kd_form
 
+    ls = cfg.label_smoothing
+
     def criterion(z: list[Tensor], y: Tensor, x: Tensor) -> Tensor:
-        return ofa_kd_loss(z, y, t, g, teacher=teacher.logits(), form=form)
+        return ofa_kd_loss(z, y, t, g, teacher=teacher.logits(), form=form, smoothing=ls)
 
     return StagePlan(model, criterion, frozen)
 
 
 def make_optimizer(cfg: TrainConfig, model: MultiExitNet) -> torch.optim.SGD:
-    """SGD over the parameters that train: one group, or GE's per-block groups (``lr_scaled``)."""
+    """SGD over the parameters that train: one group, GE's per-block groups (``lr_scaled``), or
+    BatchNorm biases apart at ``optim.norm_bias_lr_scale`` x the rate (same decay per step)."""
     o = cfg.optim
     groups: list[dict[str, Any]]
     if cfg.lr_scaled:
         groups = ge_scaled_param_groups(model, o.lr)
+    elif o.norm_bias_lr_scale != 1.0:
+        norm_biases = {
+            id(m.bias)
+            for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None
+        }
+        trained = [p for p in model.parameters() if p.requires_grad]
+        s = o.norm_bias_lr_scale
+        groups = [
+            {"params": [p for p in trained if id(p) not in norm_biases]},
+            {
+                "params": [p for p in trained if id(p) in norm_biases],
+                "lr": o.lr * s, "weight_decay": o.weight_decay / s,
+            },
+        ]  # fmt: skip
     else:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     return torch.optim.SGD(

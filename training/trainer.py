@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models.multi_exit import MultiExitNet
+from training.augment import normalize
 from training.blocks import GradNormMeter, block_groups, group_norms, head_groups
 from training.checkpoint import (
     LAST,
@@ -35,6 +36,7 @@ from training.checks import check_resumable, frozen_network, initial_weights
 from training.config import ConfigError, TrainConfig, config_to_dict
 from training.data import Dataset, Split, load_dataset, on_device, train_batches
 from training.device import DistInfo, pick_amp, pick_device, use_channels_last
+from training.lookahead import Lookahead
 from training.loop import EpochStats, collect_logits, exit_accuracy, train_one_epoch
 from training.schedule import lr_factor
 from training.stages import StagePlan, build_stage, make_optimizer
@@ -108,15 +110,28 @@ class StageState:
     scaler: torch.amp.GradScaler
     swa: torch.optim.swa_utils.AveragedModel | None
     final: MultiExitNet
+    lookahead: Lookahead | None = None
+
+
+def data_dependent_init(
+    model: MultiExitNet, cfg: TrainConfig, train: Split, device: torch.device
+) -> None:
+    """A fresh network that sets some weights from the data (WideNet's whitening stem) gets its
+    first 5,000 training images, normalised; seeded runs stay exactly repeatable."""
+    init = getattr(model, "init_from_data", None)
+    if callable(init):
+        init(normalize(train.x[:5000].to(device), cfg.data.mean, cfg.data.std))
 
 
 def prepare_stage(
-    cfg: TrainConfig, stage: str, first: bool, start: StartPoint, num_classes: int,
-    steps_per_epoch: int, run_dir: Path, device: torch.device, amp: str,
+    cfg: TrainConfig, stage: str, first: bool, start: StartPoint, train: Split,
+    num_classes: int, steps_per_epoch: int, run_dir: Path, device: torch.device, amp: str,
 ) -> StageState:  # fmt: skip
     """Build the stage's model, loss and optimiser; load ``init_from`` (a run's first stage) or
     the resume checkpoint (``start.blob``, the stage being resumed)."""
     plan = build_stage(cfg, stage, num_classes, run_dir, device)
+    if stage != "stage2":
+        data_dependent_init(plan.model, cfg, train, device)
     if use_channels_last(cfg, device):  # convs then run NHWC (their inputs follow the weights)
         plan.model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, plan.model)
@@ -138,7 +153,11 @@ def prepare_stage(
     swa = averaged(plan.model) if cfg.swa_start is not None else None
     if swa is not None and blob is not None and "swa" in blob:
         swa.load_state_dict(blob["swa"])
-    return StageState(plan, optimizer, scheduler, scaler, swa, plan.model)
+    total_steps = stage_epochs(cfg, stage) * steps_per_epoch
+    lookahead = Lookahead(plan.model, total_steps) if cfg.lookahead else None
+    if lookahead is not None and blob is not None and "lookahead" in blob:
+        lookahead.load_state_dict(blob["lookahead"])
+    return StageState(plan, optimizer, scheduler, scaler, swa, plan.model, lookahead)
 
 
 def norms_record(model: MultiExitNet, grad_norms: list[float]) -> dict[str, list[float]]:
@@ -160,8 +179,8 @@ def evaluate_epoch(
     average and of the last iterate once SWA has finished)."""
 
     def accuracy(model: nn.Module) -> list[float]:
-        logits = collect_logits(model, val, cfg.data.mean, cfg.data.std,
-                                batch_size=cfg.eval_batch_size, device=device, amp=amp)  # fmt: skip
+        logits = collect_logits(model, val, cfg.data.mean, cfg.data.std, batch_size=cfg.eval_batch_size,
+                                device=device, amp=amp, tta=cfg.eval_tta)  # fmt: skip
         return exit_accuracy(logits, val.y)
 
     record = {
@@ -186,6 +205,8 @@ def save_epoch(
         extra["swa"] = state.swa.state_dict()
     if state.final is not state.plan.model:
         extra["last_iterate"] = state.plan.model.state_dict()
+    if state.lookahead is not None:
+        extra["lookahead"] = state.lookahead.state_dict()
     save_atomic(
         {
             **extra,
@@ -239,7 +260,9 @@ def run_training(
         stage, epochs, seed = stages[si], stage_epochs(cfg, stages[si]), cfg.seed + si
         seed_everything(seed, cfg.deterministic)
         first = si == start.stage
-        state = prepare_stage(cfg, stage, first, start, len(data.classes), steps, run_dir, device, amp)
+        state = prepare_stage(
+            cfg, stage, first, start, train_split, len(data.classes), steps, run_dir, device, amp
+        )
         model = state.plan.model
         net: nn.Module = model
         if info.world_size > 1:
@@ -257,8 +280,11 @@ def run_training(
                 state.scaler, device=device, amp=amp, max_bad_steps=cfg.max_bad_steps,
                 progress=cfg.progress and info.is_main, frozen=state.plan.frozen,
                 grad_meter=meter, description=f"{stage} {epoch + 1}/{epochs}",
+                after_step=state.lookahead.after_step if state.lookahead else None,
             )  # fmt: skip
             last_epoch = epoch + 1 == epochs
+            if last_epoch and state.lookahead is not None:
+                state.lookahead.finish()
             if state.swa is not None and cfg.swa_start is not None and epoch + 1 >= cfg.swa_start:
                 state.swa.update_parameters(model)
                 if last_epoch:  # every rank re-estimates on the whole split: identical models

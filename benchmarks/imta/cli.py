@@ -1,4 +1,4 @@
-"""``python -m benchmarks.imta {start,run,status,pause,continue,stop,pack,unpack,evaluate,report}``.
+"""``python -m benchmarks.imta {start,run,status,pause,continue,stop,evaluate,report}``.
 
     python -m benchmarks.imta start --runs-dir runs/imta --jobs 2  # every run, in the background
     python -m benchmarks.imta status --runs-dir runs/imta       # done / running, time left
@@ -6,8 +6,6 @@
     python -m benchmarks.imta continue --runs-dir runs/imta     # SIGCONT
     python -m benchmarks.imta evaluate --runs-dir runs/imta     # imta.json, imta_stats.json
     python -m benchmarks.imta report                            # plots, BENCHMARKS.md section
-    python -m benchmarks.imta pack --runs-dir runs/imta --out F # the runs as one file (resumable)
-    python -m benchmarks.imta unpack F --runs-dir runs/imta     # ... on another machine
 
 Extra training arguments for every run go after ``--`` (a smoke test:
 ``start --runs-dir /tmp/imta -- --epochs 1 --set data.limit_train=512``).
@@ -22,25 +20,32 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks.harness.provenance import REPO, RESULTS
 from benchmarks.imta.collect import CollectError
-from benchmarks.imta.launcher import REPO, LauncherError, LaunchSettings, launch, signal_launcher
+from benchmarks.imta.launcher import LauncherError, LaunchSettings, launch, signal_launcher
 from benchmarks.imta.plan import ARM_NAMES, DEFAULT_SEEDS, PlanError, parse_seeds, plan
 from training.config import ConfigError
-
-RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.imta", description=__doc__.split("\n\n")[0] if __doc__ else None
+        prog="python -m benchmarks.imta", description=(__doc__ or "").split("\n\n")[0]
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str, runs_dir: bool = True) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=text, description=text)
+        if runs_dir:
+            c.add_argument(
+                "--runs-dir", type=Path, required=True, help="parent of <arm>/seed<N> run dirs"
+            )
+        return c
+
     for name, text in (
         ("run", "train every unfinished run in order, in the foreground (resumes each)"),
         ("start", "the same as run, detached in its own process group (launcher.out, launcher.log)"),
     ):
-        r = sub.add_parser(name, help=text, description=text)
-        _runs_dir(r)
+        r = command(name, text)
         r.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="default: 0,1,2")
         r.add_argument("--arms", default=",".join(ARM_NAMES), help="default: all five")
         r.add_argument(
@@ -50,46 +55,30 @@ def build_parser() -> argparse.ArgumentParser:
             help="runs trained at the same time, each with cores/jobs torch threads (default 1; "
             "on 2 cores, 2 one-thread runs train ~1.3x the images/s of one two-thread run)",
         )
-        r.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then extra `train` arguments")
+        r.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then `train` arguments")
     for name, text in (
         ("status", "finished / partial / pending runs and the training time left"),
         ("pause", "SIGSTOP the launcher and its training run (the whole process group)"),
         ("continue", "SIGCONT a paused launcher"),
         ("stop", "SIGTERM the launcher and its run; start again to resume from the last epoch"),
     ):
-        _runs_dir(sub.add_parser(name, help=text, description=text))
-    pk = sub.add_parser("pack", help="the runs' resume points and logs as one tar file")
-    _runs_dir(pk)
-    pk.add_argument("--out", type=Path, required=True, help="the .tar.gz file to write")
-    pk.add_argument(
-        "--part-mib", type=int, help="cut it into OUT.part00, OUT.part01, ... of at most this size"
-    )
-    up = sub.add_parser("unpack", help="extract a pack file into a runs directory, then `start`")
-    up.add_argument("archive", type=Path, help="a file written by pack (or the name of its parts)")
-    _runs_dir(up)
-    up.add_argument("--force", action="store_true", help="overwrite runs already there")
-    ev = sub.add_parser("evaluate", help="score the finished runs; write imta.json, imta_stats.json")
-    _runs_dir(ev)
+        command(name, text)
+    ev = command("evaluate", "score the finished runs; write imta.json, imta_stats.json")
     ev.add_argument("--seeds", help="only these seeds (default: the plan's)")
-    ev.add_argument("--out", type=Path, default=RESULTS_DIR, help="default benchmarks/results")
+    ev.add_argument("--out", type=Path, default=RESULTS, help="default benchmarks/results")
     ev.add_argument("--threads", type=int, help="torch threads of the evaluation")
     ev.add_argument("--data-dir", help="override the runs' data.path")
     ev.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (10,000)")
-    rp = sub.add_parser("report", help="plots and the IMTA section of BENCHMARKS.md")
-    rp.add_argument("--out", type=Path, default=RESULTS_DIR, help="where imta_stats.json is")
+    rp = command("report", "plots and the IMTA section of BENCHMARKS.md", runs_dir=False)
+    rp.add_argument("--out", type=Path, default=RESULTS, help="where imta_stats.json is")
     rp.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     return p
 
 
 def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
+    if (value := int(text)) < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
-
-
-def _runs_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runs-dir", type=Path, required=True, help="parent of <arm>/seed<N> run dirs")
 
 
 def _overrides(args: argparse.Namespace) -> tuple[str, ...]:
@@ -112,21 +101,6 @@ def _run(args: argparse.Namespace) -> int:
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     s = LaunchSettings(runs_dir, tuple(runs), _overrides(args), jobs=args.jobs, threads=threads)
     launch(s, subprocess_runner(REPO))
-    return 0
-
-
-def _transfer(args: argparse.Namespace) -> int:
-    from benchmarks.imta.transfer import pack, parts_of, unpack
-
-    runs_dir = args.runs_dir.resolve()
-    if args.command == "pack":
-        paths = pack(runs_dir, args.out, args.part_mib)
-        files = parts_of(args.out)
-        size = sum(f.stat().st_size for f in files) / 2**20
-        print(f"wrote {', '.join(map(str, files))}: {len(paths)} files, {size:.1f} MiB")
-        return 0
-    names = unpack(args.archive, runs_dir, force=args.force)
-    print(f"unpacked {len(names)} files into {runs_dir}; resume with start --runs-dir {runs_dir}")
     return 0
 
 
@@ -178,8 +152,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("pause", "continue", "stop"):
             print(signal_launcher(args.runs_dir.resolve(), args.command))
             return 0
-        if args.command in ("pack", "unpack"):
-            return _transfer(args)
         if args.command == "evaluate":
             return _evaluate(args)
         return _report(args)

@@ -14,14 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import matplotlib
-import numpy as np
-
-from benchmarks.imta.plan import ARM_NAMES
-
-matplotlib.use("Agg")  # files only: runs are headless
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.lines import Line2D
+
+from benchmarks.harness.output import figure
+from benchmarks.imta.plan import ARM_NAMES
 
 COLOURS = dict(
     zip(ARM_NAMES, ("tab:grey", "tab:blue", "tab:green", "tab:red", "tab:orange"), strict=True)
@@ -38,58 +36,45 @@ def _seed_label(arm: str, n_seeds: int) -> str:
 
 
 def plot_anytime(stats: dict[str, Any], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in ARM_NAMES:
-        runs = _runs_of(stats, arm)
-        if not runs:
-            continue
-        madds = runs[0]["madds"]
-        acc = 100 * np.array([r["test_accuracy"] for r in runs])
-        ax.plot(madds, acc.mean(0), "o-", color=COLOURS[arm], label=_seed_label(arm, len(runs)))
-        for row in acc:
-            ax.plot(madds, row, ".", color=COLOURS[arm], alpha=0.35)
-    ax.set(
-        title="Anytime: each exit, test images", xlabel="cumulative multiply-adds (M)", ylabel="top-1 %"
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    with figure(path) as (_, ax):
+        for arm in ARM_NAMES:
+            if not (runs := _runs_of(stats, arm)):
+                continue
+            madds, acc = runs[0]["madds"], 100 * np.array([r["test_accuracy"] for r in runs])
+            ax.plot(madds, acc.mean(0), "o-", color=COLOURS[arm], label=_seed_label(arm, len(runs)))
+            for row in acc:
+                ax.plot(madds, row, ".", color=COLOURS[arm], alpha=0.35)
+        ax.set(title="Anytime: each exit, test images", xlabel="cumulative multiply-adds (M)",
+               ylabel="top-1 %")  # fmt: skip
+        ax.legend(fontsize=7)
 
 
 def plot_budgeted(stats: dict[str, Any], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in ARM_NAMES:
-        runs = _runs_of(stats, arm)
-        if not runs:
-            continue
-        full = runs[0]["madds"][-1]
-        budgets = sorted({b["budget"] for r in runs for b in r["budgets"]})
-        pts = []
-        for b in budgets:
-            rows = [x["optimised"] for r in runs for x in r["budgets"] if x["budget"] == b]
-            if len(rows) == len(runs):  # a budget every seed reached
-                pts.append(
-                    (np.mean([p["compute"] for p in rows]), np.mean([p["accuracy"] for p in rows]))
-                )
-        ax.plot(
-            [full * c for c, _ in pts], [100 * a for _, a in pts], "o-", color=COLOURS[arm], label=arm
-        )
-        grid = np.linspace(0, 1, 41)
-        curves = np.array([_interpolate(r["geometric_curve"], grid) for r in runs])
-        reached = ~np.isnan(curves).any(axis=0)  # compute every seed's curve covers
-        ax.plot(full * grid[reached], 100 * curves[:, reached].mean(0), ":", color=COLOURS[arm])
-    ax.set(
-        title="Budgeted: validation-fitted thresholds, test images",
-        xlabel="mean multiply-adds per image (M)",
-        ylabel="top-1 %",
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, title="optimised (dotted: geometric)", title_fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    with figure(path) as (_, ax):
+        for arm in ARM_NAMES:
+            if not (runs := _runs_of(stats, arm)):
+                continue
+            full, pts = runs[0]["madds"][-1], []
+            for b in sorted({b["budget"] for r in runs for b in r["budgets"]}):
+                rows = [x["optimised"] for r in runs for x in r["budgets"] if x["budget"] == b]
+                if len(rows) == len(runs):  # a budget every seed reached
+                    pts.append(
+                        (np.mean([p["compute"] for p in rows]), np.mean([p["accuracy"] for p in rows]))
+                    )
+            ax.plot(
+                [full * c for c, _ in pts],
+                [100 * a for _, a in pts],
+                "o-",
+                color=COLOURS[arm],
+                label=arm,
+            )
+            grid = np.linspace(0, 1, 41)
+            curves = np.array([_interpolate(r["geometric_curve"], grid) for r in runs])
+            reached = ~np.isnan(curves).any(axis=0)  # compute every seed's curve covers
+            ax.plot(full * grid[reached], 100 * curves[:, reached].mean(0), ":", color=COLOURS[arm])
+        ax.set(title="Budgeted: validation-fitted thresholds, test images",
+               xlabel="mean multiply-adds per image (M)", ylabel="top-1 %")  # fmt: skip
+        ax.legend(fontsize=7, title="optimised (dotted: geometric)", title_fontsize=7)
 
 
 def _interpolate(curve: list[dict[str, float]], grid: np.ndarray) -> np.ndarray:
@@ -110,33 +95,28 @@ def plot_norms(stats: dict[str, Any], path: Path) -> bool:
     arms = [a for a in ("plain", "ge", "lr_scaled") if any(r["norms"] for r in _runs_of(stats, a))]
     if not arms:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     styles: dict[str, Literal["-", "--", ":"]] = {"plain": "-", "ge": "--", "lr_scaled": ":"}
-    for ax, key, title in zip(
-        axes,
-        ("block_grad_norm", "block_weight_norm"),
-        ("gradient norm (RMS over steps)", "weight norm"),
-        strict=True,
-    ):
-        for arm in arms:
-            series = [np.array(r["norms"][key]) for r in _runs_of(stats, arm) if key in r["norms"]]
-            length = min(len(s) for s in series)
-            mean = np.mean([s[:length] for s in series], axis=0)  # [epochs, blocks]
-            blocks = mean.shape[1]
-            for block in range(blocks):
-                ax.plot(
-                    range(1, length + 1),
-                    mean[:, block],
-                    styles[arm],
-                    color=_block_colour(block, blocks),
-                )
-        ax.set(title=f"per block: {title}", xlabel="epoch", yscale="log")
-        ax.grid(alpha=0.3)
-    # Colour says the block, line style the arm: one legend entry each, not one per pair.
-    handles = [Line2D([], [], color=_block_colour(b, blocks), label=f"block {b}") for b in range(blocks)]
-    handles += [Line2D([], [], color="black", linestyle=styles[a], label=a) for a in arms]
-    axes[0].legend(handles=handles, fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    with figure(path, cols=2, size=(10, 4)) as (_, axes):
+        for ax, key, title in zip(axes, ("block_grad_norm", "block_weight_norm"),
+                                  ("gradient norm (RMS over steps)", "weight norm"),
+                                  strict=True):  # fmt: skip
+            for arm in arms:
+                series = [np.array(r["norms"][key]) for r in _runs_of(stats, arm) if key in r["norms"]]
+                length = min(len(s) for s in series)
+                mean = np.mean([s[:length] for s in series], axis=0)  # [epochs, blocks]
+                blocks = mean.shape[1]
+                for block in range(blocks):
+                    ax.plot(
+                        range(1, length + 1),
+                        mean[:, block],
+                        styles[arm],
+                        color=_block_colour(block, blocks),
+                    )
+            ax.set(title=f"per block: {title}", xlabel="epoch", yscale="log")
+        # Colour says the block, line style the arm: one legend entry each, not one per pair.
+        handles = [
+            Line2D([], [], color=_block_colour(b, blocks), label=f"block {b}") for b in range(blocks)
+        ]
+        handles += [Line2D([], [], color="black", linestyle=styles[a], label=a) for a in arms]
+        axes[0].legend(handles=handles, fontsize=7, ncol=2)
     return True

@@ -16,7 +16,6 @@ from statistics import median
 from typing import Any
 
 from benchmarks.imta.launcher import PLAN, RUNNING, is_finished, process_state, read_pid
-from benchmarks.imta.plan import BY_NAME, Run
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
@@ -117,40 +116,7 @@ def status_text(runs_dir: Path) -> str:
     eta += f" ({jobs} runs at a time)" if jobs > 1 and left is not None else ""
     note = " (stage 2 timed as stage 1: an upper bound)" if borrowed else ""
     lines.append(f"{finished}/{len(rows)} runs finished; time left: {eta}{note}")
-    lines += _by_seed(rows, jobs) if left is not None else []
     return "\n".join(lines)
-
-
-def seconds_until_each_seed(rows: list[dict[str, Any]], jobs: int) -> dict[int, float]:
-    """Training seconds until each seed with runs left is finished. The launcher trains the seeds
-    in order, so this is when each could enter the analysis. Per seed, the larger of the time of
-    its and earlier seeds' runs shared over the jobs and its longest chain (a stage-2 run waits
-    for its stage-1 network): a lower bound."""
-    per_epoch = _epoch_seconds(rows)
-    if per_epoch is None:
-        return {}
-    left_of = {r["key"]: _run_left(r, per_epoch) for r in rows}
-    out = {}
-    for seed in sorted({r["seed"] for r in rows if r["state"] != "finished"}):
-        shared = sum(left_of[r["key"]] for r in rows if r["seed"] <= seed) / jobs
-        chains = [
-            left_of[r["key"]] + left_of.get(_parent_key(r), 0.0) for r in rows if r["seed"] == seed
-        ]
-        out[seed] = max([shared, *chains])
-    return out
-
-
-def _parent_key(row: dict[str, Any]) -> str | None:
-    """The key of the stage-1 run a stage-2 run reads (the plan's own rule), or None."""
-    parent = Run(BY_NAME[row["arm"]], row["seed"]).parent()
-    return None if parent is None else parent.key
-
-
-def _by_seed(rows: list[dict[str, Any]], jobs: int) -> list[str]:
-    if len({r["seed"] for r in rows}) < 2:
-        return []
-    parts = [f"seed {seed} in {_duration(s)}" for seed, s in seconds_until_each_seed(rows, jobs).items()]
-    return ["until each seed is finished (seeds run in order): " + ", ".join(parts)] if parts else []
 
 
 def _duration(seconds: float) -> str:

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.output import table
 from benchmarks.imta.plan import ARM_NAMES
 
 HEADING = "## IMTA factorial"
@@ -49,45 +50,36 @@ def _p(v: float, resamples: int | None = None) -> str:
 
 def accuracy_table(stats: dict[str, Any]) -> list[str]:
     runs = stats["runs"]
-    k = len(runs[0]["test_accuracy"])
-    madds = runs[0]["madds"]
-    head = " | ".join(f"exit {i} ({m:.1f}M)" for i, m in enumerate(madds))
-    lines = [f"| arm | seed | {head} | mean |", "|---|---|" + "---|" * (k + 1)]
+    k, rows = len(runs[0]["test_accuracy"]), []
     for arm in ARM_NAMES:
-        mine = sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["seed"])
-        rows = [(str(r["seed"]), r["test_accuracy"]) for r in mine]
+        mine = [(str(r["seed"]), r["test_accuracy"]) for r in sorted(runs, key=lambda r: r["seed"])
+                if r["arm"] == arm]  # fmt: skip
         if len(mine) > 1:
-            rows.append(
-                ("**mean**", [sum(c) / len(mine) for c in zip(*(r[1] for r in rows), strict=True)])
+            mine.append(
+                ("**mean**", [sum(c) / len(mine) for c in zip(*(a for _, a in mine), strict=True)])
             )
-        for seed, acc in rows:
-            cells = " | ".join(f"{100 * a:.2f}" for a in acc)
-            lines.append(f"| `{arm}` | {seed} | {cells} | {100 * sum(acc) / k:.2f} |")
-    return lines
+        rows += [(f"`{arm}`", seed, *(f"{100 * a:.2f}" for a in acc), f"{100 * sum(acc) / k:.2f}")
+                 for seed, acc in mine]  # fmt: skip
+    exits = [f"exit {i} ({m:.1f}M)" for i, m in enumerate(runs[0]["madds"])]
+    return table(("arm", "seed", *exits, "mean"), rows)
 
 
 def comparison_table(c: dict[str, Any], resamples: int) -> list[str]:
     """Per exit and for the mean over exits: the pooled difference, its bootstrap interval, the
     McNemar p (pooled over seeds; Holm over exits), and each seed's difference beside it."""
     seeds = c["per_seed"]
-    seed_head = " | ".join(f"seed {s['seed']} (p)" for s in seeds)
-    lines = [
-        f"| exit | {c['a']} − {c['b']} (points) | 95 % CI | McNemar p (Holm) | {seed_head} |",
-        "|---|---|---|---|" + "---|" * len(seeds),
-    ]
-    for i, e in enumerate(c["exits"]):
-        per = " | ".join(f"{_pts(s['difference'][i])} ({_p(s['mcnemar_p'][i])})" for s in seeds)
-        lines.append(
-            f"| {i} | {_pts(e['estimate'])} | [{_pts(e['low'])}, {_pts(e['high'])}] | "
-            f"{_p(e['mcnemar_p'])} ({_p(e['mcnemar_p_holm'])}) | {per} |"
-        )
+    rows = [
+        (i, _pts(e["estimate"]), f"[{_pts(e['low'])}, {_pts(e['high'])}]",
+         f"{_p(e['mcnemar_p'])} ({_p(e['mcnemar_p_holm'])})",
+         *(f"{_pts(s['difference'][i])} ({_p(s['mcnemar_p'][i])})" for s in seeds))
+        for i, e in enumerate(c["exits"])
+    ]  # fmt: skip
     m = c["mean_over_exits"]
-    per = " | ".join(_pts(s["mean_difference"]) for s in seeds)
-    lines.append(
-        f"| **mean** | **{_pts(m['estimate'])}** | [{_pts(m['low'])}, {_pts(m['high'])}] | "
-        f"bootstrap {_p(m['bootstrap_p'], resamples)} | {per} |"
-    )
-    return lines
+    rows.append(("**mean**", f"**{_pts(m['estimate'])}**", f"[{_pts(m['low'])}, {_pts(m['high'])}]",
+                 f"bootstrap {_p(m['bootstrap_p'], resamples)}",
+                 *(_pts(s["mean_difference"]) for s in seeds)))  # fmt: skip
+    head = ("exit", f"{c['a']} − {c['b']} (points)", "95 % CI", "McNemar p (Holm)")
+    return table((*head, *(f"seed {s['seed']} (p)" for s in seeds)), rows)
 
 
 def verdict_paragraph(stats: dict[str, Any]) -> str:

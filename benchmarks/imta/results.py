@@ -8,12 +8,12 @@ so that ``report`` renders without touching the runs.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from benchmarks.harness.output import write_json
 from benchmarks.imta.analysis import ALPHA, COMPARISONS, RESAMPLES, by_arm, compare, verdict
 from benchmarks.imta.collect import RunScores
 from benchmarks.imta.plan import ARM_NAMES, PRIMARY
@@ -95,10 +95,8 @@ def write_results(
     scores: list[RunScores], book: dict[str, Any], out: Path, *, resamples: int = RESAMPLES
 ) -> None:
     """Write ``imta.json`` and ``imta_stats.json`` into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    results = results_file(scores, book["epochs"])
-    (out / RESULTS).write_text(json.dumps(results.model_dump(), indent=2) + "\n")
-    (out / STATS).write_text(json.dumps(stats_file(scores, book, resamples=resamples), indent=2) + "\n")
+    write_json(out / RESULTS, results_file(scores, book["epochs"]).model_dump())
+    write_json(out / STATS, stats_file(scores, book, resamples=resamples))
 
 
 def load_results(path: Path) -> ImtaResults:

@@ -1,8 +1,8 @@
 """Batching, the early-exit executor and the backends; knows nothing of HTTP."""
 
-from service.engine.engine import EngineConfig, ModelEngine
-from service.engine.factory import build_engine
-from service.engine.loader import LoadedModel, load_model
+from service.engine.config import EngineConfig
+from service.engine.engine import ModelEngine
+from service.engine.factory import LoadedModel, build_engine, load_model
 from service.engine.work import ImageResult, RequestWork
 
 __all__ = [

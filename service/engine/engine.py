@@ -16,8 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
@@ -25,41 +23,21 @@ from torch import Tensor
 
 from models.package import Manifest
 from service.engine.backends import StageBackend
-from service.engine.controller import ControllerConfig, SloController
+from service.engine.config import EngineConfig
+from service.engine.controller import SloController
 from service.engine.costs import StageCosts
-from service.engine.guard import AccuracyGuard, GuardConfig
-from service.engine.metering import observe_many
+from service.engine.guard import AccuracyGuard
+from service.engine.metering import EngineMeters
 from service.engine.queues import StageQueues
 from service.engine.runner import StageRunner
 from service.engine.scheduler import SchedulePolicy, Scheduler
-from service.engine.stage import Answers, StageRules, deadline_answers, run_stage
+from service.engine.stage import Answers, StageRules, deadline_answers, run_stage, still_wanted
 from service.engine.work import Pending, RequestWork, StageBatch
 from service.errors import EngineStoppedError, InvalidOptionError, QueueFullError
 from service.metrics import ServiceMetrics
-from service.policy import ExitPlan, budget_thresholds
-
-Mode = Literal["run_to_end", "shrink", "rebatch"]
+from service.policy import ExitPlan, resolve_plan
 
 log = logging.getLogger("service.engine")
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    max_batch_size: int = 32
-    max_delay_s: float = 0.0
-    queue_size: int = 256
-    workers: int = 1
-    batching: bool = True
-    retry_after_s: int = 1
-    intra_op_threads: int = 0
-    """torch intra-op threads, set in each worker thread too (OpenMP's setting is per thread)."""
-    mode: Mode = "shrink"
-    rebatch_max_wait_s: float = 0.02
-    """Cap of the adaptive wait of a stage ``k > 0`` queue in ``rebatch`` mode."""
-    controller: ControllerConfig | None = None
-    guard: GuardConfig = field(default_factory=GuardConfig)
-    default_budget: float | None = None
-    """The service's default budget (else the package's): where the controller starts."""
 
 
 class ModelEngine:
@@ -79,9 +57,8 @@ class ModelEngine:
         self.runner = StageRunner(backend)
         self.config = config
         self.metrics = metrics or ServiceMetrics()
+        self.meters = EngineMeters(self.metrics, name, manifest)
         self.num_exits = manifest.num_exits
-        self.fractions = [e.compute_fraction for e in manifest.exits]
-        self.flops = [e.flops for e in manifest.exits]
         self.queues = StageQueues(self.num_exits)
         self.costs = StageCosts(self.num_exits)
         self.scheduler = Scheduler(
@@ -97,28 +74,17 @@ class ModelEngine:
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self.guard = AccuracyGuard(self.num_exits, config.guard)
-        default = config.default_budget or manifest.default_budget or 1.0
+        self.controller: SloController | None = None
         try:  # refuse at start-up, not with a 422 on every request that gives no budget
-            budget_thresholds(manifest, default)
+            default = self.plan().budget
         except InvalidOptionError as e:
-            raise ValueError(f"default budget {default}: {e}") from None
-        self.controller = (
-            None
-            if config.controller is None
-            else SloController(
-                [(b.budget, b.accuracy) for b in manifest.budgets], default, config.controller
-            )
-        )
-        self._base_budget = default
+            raise ValueError(f"default budget: {e}") from None
+        assert default is not None  # a plan without a pinned threshold has its budget
+        if config.controller is not None:  # it starts at the default and steps down the table
+            rows = [(b.budget, b.accuracy) for b in manifest.budgets]
+            self.controller = SloController(rows, default, config.controller)
         self.ready = False
         self._publish_budget()
-        # Metric children resolved once: ``labels()`` costs a lock and a dict lookup per call.
-        m, name = self.metrics, name
-        self._m_exit = [m.exit_images.labels(name, str(k)) for k in range(self.num_exits)]
-        self._m_batch = [m.batch_size.labels(name, str(k)) for k in range(self.num_exits)]
-        self._m_flops, self._m_saved = m.flops.labels(name), m.flops_saved.labels(name)
-        self._m_fraction, self._m_wait = m.compute_fraction.labels(name), m.queue_wait.labels(name)
-        self._m_late, self._m_depth = m.deadline_exits.labels(name), m.queue_depth.labels(name)
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -154,21 +120,40 @@ class ModelEngine:
     def queue_depth(self) -> int:
         return self.queues.waiting
 
-    def default_budget(self) -> float:
-        """Budget of a request that pins neither a budget nor a threshold (the controller's)."""
-        return self.controller.budget if self.controller is not None else self._base_budget
+    @property
+    def flops(self) -> list[int]:
+        """``[K]`` cumulative FLOPs of one image at each exit (the manifest's)."""
+        return self.meters.flops
+
+    def plan(
+        self, budget: float | None = None, threshold: float | None = None, max_exit: int | None = None
+    ) -> ExitPlan:
+        """The plan of a request's options now: ``policy.resolve_plan`` with this engine's default
+        budget (the SLO controller's, else the service's) and the accuracy guard's shift.
+
+        Raises:
+            InvalidOptionError: an option this model does not offer (422).
+        """
+        default = self.config.default_budget if self.controller is None else self.controller.budget
+        return resolve_plan(
+            self.manifest,
+            budget=budget,
+            threshold=threshold,
+            max_exit=max_exit,
+            default_budget=default,
+            shift=self.guard.shift,
+        )
 
     def _publish_budget(self) -> None:
-        budget = self.default_budget()
-        self.metrics.effective_budget.labels(self.name).set(budget)
-        thresholds = budget_thresholds(self.manifest, budget)  # checked at start-up
-        for k, (t, shift) in enumerate(zip(thresholds, self.guard.shift, strict=True)):
-            self.metrics.exit_threshold.labels(self.name, str(k)).set(min(t + shift, 1e9))
+        plan = self.plan()  # what a request without options runs under
+        assert plan.budget is not None
+        self.meters.default_plan(plan.budget, plan.thresholds)
 
     def submit(
         self, images: Tensor, plan: ExitPlan, deadline: float, arrived: float | None = None
     ) -> RequestWork:
-        """Queue ``images [N, 3, H, W]`` under ``plan``; the returned work's future gets the answers.
+        """Queue ``images [N, 3, H, W]`` under ``plan`` (from :meth:`plan`); the returned work's
+        future gets the answers.
 
         ``deadline`` and ``arrived`` are ``time.monotonic()`` instants; ``arrived`` (when the
         request reached the service, default now) is the one clock of the queue-wait metric, the
@@ -182,14 +167,10 @@ class ModelEngine:
         work = RequestWork(n=n, deadline=deadline)
         if arrived is not None:
             work.arrived = arrived
-        thresholds = plan.thresholds
-        if plan.budget is not None and any(self.guard.shift):
-            # The guard tightens budget-derived thresholds only; a pinned threshold is the client's.
-            thresholds = tuple(t + d for t, d in zip(thresholds, self.guard.shift, strict=True))
         # A request larger than a batch is split so that no batch exceeds max_batch_size.
         step, audit = self.config.max_batch_size, plan.budget is not None
         chunks = [
-            Pending(work, images, s, min(s + step, n), thresholds, plan.max_exit, audit=audit)
+            Pending(work, images, s, min(s + step, n), plan.thresholds, plan.max_exit, audit=audit)
             for s in range(0, n, step)
         ]
         q = self.queues
@@ -197,7 +178,7 @@ class ModelEngine:
             if q.stopping:
                 raise EngineStoppedError(f"model {self.name!r} is shutting down")
             if q.waiting + n > self.config.queue_size:
-                self.metrics.rejections.labels(self.name, "queue_full").inc()
+                self.meters.rejected("queue_full")
                 raise QueueFullError(
                     f"model {self.name!r} has {q.waiting} images queued; the queue holds "
                     f"{self.config.queue_size}, so {n} more do not fit",
@@ -205,7 +186,7 @@ class ModelEngine:
                 )
             q.pending.extend(chunks)
             q.waiting += n
-            self._m_depth.set(q.waiting)
+            self.meters.queue_depth.set(q.waiting)
             self._cond.notify()
         return work
 
@@ -213,7 +194,7 @@ class ModelEngine:
         """Drop a request's remaining work (``reason``: deadline, disconnected, ...)."""
         if work.cancel_reason is None and not work.future.done():
             work.cancel_reason = reason
-            self.metrics.rejections.labels(self.name, reason).inc()
+            self.meters.rejected(reason)
         work.future.cancel()
 
     # -- the worker ------------------------------------------------------------------------------
@@ -234,7 +215,7 @@ class ModelEngine:
                     self._cond.wait(self.scheduler.wait_timeout(q))
                     picked = self.scheduler.next_batch(q)
                 if picked[0] == 0:
-                    self._m_depth.set(q.waiting)
+                    self.meters.queue_depth.set(q.waiting)
             k, work = picked
             try:
                 if k == 0:
@@ -249,27 +230,8 @@ class ModelEngine:
                 for w in {id(w): w for w in owners}.values():
                     w.fail(e)
 
-    def _alive(self, batch: StageBatch) -> np.ndarray | None:
-        """``[n]`` images someone still waits for, or already answered (they run on regardless:
-        ``run_to_end`` images and guard shadows); None when that is every image (the common
-        case, decided with one scalar check per request and one reduction). A request settled
-        because all its images were answered (``remaining == 0``) drops nothing: its images still
-        here are answered ones."""
-        owners_alive = all(
-            w.cancel_reason is None and (not w.settled or w.remaining == 0) for w in batch.owners
-        )
-        if owners_alive and batch.deadline.min() >= time.monotonic():
-            return None
-        gone = np.fromiter(
-            (w.cancel_reason is not None or w.settled for w in batch.owners),
-            dtype=np.bool_,
-            count=len(batch.owners),
-        )
-        keep = ~gone[batch.owner] & (batch.deadline >= time.monotonic())
-        return keep | (batch.answered_exit >= 0)
-
     def _run(self, k: int, batch: StageBatch) -> None:
-        keep = self._alive(batch)
+        keep = still_wanted(batch, time.monotonic())
         if keep is not None and not keep.all():
             if not keep.any():
                 return
@@ -283,12 +245,8 @@ class ModelEngine:
                 return
             batch = rest
         else:
-            now = time.monotonic()
-            for w, count in zip(
-                batch.owners, np.bincount(batch.owner, minlength=len(batch.owners)).tolist(), strict=True
-            ):
-                observe_many(self._m_wait, now - w.arrived, count)
-        self._m_batch[k].observe(len(batch))
+            self.meters.waited(batch.owners, batch.owner, time.monotonic())
+        self.meters.batch_size[k].observe(len(batch))
         cfg = self.config
         rules = StageRules(
             run_to_end=cfg.mode == "run_to_end",
@@ -314,15 +272,8 @@ class ModelEngine:
         if not m:
             return
         k = answers.exit
-        spent = self.flops[k] * m  # every answer here left at exit k
-        self._m_exit[k].inc(m)
-        self._m_flops.inc(spent)
-        self._m_saved.inc(self.flops[-1] * m - spent)
-        observe_many(self._m_fraction, self.fractions[k], m)
-        late = int(answers.late.sum())
-        if late:
-            self._m_late.inc(late)
-        now, fraction = time.monotonic(), self.fractions[k]
+        self.meters.answered(k, m, int(answers.late.sum()))  # every answer here left at exit k
+        now, fraction = time.monotonic(), self.meters.fractions[k]
         for start, stop in answers.runs():
             work = answers.owners[int(answers.owner[start])]
             if self.controller is not None:
@@ -340,7 +291,7 @@ class ModelEngine:
         for k in {k for k, _ in agreements}:
             ratio = self.guard.agreement(k)
             if ratio is not None:
-                self.metrics.exit_agreement.labels(self.name, str(k)).set(ratio)
+                self.meters.agreement(k, ratio)
         if tightened:
             log.warning("model %s: agreement below the floor, tightened exits %s", self.name, tightened)
             self._publish_budget()

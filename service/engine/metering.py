@@ -1,4 +1,4 @@
-"""Counting many equal observations at once on a Prometheus histogram.
+"""What an engine counts (:class:`EngineMeters`), and many equal observations at once.
 
 The engine answers a batch's images at one exit together: they share one compute fraction, and
 one request's images share one queue wait. ``prometheus_client`` observes one value at a time,
@@ -9,7 +9,12 @@ upper bound is at least the value).
 
 from __future__ import annotations
 
+import numpy as np
 from prometheus_client import Histogram
+
+from models.package import Manifest
+from service.engine.work import RequestWork
+from service.metrics import ServiceMetrics
 
 
 def observe_many(histogram: Histogram, value: float, count: int) -> None:
@@ -24,3 +29,48 @@ def observe_many(histogram: Histogram, value: float, count: int) -> None:
         if value <= bound:
             bucket.inc(count)
             break
+
+
+class EngineMeters:
+    """What one model's engine counts, on its metric children resolved once (``labels()`` costs a
+    lock and a dict lookup per call)."""
+
+    def __init__(self, metrics: ServiceMetrics, name: str, manifest: Manifest) -> None:
+        m, k = metrics, manifest.num_exits
+        self.metrics, self.name = metrics, name
+        self.fractions = [e.compute_fraction for e in manifest.exits]
+        self.flops = [e.flops for e in manifest.exits]
+        self.exit_images = [m.exit_images.labels(name, str(i)) for i in range(k)]
+        self.batch_size = [m.batch_size.labels(name, str(i)) for i in range(k)]
+        self.spent, self.saved = m.flops.labels(name), m.flops_saved.labels(name)
+        self.fraction, self.queue_wait = m.compute_fraction.labels(name), m.queue_wait.labels(name)
+        self.late, self.queue_depth = m.deadline_exits.labels(name), m.queue_depth.labels(name)
+
+    def answered(self, k: int, m: int, late: int) -> None:
+        """``m`` images answered at exit ``k``, ``late`` of them deadline exits."""
+        spent = self.flops[k] * m
+        self.exit_images[k].inc(m)
+        self.spent.inc(spent)
+        self.saved.inc(self.flops[-1] * m - spent)
+        observe_many(self.fraction, self.fractions[k], m)
+        if late:
+            self.late.inc(late)
+
+    def waited(self, owners: list[RequestWork], owner: np.ndarray, now: float) -> None:
+        """A stage-0 batch starts at ``now``: each image waited since its request arrived
+        (``owner``: ``[n]`` indices into ``owners``; one observation step per request)."""
+        counts = np.bincount(owner, minlength=len(owners)).tolist()
+        for w, count in zip(owners, counts, strict=True):
+            observe_many(self.queue_wait, now - w.arrived, count)
+
+    def rejected(self, reason: str) -> None:
+        self.metrics.rejections.labels(self.name, reason).inc()
+
+    def default_plan(self, budget: float, thresholds: tuple[float, ...]) -> None:
+        """The budget and thresholds of a request that gives no options (they move under load)."""
+        self.metrics.effective_budget.labels(self.name).set(budget)
+        for k, t in enumerate(thresholds):
+            self.metrics.exit_threshold.labels(self.name, str(k)).set(min(t, 1e9))
+
+    def agreement(self, k: int, ratio: float) -> None:
+        self.metrics.exit_agreement.labels(self.name, str(k)).set(ratio)

@@ -1,12 +1,13 @@
 """One stage run on a batch: who answers at exit ``k``, who goes on, and deadline exits.
 
-After stage ``k`` each image compares its own confidence with its own threshold (images with
-different budgets share the batch), the confident ones leave with their answer, and the carried
-state of the others is gathered down to a smaller batch for stage ``k + 1`` (MSDNet section 5,
-dynamic evaluation; our contract in ``models/multi_exit.py``). Two variations keep answered
-images in the batch: ``run_to_end`` (every image runs every stage; answers still leave early) and
-the accuracy guard's shadows (a sampled fraction of early answers also runs to the final exit,
-whose answer is compared with the early one, as Apparate does online).
+After stage ``k`` each image compares its own confidence with its own threshold by the served
+exit rule (``service.policy.leaving_now``; images with different budgets share the batch), the
+confident ones leave with their answer, and the carried state of the others is gathered down
+to a smaller batch for stage ``k + 1`` (MSDNet section 5, dynamic evaluation; our contract in
+``models/multi_exit.py``). Two variations keep answered images in the batch: ``run_to_end``
+(every image runs every stage; answers still leave early) and the accuracy guard's shadows (a
+sampled fraction of early answers also runs to the final exit, whose answer is compared with
+the early one, as Apparate does online).
 
 Everything here is array operations over the batch; no Python loop visits an image.
 """
@@ -20,6 +21,7 @@ import numpy as np
 
 from service.engine.runner import StageRunner
 from service.engine.work import RequestWork, StageBatch
+from service.policy import leaving_now
 
 _rng = np.random.default_rng()
 
@@ -82,19 +84,24 @@ class StageOutcome:
     agreements: list[tuple[int, bool]] = field(default_factory=list)
 
 
-def leaving_now(
-    conf: np.ndarray, thresholds: np.ndarray, max_exit: np.ndarray, k: int, num_exits: int
-) -> np.ndarray:
-    """``[n]`` bool: the images that leave at exit ``k``, from their confidences ``[n]``, their
-    thresholds of exit ``k`` ``[n]`` and deepest exits ``[n]``.
-
-    The rule of ``models.exit_policy.exits_now`` (calibration's; ``service.policy.leaving_now``
-    applies it to torch tensors) on the host's NumPy arrays: a torch call per stage costs more
-    than the comparison itself. ``tests/service/test_engine_vectorised.py`` checks that both agree.
-    """
-    if k == num_exits - 1:
-        return np.ones(len(conf), dtype=np.bool_)
-    return (conf >= thresholds) | (max_exit <= k)
+def still_wanted(batch: StageBatch, now: float) -> np.ndarray | None:
+    """``[n]`` images someone still waits for at ``now``, or already answered (they run on
+    regardless: ``run_to_end`` images and guard shadows); None when that is every image (the
+    common case, decided with one scalar check per request and one reduction). A request settled
+    because all its images were answered (``remaining == 0``) drops nothing: its images still
+    here are answered ones."""
+    owners_alive = all(
+        w.cancel_reason is None and (not w.settled or w.remaining == 0) for w in batch.owners
+    )
+    if owners_alive and batch.deadline.min() >= now:
+        return None
+    gone = np.fromiter(
+        (w.cancel_reason is not None or w.settled for w in batch.owners),
+        dtype=np.bool_,
+        count=len(batch.owners),
+    )
+    keep = ~gone[batch.owner] & (batch.deadline >= now)
+    return keep | (batch.answered_exit >= 0)
 
 
 def _answers(

@@ -54,10 +54,9 @@ _CLASSIFY_BODY = {
 }
 
 
-def model_info(
-    loaded: LoadedModel, default_budget: float | None, times: dict[float, BudgetTime]
-) -> ModelInfo:
+def model_info(loaded: LoadedModel, times: dict[float, BudgetTime]) -> ModelInfo:
     m = loaded.package.manifest
+    default = loaded.engine.plan()  # the plan of a request that gives no option, now
     return ModelInfo(
         name=m.name,
         version=m.version,
@@ -76,7 +75,7 @@ def model_info(
             )
             for b in sorted(m.budgets, key=lambda b: b.budget)
         ],
-        default_budget=default_budget or m.default_budget or 1.0,
+        default_budget=default.budget,
         precision=loaded.precision,
     )
 
@@ -85,10 +84,7 @@ def model_info(
 async def list_models(request: Request) -> ModelList:
     state = app_state(request)
     return ModelList(
-        models=[
-            model_info(m, state.settings.default_budget, state.budget_times.get(name, {}))
-            for name, m in state.models.items()
-        ]
+        models=[model_info(m, state.budget_times.get(name, {})) for name, m in state.models.items()]
     )
 
 
@@ -98,7 +94,7 @@ async def list_models(request: Request) -> ModelList:
 async def get_model_info(name: str, request: Request) -> ModelInfo:
     state = app_state(request)
     loaded = get_model(request, name)
-    return model_info(loaded, state.settings.default_budget, state.budget_times.get(name, {}))
+    return model_info(loaded, state.budget_times.get(name, {}))
 
 
 @router.post(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.engine_modes import held_test_images
 from benchmarks.engine_modes import main as engine_modes
+from benchmarks.harness.data import calibrated_package, held_test_images
 from models.package import load_package
 from tests.training.helpers import tiny_config, write_config
 from training.cli import main as training
@@ -22,7 +22,7 @@ def test_accuracy_is_measured_on_the_packages_test_split(tmp_path: Path) -> None
     assert training(["export", "--run-dir", str(run), "--out", str(pkg_dir), "--name", "t"]) == 0
     pkg = load_package(pkg_dir)
 
-    labelled = held_test_images(pkg)
+    labelled = held_test_images(pkg.manifest)
     assert pkg.manifest.provenance.training_config is not None
     want = load_dataset(validate_config(pkg.manifest.provenance.training_config).data).test
     assert labelled is not None and labelled.labels == want.y.tolist()
@@ -39,8 +39,6 @@ def test_accuracy_is_measured_on_the_packages_test_split(tmp_path: Path) -> None
 
 
 def test_untrained_package_falls_back_to_synthetic_images(tmp_path: Path) -> None:
-    from benchmarks.workload import calibrated_package
-
     pkg = load_package(calibrated_package(tmp_path, "msdnet", [0.5]))
     assert pkg.manifest.provenance.training_config is None
-    assert held_test_images(pkg) is None
+    assert held_test_images(pkg.manifest) is None

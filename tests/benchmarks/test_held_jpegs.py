@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.held_jpegs import HeldImagesError, held_test_jpegs
+from benchmarks.harness.data import HeldImagesError, held_test_jpegs
 from training.data import split_indices
 
 

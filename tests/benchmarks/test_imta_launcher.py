@@ -39,7 +39,6 @@ from benchmarks.imta.progress import (
     read_log,
     run_rows,
     seconds_left,
-    seconds_until_each_seed,
     status_text,
 )
 
@@ -205,30 +204,6 @@ def test_status_and_time_left_from_measured_epochs(tmp_path: Path) -> None:
     text = status_text(tmp_path)
     assert "3/5 runs finished" in text and "1 min of training" in text and "upper bound" in text
     assert "launcher: not running" in text
-    assert "until each seed" not in text  # one seed planned: the total says it all
-
-
-def _row(key: str, stage: int, done: int, epoch_s: float | None, epochs: int = 10) -> dict[str, object]:
-    state = "finished" if done == epochs else ("partial" if done else "pending")
-    arm, seed = key.split("/seed")
-    return {"key": key, "arm": arm, "seed": int(seed), "stage": stage, "state": state,
-            "done": done, "epochs": epochs, "epoch_s": epoch_s}  # fmt: skip
-
-
-def test_time_until_each_seed_counts_its_runs_shared_and_its_longest_chain() -> None:
-    rows = [
-        _row("plain/seed0", 1, 10, 10.0),
-        _row("ge/seed0", 1, 4, 10.0),  # 60 s left
-        _row("ge+isc_kd/seed0", 2, 0, 2.0),  # 20 s left, after ge/seed0: a 80 s chain
-        _row("plain+isc_kd/seed0", 2, 10, 2.0),
-        _row("plain/seed1", 1, 0, None),  # 100 s left at stage 1's median of 10 s
-        _row("plain+isc_kd/seed1", 2, 0, None),  # 20 s left
-    ]
-    until = seconds_until_each_seed(rows, jobs=2)
-    # Seed 0: its 80 s shared by two jobs (40 s) is shorter than its chain (80 s).
-    # Seed 1: 80 + 120 s of seeds 0 and 1 shared (100 s) is shorter than its chain (120 s).
-    assert until == {0: 80.0, 1: 120.0}
-    assert seconds_until_each_seed(rows, jobs=1) == {0: 80.0, 1: 200.0}
 
 
 @pytest.fixture

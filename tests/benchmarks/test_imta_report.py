@@ -179,5 +179,5 @@ def test_regenerated_benchmarks_page_keeps_the_imta_section(
         "commit": "0",
         "full_command": "f",
     }
-    text = benchmarks.report.render({"meta": meta}, tmp_path, tmp_path)
+    text = benchmarks.report.render({"meta": meta}, tmp_path)
     assert f"{HEADING} (x)\n\nthe factorial\n" in text

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from benchmarks.ablation import ARMS
-from benchmarks.pipeline import main, reproduce_command
+from benchmarks.harness.provenance import command
+from benchmarks.pipeline import main
 from benchmarks.profile import py_spy
 
 
@@ -107,10 +108,10 @@ def test_missing_data_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_the_recorded_command_reproduces_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert reproduce_command("benchmarks.engine_modes", ["--seconds", "5", "--data-dir", "a b"]) == (
+    assert command("benchmarks.engine_modes", ["--seconds", "5", "--data-dir", "a b"]) == (
         "python -m benchmarks.engine_modes --seconds 5 --data-dir 'a b'"
     )
     # From the command line main() gets argv=None: the process's own arguments are recorded.
     monkeypatch.setattr("sys.argv", ["engine_modes.py", "--repeat", "1"])
-    assert reproduce_command("benchmarks.engine_modes", None).endswith("engine_modes --repeat 1")
-    assert reproduce_command("benchmarks", []) == "python -m benchmarks"
+    assert command("benchmarks.engine_modes", None).endswith("engine_modes --repeat 1")
+    assert command("benchmarks", []) == "python -m benchmarks"

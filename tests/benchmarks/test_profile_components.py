@@ -28,9 +28,9 @@ ROUTE = f"{LOOP};FastAPI.__call__ (fastapi/applications.py:1);classify (service/
 WORKER = "Thread.run (threading.py:982);ModelEngine._worker (service/engine/engine.py:219)"
 STACKS = {
     # innermost recognised frame -> component
-    f"{ROUTE};decode_image (service/engine/images.py:60);ImageFile.load (PIL/ImageFile.py:9)": "decode",
-    f"{ROUTE};preprocess (service/engine/images.py:100)": "preprocessing",
-    f"{ROUTE};preprocess (service/engine/images.py:99);Image.resize (PIL/Image.py:22)": "preprocessing",
+    f"{ROUTE};decode_image (service/images.py:60);ImageFile.load (PIL/ImageFile.py:9)": "decode",
+    f"{ROUTE};preprocess (service/images.py:100)": "preprocessing",
+    f"{ROUTE};preprocess (service/images.py:99);Image.resize (PIL/Image.py:22)": "preprocessing",
     f"{ROUTE};Request.form (starlette/requests.py:9);parse (python_multipart/multipart.py:1)": (
         "body / multipart parse"
     ),
@@ -65,7 +65,7 @@ def _raw(tmp_path: Path) -> Path:
     lines = [
         f'process 7:"python -m service";thread (11): engine-0;{engine} 30',
         f'process 7:"svc";thread (11): engine-0;{WORKER};_next_batch (service/engine/x.py:1) 10',
-        f"thread (12): MainThread;{ROUTE};decode_image (service/engine/images.py:60) 5",
+        f"thread (12): MainThread;{ROUTE};decode_image (service/images.py:60) 5",
         f"thread (12): MainThread;{LOOP};data_received (uvicorn/protocols/http/httptools_impl.py:1) 15",
         "thread (13): other;mystery (elsewhere.py:1) 4",
         "not a sample line",
@@ -77,8 +77,9 @@ def _raw(tmp_path: Path) -> Path:
 
 def test_samples_carry_thread_ids(tmp_path: Path) -> None:
     got = samples(_raw(tmp_path))
-    assert [(tid, n) for tid, _, n in got] == [(11, 30), (11, 10), (12, 5), (12, 15), (13, 4)]
-    assert got[0][1][0].startswith("Thread.run")  # the process and thread names are not frames
+    assert [(tid, n) for tid, _, _, n in got] == [(11, 30), (11, 10), (12, 5), (12, 15), (13, 4)]
+    assert [name for _, name, _, _ in got[:3]] == ["thread: engine-0"] * 2 + ["thread: MainThread"]
+    assert got[0][2][0].startswith("Thread.run")  # the process and thread names are not frames
 
 
 def test_cpu_time_is_split_by_each_threads_samples(tmp_path: Path) -> None:
@@ -112,8 +113,10 @@ def test_markdown_lists_every_row_and_the_total() -> None:
 
 
 def test_thread_shares_name_the_thread_after_the_process(tmp_path: Path) -> None:
-    from benchmarks.profile import top_threads
+    from benchmarks.profile import top_frames, top_threads
 
+    leaves = dict(top_frames(_raw(tmp_path)))
+    assert leaves["forward (torch/nn/modules/conv.py:5)"] == 30 / 64 and sum(leaves.values()) == 1.0
     shares = dict(top_threads(_raw(tmp_path)))
     assert shares == {
         "thread: engine-0": 40 / 64,

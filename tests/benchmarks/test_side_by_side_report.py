@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.report_peers import peers_section, section_if_measured
+from benchmarks.report import peers_section, render
 from benchmarks.side_by_side import ratios
 
 
@@ -97,11 +97,19 @@ def test_section_names_the_runs_given_a_longer_warm_up() -> None:
 
 
 def test_section_only_when_results_exist(tmp_path: Path) -> None:
-    assert section_if_measured(tmp_path) == []
+    meta = {
+        "quick": False,
+        "command": "c",
+        "machine": "m",
+        "date": "d",
+        "commit": "x",
+        "full_command": "f",
+    }
+    assert "## Side by side" not in render({"meta": meta}, tmp_path)
     (tmp_path / "peers.json").write_text(json.dumps(PEERS))
     prof = {"budget": 1.0, "images_per_s": 50.0, "seconds": 10.0, "method": "Method: sampled.",
             "rows": [{"component": "engine", "ms_per_image": 5.0, "share": 0.5}],
             "cpu_ms_per_image": 9.0}  # fmt: skip
     (tmp_path / "profile_components.json").write_text(json.dumps(prof))
-    text = "\n".join(section_if_measured(tmp_path))
-    assert text.startswith("## Side by side") and "| engine | 5.00 | 50.0% |" in text
+    text = render({"meta": meta}, tmp_path)
+    assert "\n## Side by side" in text and "| engine | 5.00 | 50.0% |" in text

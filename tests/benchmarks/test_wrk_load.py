@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import struct
 import threading
 import time
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.wrk_load import (
+from benchmarks.harness.data import write_image_set
+from benchmarks.harness.wrk import (
     LateStartError,
     WrkError,
     parse_wrk_output,
@@ -27,8 +27,8 @@ from benchmarks.wrk_load import (
     run_wrk,
     summarise,
     to_result,
-    write_image_set,
 )
+from tests.tools import require_binary
 
 RAW = {
     "window_us": 2_000_000, "wrk_duration_us": 3_010_000, "late_threads": 0,
@@ -78,7 +78,7 @@ def test_summary_is_the_median_run_and_pooled_accuracy() -> None:
 
 
 def test_image_set_needs_labels(tmp_path: Path) -> None:
-    with pytest.raises(WrkError, match="as many labels"):
+    with pytest.raises(ValueError, match="as many labels"):
         write_image_set([b"a", b"b"], [1], tmp_path)
 
 
@@ -130,8 +130,7 @@ class _QuietServer(ThreadingHTTPServer):
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    if shutil.which("wrk") is None:
-        pytest.skip("wrk is not installed (make bench-tools)")
+    require_binary("wrk", "wrk")
     httpd = _QuietServer(("127.0.0.1", 0), _Classifier)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"

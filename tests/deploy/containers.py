@@ -2,7 +2,7 @@
 
 ``docker/local.sh smoke`` and ``docker/local.sh stack`` start the engine when none runs and set
 ``DOCKER`` to the CLI they chose; elsewhere ``docker`` on PATH is used. Without an engine or the
-built images the tests skip with the fix, or fail under ``REQUIRE_DEPLOY_TOOLS=1``.
+built images the tests skip with the fix, or fail under CI (``tests/tools.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.deploy.promql import ROOT
-from tests.deploy.servers import missing_tool
+from tests.tools import missing_tool
 
 SMOKE_IMAGE = "anytime:cpu"
 

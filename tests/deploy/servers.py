@@ -9,7 +9,6 @@ import contextlib
 import io
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,34 +17,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import httpx
 import pytest
 from PIL import Image
 
 from tests.deploy.promql import ROOT
+from tests.tools import require_binary
 
 LOOPBACK = "127.0.0.1"
-
-
-def missing_tool(reason: str) -> NoReturn:
-    """Skip for want of a deployment tool, or fail where it must be there.
-
-    ``REQUIRE_DEPLOY_TOOLS=1`` (set by ``.ci/run`` once it installed them, and by
-    ``docker/local.sh``) turns the skip into a failure, so a missing tool cannot pass as green.
-    """
-    if os.environ.get("REQUIRE_DEPLOY_TOOLS") == "1":
-        pytest.fail(f"{reason} (REQUIRE_DEPLOY_TOOLS=1)", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
-
-def require_binary(name: str, package: str) -> str:
-    """Path of a binary, or skip with the reason and the fix (``.ci/run`` installs it)."""
-    path = shutil.which(name)
-    if path is None:
-        missing_tool(f"{name} not installed: apt-get install {package} (.ci/run does)")
-    return path
 
 
 def free_port() -> int:

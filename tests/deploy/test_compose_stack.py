@@ -28,7 +28,8 @@ import yaml
 
 from tests.deploy.containers import SMOKE_IMAGE, docker, docker_cli, has_image, require_image
 from tests.deploy.promql import ALERTS, ROOT
-from tests.deploy.servers import LOOPBACK, free_port, missing_tool, wait_until
+from tests.deploy.servers import LOOPBACK, free_port, wait_until
+from tests.tools import missing_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 

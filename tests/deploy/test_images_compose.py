@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.deploy.promql import DOCKER, NGINX_CONFIG, PROMETHEUS_CONFIG, ROOT
-from tests.deploy.servers import missing_tool
+from tests.tools import missing_tool
 
 DOCKERFILES = [DOCKER / "Dockerfile.cpu", DOCKER / "Dockerfile.gpu"]
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.deploy.promql import DOCKER
-from tests.deploy.servers import missing_tool
+from tests.tools import missing_tool
 
 try:
     import kubernetes_validate

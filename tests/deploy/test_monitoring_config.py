@@ -24,7 +24,7 @@ from tests.deploy.promql import (
     label_names,
     series_names,
 )
-from tests.deploy.servers import require_binary
+from tests.tools import require_binary
 
 
 def _exported() -> dict[str, tuple[str, tuple[str, ...]]]:

@@ -29,7 +29,8 @@ from tests.deploy.promql import (
     dashboard_queries,
     resolve_grafana_variables,
 )
-from tests.deploy.servers import png_bytes, require_binary, run_prometheus, run_service, wait_until
+from tests.deploy.servers import png_bytes, run_prometheus, run_service, wait_until
+from tests.tools import require_binary
 
 pytestmark = pytest.mark.slow
 

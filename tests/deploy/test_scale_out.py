@@ -22,12 +22,12 @@ from tests.deploy.servers import (
     LOOPBACK,
     free_port,
     png_bytes,
-    require_binary,
     run_nginx,
     run_service,
     stop,
 )
 from tests.deploy.test_images_compose import nginx_config_for
+from tests.tools import require_binary
 
 pytestmark = pytest.mark.slow
 

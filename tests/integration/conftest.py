@@ -63,12 +63,15 @@ class Server:
         return self.proc.returncode
 
 
-def launch(package: Path, log_dir: Path, name: str, *args: str, **env: str) -> subprocess.Popen[str]:
-    """Start a server process (not yet ready); its stderr goes to ``log_dir/name.log``."""
+def launch(
+    package: Path, log_dir: Path, name: str, *args: str, module: str = "service", **env: str
+) -> subprocess.Popen[str]:
+    """Start a server process (``python -m module``, not yet ready); its stderr goes to
+    ``log_dir/name.log``."""
     environ = {**os.environ, "ANYTIME_MODELS": json.dumps([str(package)]), **env}
     log = open(log_dir / f"{name}.log", "w")  # noqa: SIM115 (closed by Server.stop)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", "0", "--device", "cpu", *args],
+        [sys.executable, "-m", module, "--port", "0", "--device", "cpu", *args],
         cwd=ROOT,
         env=environ,
         stdout=subprocess.PIPE,

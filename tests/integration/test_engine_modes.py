@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from models.package import ModelPackage
 from tests.integration.conftest import Server, launch, wait_ready
 from tests.service.fixtures import NAME, reference_answers
 from tests.service.v2_client import bytes_request, decode_response
+from tests.tools import require_binary
 
 URL = f"/v1/models/{NAME}/classify"
 
@@ -79,9 +79,7 @@ def test_v2_deadline_parameter_over_http(rebatch_server: Server, images: list[by
 
 
 def test_new_metrics_pass_promtool(rebatch_server: Server, images: list[bytes]) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package 'prometheus')")
+    promtool = require_binary("promtool", "prometheus")
     with rebatch_server.client() as c:
         c.post(URL, content=images[0], headers={"content-type": "image/png"})
         text = c.get("/metrics").text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +16,7 @@ from models.package import ModelPackage
 from tests.integration.conftest import API_KEY, Server
 from tests.service.fixtures import NAME, encode, png_with_claimed_size, reference_answers
 from tests.service.v2_client import bytes_request, decode_response
+from tests.tools import require_binary
 
 URL = f"/v1/models/{NAME}/classify"
 KEY = {"x-api-key": API_KEY}
@@ -142,9 +142,7 @@ def test_a_full_queue_answers_429_with_retry_after(
 def test_metrics_of_a_loaded_server_pass_promtool(
     servers: dict[str, Server], images: list[bytes]
 ) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package 'prometheus')")
+    promtool = require_binary("promtool", "prometheus")
     for server in servers.values():
         with server.client(headers=KEY) as c:
             post_png(c, images[0])

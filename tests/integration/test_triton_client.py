@@ -8,7 +8,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from models.package import ModelPackage
-from service.engine.images import images_to_batch
+from service.images import images_to_batch
 from tests.integration.conftest import Server
 from tests.service.fixtures import LIMITS, NAME, reference_answers
 

@@ -102,3 +102,113 @@ def test_a_worker_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
         proc.log.close()  # type: ignore[attr-defined]
     log = (tmp_path / "broken.log").read_text()
     assert "cannot serve model package" in log
+
+
+# Traffic both servers get: (query options, images per request), 18 requests of 1-4 images.
+TRAFFIC = [({"budget": b}, n) for b in (0.6, 0.8, 1.0) for n in (1, 3)] * 2 + [
+    ({}, 2),  # the default budget
+    ({"threshold": 0.5}, 4),
+    ({"max_exit": 0}, 1),
+    ({"budget": 0.6, "max_exit": 1}, 2),
+    ({"budget": 0.1}, 1),  # below the budget table: 422
+    ({"top_k": 0}, 1),  # out of range: 422
+]
+# Durations: only how many were observed is the same for the same traffic.
+TIMED = ("anytime_request_duration_seconds", "anytime_queue_wait_seconds")
+# Measured at start-up (each process times its own stages): only which series exist.
+MEASURED = ("anytime_budget_expected_latency_seconds", "anytime_budget_expected_images_per_second")
+
+
+def comparable(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict:
+    """The samples that the same traffic must give the same values on any number of workers:
+    the API's routes only (health polls and scrapes differ), no ``_created`` timestamps."""
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float | None] = {}
+    for (name, labels), value in samples.items():
+        route = dict(labels).get("route")
+        if name.endswith("_created") or (route is not None and not route.startswith("/v")):
+            continue
+        if name.startswith(TIMED) and not name.endswith("_count"):
+            continue
+        out[(name, labels)] = None if name in MEASURED else value
+    return out
+
+
+def differences(got: dict, want: dict) -> list[str]:
+    """Each sample whose value (or presence) differs, as ``name{labels}: got X, want Y``."""
+    out = []
+    for key in sorted(got.keys() | want.keys()):
+        a, b = got.get(key, "absent"), want.get(key, "absent")
+        same = a == b if not isinstance(a, float) or not isinstance(b, float) else a == pytest.approx(b)
+        if not same:
+            name, labels = key
+            out.append(f"{name}{dict(labels)}: got {a}, want {b}")
+    return out
+
+
+def send(server: Server, images: list[bytes]) -> list[int]:
+    """``TRAFFIC``, 4 requests at a time, each on its own connection (any worker may take it)."""
+
+    def one(i: int) -> int:
+        options, n = TRAFFIC[i]
+        files = [("files", (f"{j}.png", images[(i + j) % len(images)], "image/png")) for j in range(n)]
+        with server.client() as c:
+            return c.post(URL, params=options, files=files).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(one, range(len(TRAFFIC))))
+
+
+def start(package: Path, tmp_path: Path, name: str, *args: str) -> Server:
+    """A server whose ``auto`` measurements disagree between processes (``noisy_auto``); one
+    request per batch, so that which requests share a batch cannot differ between servers."""
+    (tmp_path / name).mkdir()
+    proc = launch(
+        package,
+        tmp_path,
+        name,
+        "--backend", "auto", "--no-batching.enabled", *args,
+        module="tests.integration.noisy_auto",
+        NOISY_AUTO_ORDER=str(tmp_path / name / "order"),
+        TMPDIR=str(tmp_path / name),
+    )  # fmt: skip
+    return wait_ready(proc)
+
+
+def wait_for_ready_workers(server: Server, n: int) -> None:
+    deadline = time.monotonic() + 180
+    while server.logs().count("ready: ") < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert server.logs().count("ready: ") == n, server.logs()
+
+
+@pytest.mark.slow  # three servers start and warm up, and a worker is replaced
+def test_two_workers_report_what_one_process_does(
+    calibrated_package: Path, images: list[bytes], tmp_path: Path
+) -> None:
+    statuses = [422 if "top_k" in o or o.get("budget") == 0.1 else 200 for o, _ in TRAFFIC]
+    one = start(calibrated_package, tmp_path, "one")
+    try:
+        assert send(one, images) == statuses
+        want = comparable(one.metrics())
+    finally:
+        one.stop()
+    answered = sum(n for (_, n), status in zip(TRAFFIC, statuses, strict=True) if status == 200)
+    assert sum(v for (n, _), v in want.items() if n == "anytime_exit_images_total") == answered
+
+    two = start(calibrated_package, tmp_path, "two", "--workers", "2")
+    try:
+        wait_for_ready_workers(two, 2)
+        assert send(two, images) == statuses
+        per_worker = answered_by_process(tmp_path / "two")
+        assert len(per_worker) == 2, f"one worker took all the traffic: {per_worker}"
+        for _ in range(4):  # any worker answers the scrape with the totals of both
+            assert differences(comparable(two.metrics()), want) == []
+
+        # A worker dies: its counts stay in the totals, its gauges go, its replacement's come.
+        victim = next(iter(per_worker))
+        os.kill(victim, signal.SIGKILL)
+        wait_for_ready_workers(two, 3)
+        for _ in range(4):
+            assert differences(comparable(two.metrics()), want) == []
+    finally:
+        two.stop()

@@ -123,6 +123,20 @@ def test_budget_table_inconsistent_with_exits(damaged: Path) -> None:
         load_package(damaged)
 
 
+@pytest.mark.parametrize(
+    ("fractions", "total"),
+    [([1.2, -0.1, -0.1], "1"), ([0.5, 0.25, 0.5], "1.25"), ([0.2, 0.2, 0.2], "0.6")],
+)
+def test_exit_fractions_that_are_not_shares(damaged: Path, fractions: list[float], total: str) -> None:
+    _edit_manifest(damaged, **{"budgets.0.exit_fractions": fractions})
+    with pytest.raises(PackageError) as e:
+        load_package(damaged)
+    message = str(e.value)
+    assert "budget 0.5: exit_fractions are the shares of images leaving at each exit" in message
+    assert "none may be negative and they must sum to 1" in message
+    assert f"got {fractions} (sum {total})" in message
+
+
 def test_default_budget_outside_the_table(damaged: Path) -> None:
     _edit_manifest(damaged, default_budget=0.3)
     with pytest.raises(PackageError, match=r"default_budget 0\.3 is not in the budget table"):

@@ -19,8 +19,8 @@ from PIL import Image
 
 from models.exit_policy import NEVER_EXIT, confidences, first_exit
 from models.package import BudgetEntry, ModelPackage, load_package, new_manifest, save_package
-from service.engine.images import ImageLimits, images_to_batch
 from service.engine.work import ImageResult
+from service.images import ImageLimits, images_to_batch
 from service.policy import ExitPlan
 from tests.conftest import CIFAR_PREPROCESSING, randomize_batchnorm, tiny_model
 

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from models.package import ModelPackage
-from service.engine.images import images_to_batch
+from service.images import images_to_batch
 from tests.service.fixtures import LIMITS, NAME, reference_answers
 from tests.service.v2_client import bytes_request, decode_response, fp32_request
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from service.app import ModelLoadError, create_app
 from service.settings import ServiceSettings
 from tests.service.conftest import make_settings
 from tests.service.fixtures import NAME
+from tests.tools import require_binary
 
 METRICS = [
     "anytime_request_duration_seconds", "anytime_requests_in_flight", "anytime_queue_wait_seconds",
@@ -44,9 +44,7 @@ def test_metrics_exposition(client: TestClient, images: list[bytes]) -> None:
     assert f"anytime_model_info{{{info}}} 1.0" in text
     assert 'route="/v1/models/{name}/classify",status="200"' in text
     assert 'model="unknown",route="/v1/models/{name}/classify",status="404"' in text
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package 'prometheus')")
+    promtool = require_binary("promtool", "prometheus")
     check = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True)
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
 
@@ -101,7 +99,7 @@ def test_a_missing_package_stops_start_up_with_its_name(tmp_path: Path) -> None:
 def test_a_default_budget_below_the_budget_table_stops_start_up(calibrated_package: Path) -> None:
     # Else /readyz would say ready and every request without a budget would get a 422.
     app = create_app(make_settings(calibrated_package, default_budget=0.3, warmup=False))
-    match = r"default budget 0\.3: budget 0\.3 is below what this model offers; use a budget betw"
+    match = r"default budget: budget 0\.3 is below what this model offers; use a budget betw"
     with pytest.raises(ModelLoadError, match=match), TestClient(app):
         pass
 

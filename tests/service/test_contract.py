@@ -10,7 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.contract import STATUSES, schemathesis_config
+from service.contract import STATUSES
+from service.schemathesis_config import schemathesis_config
 from service.settings import ServiceSettings
 from tests.service.fixtures import NAME
 
@@ -27,7 +28,8 @@ def test_the_committed_schemathesis_config_is_generated_from_the_openapi(openapi
     committed = CONFIG.read_text()
     model = tomllib.loads(committed)["parameters"]["path.name"]
     assert committed == schemathesis_config(openapi, model), (
-        "schemathesis.toml is stale: python -m service.contract --model NAME > schemathesis.toml"
+        "schemathesis.toml is stale: "
+        "python -m service.schemathesis_config --model NAME > schemathesis.toml"
     )
 
 

@@ -11,8 +11,8 @@ import torch
 from models.package import ModelPackage
 from service.engine import EngineConfig, ModelEngine, build_engine
 from service.engine.backends import OnnxBackend, StageBackend, TorchBackend
-from service.engine.images import images_to_batch
 from service.errors import EngineStoppedError, QueueFullError
+from service.images import images_to_batch
 from service.metrics import ServiceMetrics
 from service.policy import resolve_plan
 from tests.service.fixtures import LIMITS, check_answers, reference_answers

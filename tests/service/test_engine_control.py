@@ -12,10 +12,10 @@ from models.package import ModelPackage
 from service.engine.controller import ControllerConfig, SloController, eligible_budgets
 from service.engine.costs import StageCosts
 from service.engine.guard import AccuracyGuard, GuardConfig
-from service.engine.images import images_to_batch
 from service.engine.runner import StageRunner
 from service.engine.stage import StageOutcome, StageRules, run_stage
 from service.engine.work import Pending, RequestWork, StageBatch
+from service.images import images_to_batch
 from service.policy import resolve_plan
 from tests.service.fixtures import LIMITS
 from tests.service.test_engine import FAR, make_engine, sample
@@ -52,6 +52,27 @@ def test_controller_steps_down_under_pressure_and_back_when_it_eases() -> None:
     assert c.update(drain_s=0.01) and c.budget == 0.8  # calm twice in a row: restore
     # A filling queue steps down before any latency shows it.
     assert c.update(drain_s=0.0, queue_fill=0.9) and c.budget == 0.6
+
+
+def test_controller_decides_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr("service.engine.controller.time.monotonic", lambda: clock[0])
+    cfg = ControllerConfig(p99_target_s=0.1, interval_s=0.5, up_after=1)
+    c = SloController([(0.4, None), (0.6, None), (0.8, None), (1.0, None)], 1.0, cfg)
+    assert c.update(drain_s=1.0) and c.budget == 0.8  # the first decision is due at once
+    clock[0] += 0.3
+    assert not c.update(drain_s=1.0) and c.budget == 0.8  # still inside the interval: hold
+    clock[0] += 0.25
+    assert c.update(drain_s=1.0) and c.budget == 0.6  # 0.55 s after the last step
+    clock[0] += 0.1
+    assert not c.update(drain_s=0.0) and c.budget == 0.6  # calm, but too soon to step back up
+    clock[0] += 0.5
+    assert c.update(drain_s=0.0) and c.budget == 0.8
+    # Latencies leave the p99 window after window_s (2 s), measured on the same clock.
+    c.observe(0.09)
+    assert c.p99() == 0.09
+    clock[0] += 2.5
+    assert c.p99() == 0.0
 
 
 def test_accuracy_loss_cap_sets_the_controllers_floor() -> None:
@@ -115,19 +136,22 @@ def test_tightened_thresholds_apply_to_budgets_not_to_pinned_thresholds(
     guard = GuardConfig(fraction=0.5, floor=0.9, step=0.05, min_samples=1)
     engine = make_engine(reference_package, guard=guard)
     engine.guard.record([(0, False)])
-    budget, pinned = resolve_plan(m, budget=0.6), resolve_plan(m, threshold=0.5)
-    engine.submit(torch.zeros(1, 3, 32, 32), budget, FAR)
-    engine.submit(torch.zeros(1, 3, 32, 32), pinned, FAR)
-    assert engine.queues.pending[0].thresholds[0] == pytest.approx(budget.thresholds[0] + 0.05)
-    assert engine.queues.pending[0].thresholds[1:] == budget.thresholds[1:]
+    row, pinned = resolve_plan(m, budget=0.6), resolve_plan(m, threshold=0.5)
+    engine.submit(torch.zeros(1, 3, 32, 32), engine.plan(budget=0.6), FAR)
+    engine.submit(torch.zeros(1, 3, 32, 32), engine.plan(threshold=0.5), FAR)
+    assert engine.queues.pending[0].thresholds[0] == pytest.approx(row.thresholds[0] + 0.05)
+    assert engine.queues.pending[0].thresholds[1:] == row.thresholds[1:]
     assert engine.queues.pending[1].thresholds == pinned.thresholds
+    default = engine.plan()  # the service's default budget (the package's here), tightened too
+    assert default.budget == m.default_budget
+    assert default.thresholds[0] == pytest.approx(resolve_plan(m).thresholds[0] + 0.05)
 
 
 def test_controller_lowers_the_budget_of_unpinned_requests(reference_package: ModelPackage) -> None:
     pkg = reference_package
     ctl = ControllerConfig(p99_target_s=1e-6, interval_s=0.0)  # any latency is over the target
     engine = make_engine(pkg, controller=ctl, default_budget=0.8)
-    assert engine.default_budget() == 0.8
+    assert engine.plan().budget == 0.8
     assert sample(engine, "anytime_effective_budget") == 0.8
     plan = resolve_plan(pkg.manifest, budget=1.0)
     engine.start()
@@ -138,7 +162,8 @@ def test_controller_lowers_the_budget_of_unpinned_requests(reference_package: Mo
             )
     finally:
         engine.stop()
-    assert engine.default_budget() == 0.6
+    assert engine.plan().budget == 0.6
+    assert engine.plan(budget=1.0).budget == 1.0  # a pinned budget is never lowered
     assert sample(engine, "anytime_effective_budget") == 0.6
 
 

@@ -13,7 +13,7 @@ from service.engine import build_engine
 from service.engine.backends import TorchBackend, cuda_works
 from service.engine.factory import CUDA_MAX_BATCH
 from service.engine.graphs import bucket_sizes
-from service.engine.images import images_to_batch
+from service.images import images_to_batch
 from service.metrics import ServiceMetrics
 from service.policy import resolve_plan
 from tests.service.fixtures import LIMITS

@@ -15,8 +15,8 @@ import torch
 from models.package import ModelPackage
 from service.engine.backends import StageBackend, TorchBackend
 from service.engine.engine import ModelEngine
-from service.engine.images import images_to_batch
 from service.engine.work import RequestWork
+from service.images import images_to_batch
 from service.policy import ExitPlan, resolve_plan
 from tests.service.fixtures import LIMITS, check_answers, reference_answers
 from tests.service.test_engine import FAR, make_engine, sample

@@ -10,16 +10,17 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry, Histogram
 
+from models.exit_policy import first_exit
 from models.package import ModelPackage
 from service.engine.backends import TorchBackend
 from service.engine.controller import ControllerConfig, SloController
 from service.engine.costs import StageCosts
 from service.engine.graphs import bucket_sizes
-from service.engine.images import images_to_batch
 from service.engine.metering import observe_many
-from service.engine.stage import leaving_now
+from service.engine.stage import still_wanted
 from service.engine.work import Pending, RequestWork, StageBatch
-from service.policy import leaving_now as reference_leaving_now
+from service.images import images_to_batch
+from service.policy import leaving_now
 from tests.service.fixtures import LIMITS, reference_answers
 from tests.service.test_engine import FAR, make_engine
 from tests.service.test_engine_modes import MODES, check_mixed_arrivals, plans_of
@@ -90,17 +91,24 @@ def test_no_image_lost_or_duplicated_with_padding_and_two_workers(
     assert engine.queues.idle() and engine.queues.waiting == 0
 
 
-def test_the_numpy_exit_rule_is_the_policys() -> None:
+def test_the_served_exit_rule_is_calibrations() -> None:
+    """One exit at a time, per image, the served rule sends each image where calibration's
+    ``first_exit`` (all exits at once) does, cut at the image's ``max_exit``."""
     rng = np.random.default_rng(0)
-    conf = rng.random(64).astype(np.float32)
-    thresholds = rng.random(64).astype(np.float32)
-    thresholds[::7] = conf[::7]  # ties: a confidence equal to its threshold leaves
-    max_exit = rng.integers(0, 3, 64)
-    for k in range(3):
-        want = reference_leaving_now(
-            torch.from_numpy(conf), torch.from_numpy(thresholds), torch.from_numpy(max_exit), k, 3
-        )
-        np.testing.assert_array_equal(leaving_now(conf, thresholds, max_exit, k, 3), want.numpy())
+    k_exits, n = 3, 64
+    conf = rng.random((k_exits, n)).astype(np.float32)
+    thresholds = rng.random((n, k_exits)).astype(np.float32)
+    thresholds[::7, 0] = conf[0, ::7]  # ties: a confidence equal to its threshold leaves
+    thresholds[::5, 1] = 2.0  # a disabled exit
+    max_exit = rng.integers(0, k_exits, n)
+    served = np.full(n, -1)
+    for k in range(k_exits):
+        leave = (served < 0) & leaving_now(conf[k], thresholds[:, k], max_exit, k, k_exits)
+        served[leave] = k
+    for i in range(n):
+        want = int(first_exit(torch.from_numpy(conf[:, i : i + 1]), torch.from_numpy(thresholds[i])))
+        assert served[i] == min(want, max_exit[i]), i
+    assert len(set(served.tolist())) == k_exits  # every exit taken by some image
 
 
 def test_answers_in_parts_settle_once_in_image_order() -> None:
@@ -125,22 +133,21 @@ def test_a_cancelled_request_is_gone_without_a_lock() -> None:
     work.answer(np.array([0]), np.ones((1, 3), np.float32), 0, 0.3, np.array([False]))  # no raise
 
 
-def test_alive_drops_only_images_nobody_waits_for(reference_package: ModelPackage) -> None:
+def test_still_wanted_drops_only_images_nobody_waits_for() -> None:
     """A request settled by its answers keeps its answered (shadow) images; one cancelled from
     outside (asyncio cancels the wrapped future: no ``cancel_reason``) or past its deadline
     loses its unanswered ones; with every owner alive the fast path says so with None."""
-    engine = make_engine(reference_package)
     done, cancelled, alive = (RequestWork(n=1, deadline=FAR) for _ in range(3))
     late = RequestWork(n=1, deadline=time.monotonic() - 1.0)
     x = torch.zeros(1, 3, 32, 32)
     batch = StageBatch.from_pending(
         [Pending(w, x, 0, 1, (0.5,) * 4, 4) for w in (done, cancelled, alive, late)]
     )
-    assert engine._alive(batch.take(np.array([2]), (x,))) is None
+    assert still_wanted(batch.take(np.array([2]), (x,)), time.monotonic()) is None
     done.answer(np.array([0]), np.ones((1, 3), np.float32), 0, 0.3, np.array([False]))
     batch.answered_exit[0] = 0  # its answered image runs on (a guard shadow)
     cancelled.future.cancel()
-    keep = engine._alive(batch)
+    keep = still_wanted(batch, time.monotonic())
     assert keep is not None and keep.tolist() == [True, False, True, False]
 
 

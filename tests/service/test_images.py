@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from models.package import Preprocessing
-from service.engine.images import ImageLimits, decode_image, images_to_batch, preprocess
 from service.errors import BadImageError, PayloadTooLargeError
+from service.images import ImageLimits, decode_image, images_to_batch, preprocess
 from tests.conftest import CIFAR_PREPROCESSING
 from tests.service.fixtures import encode, png_with_claimed_size, sample_images
 

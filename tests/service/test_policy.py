@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-import torch
 
 from models.exit_policy import NEVER_EXIT
 from models.package import ModelPackage
@@ -26,9 +26,24 @@ def test_defaults_threshold_and_max_exit(reference_package: ModelPackage) -> Non
     m = reference_package.manifest
     assert resolve_plan(m).budget == m.default_budget
     assert resolve_plan(m, default_budget=0.8).budget == 0.8
+    assert resolve_plan(m, budget=1.0, default_budget=0.8).budget == 1.0  # the request's wins
     plan = resolve_plan(m, budget=0.6, threshold=0.3, max_exit=1)
     assert plan.budget is None and plan.max_exit == 1
     assert plan.thresholds == (0.3,) * 3
+
+
+def test_the_guards_shift_tightens_budget_thresholds_only(reference_package: ModelPackage) -> None:
+    m = reference_package.manifest
+    shift = (0.05, 0.0, 0.1)
+    row = resolve_plan(m, budget=0.6).thresholds
+    assert resolve_plan(m, budget=0.6, shift=shift).thresholds == pytest.approx(
+        [t + d for t, d in zip(row, shift, strict=True)]
+    )
+    default = resolve_plan(m, default_budget=0.8, shift=shift)
+    assert default.budget == 0.8 and default.thresholds[0] == pytest.approx(
+        resolve_plan(m, budget=0.8).thresholds[0] + 0.05
+    )
+    assert resolve_plan(m, threshold=0.5, shift=shift).thresholds == (0.5,) * 3  # the client's
 
 
 @pytest.mark.parametrize(
@@ -75,8 +90,8 @@ def test_budget_one_without_a_table_runs_to_the_end(reference_package: ModelPack
 
 
 def test_leaving_now_uses_each_images_own_threshold_and_max_exit() -> None:
-    conf = torch.tensor([0.5, 0.5, 0.2, 0.2])
-    thr = torch.tensor([0.4, 0.6, 0.1, 0.9])
-    max_exit = torch.tensor([2, 2, 2, 0])
+    conf = np.array([0.5, 0.5, 0.2, 0.2])
+    thr = np.array([0.4, 0.6, 0.1, 0.9])
+    max_exit = np.array([2, 2, 2, 0])
     assert leaving_now(conf, thr, max_exit, 0, 3).tolist() == [True, False, True, True]
     assert leaving_now(conf, thr, max_exit, 2, 3).all()

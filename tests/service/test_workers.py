@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from service import workers
+from service.engine import backends, load_model
+from service.engine.backends import StageBackend
+from service.engine.choices import BackendChoices
+from service.metrics import ServiceMetrics
 from service.settings import ServiceSettings
+from tests.service.conftest import make_settings
 
 
 def test_worker_app_has_the_parents_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,6 +48,46 @@ def test_worker_metrics_aggregate_in_the_parents_directory(
     assert workers.create_worker_app().state.anytime.metrics.multiprocess_dir == tmp_path
 
 
+def test_workers_serve_the_backend_the_first_one_measured(
+    calibrated_package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers whose measurements would disagree: the second builds the first one's choice."""
+    measured: list[str] = []
+
+    def disagreeing(backend: StageBackend, *args: object, **kwargs: object) -> float:
+        winner = ["torch", "onnxruntime"][len(measured) // 2 % 2]  # a pass times both backends
+        measured.append(backend.name)
+        return 0.001 if backend.name == winner else 0.002
+
+    monkeypatch.setattr(backends, "time_full_pass", disagreeing)
+    settings = make_settings(calibrated_package, backend="auto", warmup=False)
+    alone = [load_model(calibrated_package, settings, ServiceMetrics()) for _ in range(2)]
+    assert [m.engine.backend.name for m in alone] == ["torch", "onnxruntime"]  # the noise
+
+    choices = BackendChoices(tmp_path)
+    measured.clear()
+    shared = [load_model(calibrated_package, settings, ServiceMetrics(), choices) for _ in range(2)]
+    assert [m.engine.backend.name for m in shared] == ["torch", "torch"]
+    assert len(measured) == 2  # only the first worker measured
+    assert choices.get(calibrated_package) == "torch"
+    pinned = make_settings(calibrated_package, backend="onnxruntime", warmup=False)
+    assert load_model(calibrated_package, pinned, ServiceMetrics(), choices).engine.backend.name == (
+        "onnxruntime"  # a named backend is what it says, whatever auto chose
+    )
+    for m in alone + shared:
+        m.engine.stop()
+
+
+def test_the_cli_module_is_light_at_import() -> None:
+    """Each spawned worker imports it again before it can answer uvicorn's 5 s health check."""
+    import subprocess
+    import sys
+
+    code = "import sys, service.__main__; print(sorted({'torch', 'fastapi'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_one_worker_by_default() -> None:
     assert ServiceSettings().workers == 1
 
@@ -62,11 +107,14 @@ def test_the_cli_hands_n_workers_to_uvicorns_supervisor(
     monkeypatch.setattr(workers.tempfile, "tempdir", None)  # re-read TMPDIR
     monkeypatch.delenv(workers.ARGV_ENV, raising=False)
     monkeypatch.delenv(workers.METRICS_DIR_ENV, raising=False)
+    monkeypatch.delenv(workers.CHOICES_DIR_ENV, raising=False)
     seen: list[tuple[uvicorn.Config, str, str]] = []
 
     def run(self: workers._Supervisor) -> None:
         metrics_dir = os.environ[workers.METRICS_DIR_ENV]
         assert Path(metrics_dir).is_dir() and Path(metrics_dir).parent == tmp_path
+        choices_dir = os.environ[workers.CHOICES_DIR_ENV]
+        assert Path(choices_dir).is_dir() and Path(choices_dir).parent == tmp_path
         seen.append((self.config, os.environ[workers.ARGV_ENV], metrics_dir))
 
     monkeypatch.setattr(workers._Supervisor, "run", run)
@@ -81,9 +129,10 @@ def test_the_cli_hands_n_workers_to_uvicorns_supervisor(
     assert json.loads(passed) == argv
     assert (config.app, config.factory, config.workers) == (workers.WORKER_APP, True, 3)
     assert (config.loop, config.http) == ("uvloop", "httptools")
-    # the parent leaves nothing behind: no metrics directory, no variables
+    # the parent leaves nothing behind: no metrics or choices directory, no variables
     assert list(tmp_path.iterdir()) == []
-    assert workers.ARGV_ENV not in os.environ and workers.METRICS_DIR_ENV not in os.environ
+    for name in (workers.ARGV_ENV, workers.METRICS_DIR_ENV, workers.CHOICES_DIR_ENV):
+        assert name not in os.environ
 
 
 def test_core_groups_give_each_worker_its_own_cores() -> None:

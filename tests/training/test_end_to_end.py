@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from models.exit_policy import confidences, exits_now
+from models.exit_policy import confidences
 from models.package import load_package
+from service.policy import leaving_now
 from training.augment import normalize
 from training.cli import main
 from training.config import validate_config
@@ -32,15 +34,20 @@ def test_train_calibrate_export_serve_semantics(tmp_path: Path) -> None:
 
     pkg = load_package(pkg_dir)
     m = pkg.manifest
-    assert m.default_budget == 0.5 and m.provenance.split_seed == 0
+    # The table: distinct front points, cheapest first, the full network last; the default is the
+    # row a request for budget 0.5 gets.
+    offered = [b.budget for b in m.budgets]
+    assert offered == sorted(set(offered)) and offered[-1] == 1.0
+    assert m.default_budget == max(b for b in offered if b <= 0.5)
+    assert m.provenance.split_seed == 0
     assert m.provenance.training_config is not None and m.provenance.training_config["ge"] is True
     # Rebuild the held test split from the recorded config and run the model stage by stage,
-    # dropping the samples that exit, as the service does.
+    # dropping the samples that exit by the service's rule.
     data = load_dataset(validate_config(m.provenance.training_config).data)
     pre = m.preprocessing
     x = normalize(data.test.x, pre.mean, pre.std)
     for row in m.budgets:
-        thresholds = torch.tensor(row.thresholds)
+        thresholds = np.array(row.thresholds, dtype=np.float32)
         preds = torch.full((len(x),), -1, dtype=torch.int64)
         exit_of = torch.full((len(x),), -1, dtype=torch.int64)
         alive = torch.arange(len(x))
@@ -49,7 +56,11 @@ def test_train_calibrate_export_serve_semantics(tmp_path: Path) -> None:
             for k in range(m.num_exits):
                 state, logits = pkg.model.forward_stage(k, state)
                 conf, pred = confidences(logits)
-                leave = exits_now(conf, thresholds[k], is_last=k == m.num_exits - 1)
+                n, last = len(conf), m.num_exits - 1
+                mask = leaving_now(
+                    conf.numpy(), np.full(n, thresholds[k]), np.full(n, last), k, m.num_exits
+                )
+                leave = torch.from_numpy(mask)
                 preds[alive[leave]], exit_of[alive[leave]] = pred[leave], k
                 alive = alive[~leave]
                 state = tuple(s[~leave] for s in state)

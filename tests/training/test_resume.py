@@ -80,7 +80,7 @@ def test_nan_guard_stops_and_keeps_the_last_checkpoint(
     path = write_config(tmp_path / "c.yaml", tiny_config(run, epochs=3))
     calls = []
 
-    def nan_loss(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    def nan_loss(logits: list[torch.Tensor], target: torch.Tensor, smoothing: float) -> torch.Tensor:
         calls.append(1)
         return sum(z.sum() for z in logits) * float("nan")  # type: ignore[return-value]
 

@@ -19,14 +19,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks.harness.provenance import REPO
+
+PEER_VENVS = REPO / ".peers"
+_HANDED_OUT: set[int] = set()  # ports given to servers not listening yet
 
 
 class LaunchError(RuntimeError):
     """A server did not become ready; the message carries the end of its log."""
-
-
-_HANDED_OUT: set[int] = set()  # ports given to servers not listening yet
 
 
 def free_port_block(n: int = 1, start: int = 20000, stop: int = 60000) -> int:
@@ -56,26 +56,50 @@ class ServerSpec:
     port: int
     env: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
-
-def service_spec(package: Path, port: int, extra: list[str] | None = None) -> ServerSpec:
-    """``python -m service`` on ``package`` with the torch backend on the CPU."""
+def service_spec(package: Path, backend: str = "torch", extra: list[str] | None = None) -> ServerSpec:
+    """``python -m service`` on ``package`` on the CPU, on a free port."""
+    port = free_port_block(1)
     cmd = [
         sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-        "--device", "cpu", "--backend", "torch", "--log-level", "warning", *(extra or []),
+        "--device", "cpu", "--backend", backend, "--log-level", "warning", *(extra or []),
     ]  # fmt: skip
     return ServerSpec("anytime", cmd, "/readyz", port, {"ANYTIME_MODELS": json.dumps([str(package)])})
+
+
+def peer_spec(peer: str, package: Path, name: str, threads: int) -> ServerSpec:
+    """Triton (``triton``) or LitServe (``litserve``) on the package's full network, from its
+    venv under ``.peers`` (``make peers``)."""
+    python = PEER_VENVS / peer / "bin" / "python"
+    if not python.is_file():
+        raise LaunchError(f"{python} is missing: `make peers` creates the peers' venvs")
+    port = free_port_block(3)  # Triton: http, grpc, metrics
+    ready = f"/v2/models/{name}/ready" if peer == "triton" else "/health"
+    cmd = [str(python), "-m", f"benchmarks.peers.{peer}_server", "--package", str(package),
+           "--port", str(port), "--threads", str(threads)]  # fmt: skip
+    return ServerSpec(peer, cmd, ready, port)
+
+
+def stat_fields(path: Path) -> list[str]:
+    """The fields of a ``/proc/.../stat`` after the command name ([0] state, [2] process group,
+    [11] utime, [12] stime); empty when the process is gone."""
+    try:
+        return path.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def cpu_seconds(stat: Path) -> float:
+    """User + system CPU seconds of the process or thread of ``stat``."""
+    f = stat_fields(stat)
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK") if f else 0.0
 
 
 class Server:
     """A running server; use as a context manager."""
 
     def __init__(self, spec: ServerSpec, log: Path, ready_timeout_s: float = 300.0) -> None:
-        self.spec = spec
-        self.log = log
+        self.spec, self.log, self.url = spec, log, f"http://127.0.0.1:{spec.port}"
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(REPO), **spec.env}
         with log.open("wb") as out:
@@ -94,12 +118,13 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise LaunchError(f"{self.spec.name} exited {self.proc.returncode}: {self.tail()}")
-            try:
-                with urllib.request.urlopen(self.spec.url + self.spec.ready_path, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+            ready = self.url + self.spec.ready_path
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(ready, timeout=2) as r,
+            ):
+                if r.status == 200:
+                    return
             time.sleep(0.5)
         raise LaunchError(f"{self.spec.name} not ready after {timeout_s:.0f} s: {self.tail()}")
 
@@ -108,27 +133,16 @@ class Server:
 
     def pids(self) -> list[int]:
         """The live processes of the server's group (the server first), from /proc."""
-        out = []
-        for d in Path("/proc").iterdir():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split() if d.name.isdigit() else []
-            except OSError:
-                continue
-            if fields and int(fields[2]) == self.proc.pid:  # fields[2]: the process group
-                out.append(int(d.name))
-        return sorted(out, key=lambda p: p != self.proc.pid)
+        group = [
+            int(d.name)
+            for d in Path("/proc").iterdir()
+            if d.name.isdigit() and (f := stat_fields(d / "stat")) and int(f[2]) == self.proc.pid
+        ]
+        return sorted(group, key=lambda p: p != self.proc.pid)
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of the group's live processes (children included)."""
-        tick = os.sysconf("SC_CLK_TCK")
-        total = 0
-        for pid in self.pids():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / tick
+        return sum(cpu_seconds(Path(f"/proc/{pid}/stat")) for pid in self.pids())
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -1,0 +1,1 @@
+"""What every benchmark shares: load, statistics, servers, data, provenance, output."""

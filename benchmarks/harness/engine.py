@@ -1,0 +1,127 @@
+"""The engine under test: the one module of the benchmarks that imports ``service``, so a change
+of the service's engine API is met here once. :func:`make_engine` also builds the engine of an
+older checkout (``engine_speed --compare`` runs this harness on another checkout's service)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.harness.load import Answer
+from service.engine import EngineConfig, ModelEngine
+from service.engine.backends import resolve_device
+from service.engine.controller import ControllerConfig
+from service.errors import QueueFullError
+from service.metrics import ServiceMetrics
+from service.policy import resolve_plan
+
+try:
+    from service.images import ImageLimits, images_to_batch
+except ImportError:  # a checkout from before images.py moved beside the serving layer
+    from service.engine.images import ImageLimits, images_to_batch  # type: ignore[no-redef]
+
+try:
+    from service.engine import build_engine
+    from service.engine.factory import default_max_batch, freeze_startup_heap
+except ImportError:  # a checkout from before build_engine
+    build_engine = None
+
+__all__ = ["ControllerConfig", "QueueFullError", "resolve_device"]
+
+
+class StubBackend:
+    """Zero-cost stages: preallocated random logits (confidences vary, so a budget below 1 sends
+    images out at every exit) and one float of carried state per image, so that the engine's own
+    bookkeeping is all that costs."""
+
+    name, device = "stub", "cpu"
+
+    def __init__(self, num_exits: int, num_classes: int, rows: int = 4096, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.logits = [3.0 * torch.randn(rows, num_classes, generator=g) for _ in range(num_exits)]
+        self.state = torch.zeros(rows, 1)
+
+    def run_stage(
+        self, k: int, state: tuple[torch.Tensor, ...]
+    ) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        n = state[0].shape[0]
+        return (self.state[:n],), self.logits[k][:n]
+
+
+def make_engine(
+    pkg: Any, backend: str = "torch", *, device: str = "cpu", dtype: str = "float32", threads: int = 1,
+    batch: int | None = None, **config: Any,
+) -> ModelEngine:  # fmt: skip
+    """A started engine for the package ``pkg`` as the service builds it (warmed up, its start-up
+    heap frozen); ``backend`` ``stub``: :class:`StubBackend`; ``config``: :class:`EngineConfig`
+    fields; ``batch``: its ``max_batch_size`` (default: the device's)."""
+    if threads:
+        torch.set_num_threads(threads)
+    m = pkg.manifest
+    stub = StubBackend(m.num_exits, len(m.classes)) if backend == "stub" else None
+    fields = {"queue_size": 10**6, "intra_op_threads": threads, **config}
+    if build_engine is None:
+        from service.engine.backends import build_backend
+
+        built = stub or build_backend(pkg, backend, device, dtype, threads)
+        engine = ModelEngine(
+            m.name, m, built, EngineConfig(max_batch_size=batch or 32, **fields), ServiceMetrics()
+        )
+        engine.warmup()
+        engine.start()
+        return engine
+    cfg = EngineConfig(max_batch_size=batch or default_max_batch(device), **fields)
+    engine = build_engine(
+        pkg, stub or backend, cfg, ServiceMetrics(), device=device, dtype=dtype, threads=threads
+    )
+    freeze_startup_heap()
+    return engine
+
+
+def plan(manifest: Any, budget: float | None, engine: ModelEngine | None = None) -> Any:
+    """The exit plan of a request at ``budget`` (None: the engine's current default), as the
+    service makes it: the engine's own ``plan`` (an older checkout's: ``resolve_plan``)."""
+    if engine is not None and hasattr(engine, "plan"):
+        return engine.plan(budget)
+    default = engine.default_budget() if engine is not None and budget is None else None
+    return resolve_plan(manifest, budget=budget, default_budget=default)
+
+
+def submit(engine: ModelEngine, x: torch.Tensor, exit_plan: Any, timeout_s: float = 60.0) -> Future[Any]:
+    """Queue ``x [N, 3, H, W]``; the future gets one answer per image."""
+    return engine.submit(x, exit_plan, time.monotonic() + timeout_s).future
+
+
+def score(got: list[Any], labels: np.ndarray | None = None, final: np.ndarray | None = None) -> Answer:
+    """The engine's answers against ``labels`` and the final exit's classes ``final`` ([N] each)."""
+    fraction = sum(r.compute_fraction for r in got)
+    if labels is None and final is None:  # the hot path of the host-overhead benchmark
+        return Answer(len(got), fraction)
+    pred = np.array([int(r.probs.argmax()) for r in got])
+    right = int((pred == labels).sum()) if labels is not None else 0
+    return Answer(len(got), fraction, right, int((pred == final).sum()) if final is not None else 0)
+
+
+def preprocess(blobs: list[bytes], pre: Any) -> torch.Tensor:
+    """Encoded images -> ``[N, 3, H, W]`` as the service preprocesses them."""
+    return images_to_batch(blobs, pre, ImageLimits(2**30, 2**30))
+
+
+def worker_clocks(engine: ModelEngine) -> list[int]:
+    """CPU-time clocks of the engine's worker threads (every checkout keeps them in ``_threads``)."""
+    return [time.pthread_getcpuclockid(t.ident) for t in engine._threads if t.ident is not None]
+
+
+def stage_stats(engine: ModelEngine, answered: int) -> tuple[list[float], float]:
+    """Mean batch size per stage and FLOPs per answered image, from the stage-run metrics."""
+    reg, flops, sizes, spent = engine.metrics.registry, [0, *engine.flops], [], 0.0
+    for k in range(engine.num_exits):
+        labels = {"model": engine.name, "stage": str(k)}
+        total = reg.get_sample_value("anytime_batch_size_sum", labels) or 0.0
+        sizes.append(total / (reg.get_sample_value("anytime_batch_size_count", labels) or 1.0))
+        spent += total * (flops[k + 1] - flops[k])
+    return sizes, spent / max(answered, 1)
