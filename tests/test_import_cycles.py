@@ -70,17 +70,7 @@ def import_cycle(package: str, root: Path = ROOT) -> list[str] | None:
 
 @pytest.mark.parametrize(
     "package",
-    [
-        "service",
-        pytest.param(
-            "benchmarks",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="benchmarks/pipeline.py and benchmarks/side_by_side.py import each other; "
-                "the benchmark harness removes the circle (then drop this mark)",
-            ),
-        ),
-    ],
+    ["service", "benchmarks"],
 )
 def test_no_import_cycle(package: str) -> None:
     graph = import_graph(package)

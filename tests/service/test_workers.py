@@ -69,7 +69,7 @@ def test_workers_serve_the_backend_the_first_one_measured(
     shared = [load_model(calibrated_package, settings, ServiceMetrics(), choices) for _ in range(2)]
     assert [m.engine.backend.name for m in shared] == ["torch", "torch"]
     assert len(measured) == 2  # only the first worker measured
-    assert choices.get(calibrated_package) == "torch"
+    assert choices.get(calibrated_package) == "torch fp32"  # backend and precision, shared
     pinned = make_settings(calibrated_package, backend="onnxruntime", warmup=False)
     assert load_model(calibrated_package, pinned, ServiceMetrics(), choices).engine.backend.name == (
         "onnxruntime"  # a named backend is what it says, whatever auto chose
