@@ -101,9 +101,12 @@ def stage_seconds(backend: StageBackend, num_exits: int, shape: tuple[int, ...])
 
 def priced(stage_s: list[float], m: Manifest, budget: float) -> float:
     """Seconds per batch at ``budget``: each stage's time times the share of images reaching it
-    (the budget row's exit shares; budget 1.0 without a row: every image runs every stage)."""
-    row = next((r for r in m.budgets if r.budget == budget), None)
-    if row is None or row.exit_fractions is None:
+    (the exit shares of the row ``budget`` runs with; no row: every image runs every stage)."""
+    try:
+        row = m.budget_entry(budget)
+    except KeyError:
+        return sum(stage_s)
+    if row.exit_fractions is None:
         return sum(stage_s)
     reach, total = 1.0, 0.0
     for t, leaving in zip(stage_s, row.exit_fractions, strict=True):

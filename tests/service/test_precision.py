@@ -21,7 +21,9 @@ from service.engine.precision import (
 
 
 def choose(path: Path, precision: str, backend: str = "auto") -> object:
-    return choose_backend(load_package(path), precision, backend, "cpu", 1, (), 8, 0.5)  # type: ignore[arg-type]
+    pkg = load_package(path)
+    default = pkg.manifest.default_budget or 1.0
+    return choose_backend(pkg, precision, backend, "cpu", 1, (), 8, default)  # type: ignore[arg-type]
 
 
 def with_int8_loss(m: Manifest, loss: float, budget: float) -> Manifest:
@@ -48,11 +50,12 @@ def test_the_int8_view_swaps_graphs_and_budget_table(int8_package: Path) -> None
 
 def test_auto_refuses_int8_that_loses_more_than_the_limit(int8_package: Path) -> None:
     m = load_package(int8_package).manifest
+    middle = m.budget_values[1]  # any row of the table counts, not only the ends
     assert int8_refusal(m) is None
     assert set(int8_accuracy_loss(m)) == set(m.budget_values)
-    assert int8_refusal(with_int8_loss(m, MAX_INT8_LOSS - 1e-4, 0.7)) is None
-    assert int8_refusal(with_int8_loss(m, 0.004, 0.7)) == (
-        "int8 loses 0.40 points at budget 0.7 (allowed: 0.3)"
+    assert int8_refusal(with_int8_loss(m, MAX_INT8_LOSS - 1e-4, middle)) is None
+    assert int8_refusal(with_int8_loss(m, 0.004, middle)) == (
+        f"int8 loses 0.40 points at budget {middle} (allowed: 0.3)"
     )
     no_int8 = m.model_copy(update={"int8": None})
     assert int8_refusal(no_int8) == "the package has no int8 graphs"
@@ -60,11 +63,16 @@ def test_auto_refuses_int8_that_loses_more_than_the_limit(int8_package: Path) ->
 
 def test_a_budget_is_priced_by_the_images_reaching_each_stage(int8_package: Path) -> None:
     m = load_package(int8_package).manifest
-    row = m.budget_entry(0.5)
-    assert row.exit_fractions is not None
-    a, b, _ = row.exit_fractions
-    assert priced([1.0, 2.0, 4.0], m, 0.5) == pytest.approx(1.0 + 2.0 * (1 - a) + 4.0 * (1 - a - b))
-    assert priced([1.0, 2.0, 4.0], m, 1.0) == pytest.approx(7.0)
+    for row in m.budgets:
+        assert row.exit_fractions is not None
+        a, b, _ = row.exit_fractions
+        want = 1.0 + 2.0 * (1 - a) + 4.0 * (1 - a - b)
+        assert priced([1.0, 2.0, 4.0], m, row.budget) == pytest.approx(want), row.budget
+    # a budget between rows runs with the row below it (models.package.governing_row)
+    low, high = m.budget_values[:2]
+    assert priced([1.0, 2.0, 4.0], m, (low + high) / 2) == priced([1.0, 2.0, 4.0], m, low)
+    without_shares = m.model_copy(update={"budgets": []})
+    assert priced([1.0, 2.0, 4.0], without_shares, 1.0) == pytest.approx(7.0)
 
 
 def test_precisions_that_cannot_run_say_why(int8_package: Path, package_dir: Path) -> None:
@@ -91,7 +99,8 @@ def test_auto_logs_its_choice_in_one_line(
     with caplog.at_level(logging.INFO, "service.engine"):
         served = choose(int8_package, "auto", "onnxruntime")
     lines = [r.message for r in caplog.records if r.message.startswith("precision auto")]
-    assert len(lines) == 1 and "budget 0.5:" in lines[0] and "budget 1.0:" in lines[0]
+    default = load_package(int8_package).manifest.default_budget
+    assert len(lines) == 1 and f"budget {default}:" in lines[0] and "budget 1.0:" in lines[0]
     chosen = served.precision  # type: ignore[attr-defined]
     assert lines[0].startswith(f"precision auto -> {chosen} (int8 loses at most")
     pkg = load_package(int8_package)
