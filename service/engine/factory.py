@@ -188,10 +188,13 @@ def load_model(
             chosen = choices.get(path)
             if chosen is None:
                 engine, served = start(settings.backend, settings.precision)
-            else:
+                choices.put(path, f"{engine.backend.name} {served.precision}")
+            else:  # what is named in the settings stays as named; only "auto" follows the choice
                 name, precision = chosen.split(" ")
-                engine, served = start(name, cast(Precision, precision))
-            choices.put(path, f"{engine.backend.name} {served.precision}")
+                engine, served = start(
+                    name if settings.backend == "auto" else settings.backend,
+                    cast(Precision, precision) if settings.precision == "auto" else settings.precision,
+                )
     else:
         engine, served = start(settings.backend, settings.precision)
     backend = engine.backend
