@@ -176,12 +176,15 @@ def load_model(
             warmup=settings.warmup,
         )
 
-    if settings.backend == "auto" and choices is not None:
-        with choices.deciding(path):
-            engine = start(choices.get(path) or "auto")
-            choices.put(path, engine.backend.name)
-    else:
-        engine = start(settings.backend)
+    chosen: str | None = settings.backend
+    if chosen == "auto" and choices is not None:
+        with choices.deciding(path):  # the others wait while the first worker measures
+            chosen = choices.get(path)
+            if chosen is None:
+                engine = start("auto")
+                choices.put(path, engine.backend.name)
+    if chosen is not None:  # a named backend, or the one the first worker chose
+        engine = start(chosen)
     backend = engine.backend
     metrics.model_info.labels(m.name, m.version, backend.name, backend.device, str(m.num_exits)).set(1)
     metrics.queue_depth.labels(m.name).set(0)
