@@ -182,20 +182,20 @@ def load_model(
         return engine, served
 
     auto = settings.backend == "auto" or settings.precision == "auto"
+    chosen: str | None = None
     if auto and choices is not None:
-        # The first worker measures; the others serve the same backend at the same precision.
-        with choices.deciding(path):
+        with choices.deciding(path):  # the others wait while the first worker measures
             chosen = choices.get(path)
             if chosen is None:
                 engine, served = start(settings.backend, settings.precision)
                 choices.put(path, f"{engine.backend.name} {served.precision}")
-            else:  # what is named in the settings stays as named; only "auto" follows the choice
-                name, precision = chosen.split(" ")
-                engine, served = start(
-                    name if settings.backend == "auto" else settings.backend,
-                    cast(Precision, precision) if settings.precision == "auto" else settings.precision,
-                )
-    else:
+    if chosen is not None:  # what the settings name stays as named; only "auto" follows the choice
+        name, precision = chosen.split(" ")
+        engine, served = start(
+            name if settings.backend == "auto" else settings.backend,
+            cast(Precision, precision) if settings.precision == "auto" else settings.precision,
+        )
+    elif not (auto and choices is not None):
         engine, served = start(settings.backend, settings.precision)
     backend = engine.backend
     metrics.model_info.labels(m.name, m.version, backend.name, backend.device, str(m.num_exits)).set(1)
