@@ -8,6 +8,7 @@ Runtime (the same graphs this service runs at that precision).
 
 from __future__ import annotations
 
+import argparse
 import io
 from pathlib import Path
 from typing import Any
@@ -71,3 +72,17 @@ def onnx_stages(pkg: ModelPackage, graphs: str, threads: int) -> list[tuple[Any,
          g.inputs)
         for g in chosen
     ]  # fmt: skip
+
+
+def peer_parser(doc: str, port: int, port_help: str | None = None) -> argparse.ArgumentParser:
+    """The options both peers take: package, port, threads, graphs and batch size."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--package", type=Path, required=True)
+    p.add_argument("--port", type=int, default=port, help=port_help)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    p.add_argument(
+        "--graphs", choices=["torch", "fp32", "int8"], default="torch",
+        help="the torch model, or the package's fp32 or int8 ONNX graphs on ONNX Runtime",
+    )  # fmt: skip
+    p.add_argument("--max-batch-size", type=int, default=32)
+    return p

@@ -9,13 +9,12 @@ form upload is its way to send an image.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 import litserve as ls
 
-from benchmarks.peers.full_network import FullNetwork
+from benchmarks.peers.full_network import FullNetwork, peer_parser
 
 
 class FullNetworkAPI(ls.LitAPI):  # type: ignore[misc]
@@ -44,15 +43,7 @@ class FullNetworkAPI(ls.LitAPI):  # type: ignore[misc]
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--package", type=Path, required=True)
-    p.add_argument("--port", type=int, default=8200)
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
-    p.add_argument(
-        "--graphs", choices=["torch", "fp32", "int8"], default="torch",
-        help="the torch model, or the package's fp32 or int8 ONNX graphs on ONNX Runtime",
-    )  # fmt: skip
-    p.add_argument("--max-batch-size", type=int, default=32)
+    p = peer_parser(__doc__ or "", 8200)
     p.add_argument("--batch-timeout-s", type=float, default=0.001, help="wait for a fuller batch")
     args = p.parse_args()
     api = FullNetworkAPI(

@@ -11,27 +11,16 @@ Python 3.11 its Python-backend stub does not start.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
-from benchmarks.peers.full_network import FullNetwork
+from benchmarks.peers.full_network import FullNetwork, peer_parser
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--package", type=Path, required=True)
-    p.add_argument("--port", type=int, default=8100, help="HTTP; gRPC and metrics take the next two")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
-    p.add_argument(
-        "--graphs", choices=["torch", "fp32", "int8"], default="torch",
-        help="the torch model, or the package's fp32 or int8 ONNX graphs on ONNX Runtime",
-    )  # fmt: skip
-    p.add_argument("--max-batch-size", type=int, default=32)
+    p = peer_parser(__doc__ or "", 8100, "HTTP; gRPC and metrics take the next two")
     p.add_argument("--max-delay-us", type=int, default=1000, help="dynamic batcher queue delay")
     args = p.parse_args()
     net = FullNetwork(args.package, args.threads, args.graphs)
