@@ -32,6 +32,7 @@ from service.engine.graphs import bucket_sizes
 from service.engine.guard import GuardConfig
 from service.engine.precision import Served, choose_backend
 from service.metrics import ServiceMetrics
+from service.policy import fallback_budget
 from service.settings import Precision, ServiceSettings
 
 CPU_MAX_BATCH = 32
@@ -175,7 +176,7 @@ def load_model(
             threads=settings.intra_op_threads,
             buckets=default_buckets(device, config.max_batch_size),
             batch=config.max_batch_size,
-            default_budget=config.default_budget or m.default_budget or 1.0,
+            default_budget=fallback_budget(m, config.default_budget),
             cuda_dtype=settings.torch.dtype,
         )
         engine = build_engine(served.package, served.backend, config, metrics, warmup=settings.warmup)
