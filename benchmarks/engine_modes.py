@@ -30,7 +30,6 @@ from benchmarks.harness.data import Labelled, calibrated_package, held_test_imag
 from benchmarks.harness.engine import (
     ControllerConfig,
     make_engine,
-    plan,
     preprocess,
     resolve_device,
     score,
@@ -66,7 +65,7 @@ class Load:
         engine's default), submitted; returns the future and the images' indices."""
         rng = random.Random(seed * 1_000_003 + i)
         idx = [rng.randrange(len(self.x)) for _ in range(rng.randint(1, 4))]
-        exit_plan = plan(self.pkg.manifest, rng.choice(budgets), engine)
+        exit_plan = engine.plan(rng.choice(budgets))
         return submit(engine, self.x[idx], exit_plan, 30.0), idx
 
     def answer(self, got: list[Any], idx: list[int]) -> Answer:
