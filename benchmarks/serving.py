@@ -5,10 +5,6 @@ Sweeps budgets x concurrency x backend x batching on/off, in-process engine vs t
 configuration by ``--requests`` and ``--max-seconds``. The in-process mode also decodes the same
 PNGs, so "engine vs HTTP" isolates the cost of HTTP, FastAPI and uvicorn.
 
-Without ``--package`` it exports an untrained package of ``--arch`` whose budget table is
-"calibrated" on the benchmark images (confidence quantiles), so budgets below 1 really exit
-early: throughput and latency are real, accuracy is meaningless.
-
     .venv/bin/python -m benchmarks.serving --help
 
 ``make bench`` measures its serving figures here too (:func:`http_loads`, :func:`grid`).
@@ -26,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness.data import Labelled, calibrated_package, sample_pngs
+from benchmarks.harness.data import Labelled, sample_pngs
 from benchmarks.harness.engine import at_precision, make_engine, preprocess, score, submit
 from benchmarks.harness.http import Classify
 from benchmarks.harness.load import Answer, Tally, closed_loop, open_loop, run
 from benchmarks.harness.output import table, write_json
+from benchmarks.harness.provenance import REPO
 from benchmarks.harness.servers import Server, service_spec
 from benchmarks.harness.stats import median_run
 from models.package import load_package
@@ -224,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.serving", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--package", type=Path, help="model package to serve (default: an untrained --arch)")
-    p.add_argument("--arch", default="msdnet", help="registry model for the untrained package")
+    p.add_argument(
+        "--package", type=Path, default=REPO / "packages" / "default", help="package to serve"
+    )
     p.add_argument("--modes", default="engine,http", help="engine,http")
     p.add_argument("--backends", default="torch,onnxruntime", help="torch,onnxruntime")
     p.add_argument("--batching", default="on,off", help="on,off")
@@ -245,14 +243,11 @@ def main(argv: list[str] | None = None) -> int:
                  threads=a.threads, max_batch_size=a.max_batch_size, max_delay_ms=a.max_delay_ms,
                  server_args=tuple(a.server_args.split()))  # fmt: skip
     budgets = [float(b) for b in a.budgets.split(",")]
-    with tempfile.TemporaryDirectory(prefix="anytime-bench-") as tmp:
-        package = a.package or calibrated_package(Path(tmp), a.arch, budgets)
-        print(f"package {load_package(package).manifest.name}")
-        print("\n".join(table(("mode", "backend", "batching", "budget", "clients", *ROW), [])))
-        rows = grid(package, s, budgets, [int(c) for c in a.concurrency.split(",")],
-                    a.modes.split(","), a.backends.split(","),
-                    [b == "on" for b in a.batching.split(",")], sample_pngs(64, seed=1),
-                    a.repeat)  # fmt: skip
+    print(f"package {load_package(a.package).manifest.name}")
+    print("\n".join(table(("mode", "backend", "batching", "budget", "clients", *ROW), [])))
+    rows = grid(a.package, s, budgets, [int(c) for c in a.concurrency.split(",")],
+                a.modes.split(","), a.backends.split(","), [b == "on" for b in a.batching.split(",")],
+                sample_pngs(64, seed=1), a.repeat)  # fmt: skip
     if a.json:
         write_json(a.json, rows)
     return 0
