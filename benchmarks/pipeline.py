@@ -105,7 +105,8 @@ def bench_peers(args: argparse.Namespace, out: Path) -> int:
     rendered anew from ``out/results.json`` (the serving figures stay as measured)."""
     common = ["--package", str(args.package)] + (["--data-dir", args.data_dir] if args.data_dir else [])
     seconds = args.max_seconds or (2.0 if args.quick else 5.0)
-    code = side_by_side.main([*common, "--out", str(out / "peers.json"), "--seconds", str(seconds),
+    peers = str(out / side_by_side.PEER_FILES[args.precision])
+    code = side_by_side.main([*common, "--out", peers, "--seconds", str(seconds),
                               "--repeats", "1" if args.quick else "3",
                               "--precision", args.precision])  # fmt: skip
     if code == 0 and not args.no_profile and args.precision == "fp32":  # the profile is fp32's

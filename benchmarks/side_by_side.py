@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness.data import write_held_set
+from benchmarks.harness.engine import at_precision
 from benchmarks.harness.output import write_json
 from benchmarks.harness.provenance import REPO, RESULTS, Sitting, display
 from benchmarks.harness.servers import Server, ServerSpec, peer_spec, service_spec
 from benchmarks.harness.stats import median_run
 from benchmarks.harness.wrk import WARMUP_S, run_wrk, summarise
 from benchmarks.serving import Settings, engine_load
-from models.package import read_manifest
+from models.package import load_package, read_manifest
 
 ENGINE_START_S = 30.0  # time for every engine process to load and warm up before the load
 PEERS = {"triton": ("v2", "/v2/models/{name}/infer"), "litserve": ("multipart", "/predict")}
@@ -189,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     images = write_held_set(args.package, args.logs / "images", args.data_dir)
     print(f"uptime before: {sitting.uptime0}", flush=True)
     rows = measure(args, images)
-    table_rows = {r.budget: r.accuracy for r in read_manifest(args.package).budgets}
+    served = at_precision(load_package(args.package), args.precision).manifest  # its budget table
+    table_rows = {r.budget: r.accuracy for r in served.budgets}
     settings = {
         "seconds": args.seconds, "warmup_seconds": WARMUP_S, "repeats": args.repeats,
         "connections": args.connections, "images": len(list(images.glob("*.jpg"))),

@@ -61,3 +61,31 @@ def test_the_recorded_command_reproduces_the_run(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr("sys.argv", ["engine_modes.py", "--repeat", "1"])
     assert command("benchmarks.engine_modes", None).endswith("engine_modes --repeat 1")
     assert command("benchmarks", []) == "python -m benchmarks"
+
+
+@pytest.mark.parametrize(
+    ("precision", "results", "profiled"),
+    [("fp32", "peers.json", True), ("int8", "peers_int8.json", False)],
+)
+def test_bench_peers_hands_its_precision_to_the_side_by_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str, results: str, profiled: bool
+) -> None:
+    """``ANYTIME_PRECISION=int8 make bench-peers``: the side by side runs at int8 into its own
+    results file; the request-cost profile (the fp32 service's) runs only at fp32."""
+    calls: dict[str, list[str]] = {}
+
+    def record(name: str) -> Any:
+        def suite(argv: list[str]) -> int:
+            calls[name] = argv
+            return 0
+
+        return suite
+
+    monkeypatch.setattr("benchmarks.side_by_side.main", record("peers"))
+    monkeypatch.setattr("benchmarks.profile.main", record("profile"))
+    monkeypatch.setenv("ANYTIME_PRECISION", precision)
+    assert main(["--only", "peers", "--out", str(tmp_path)]) == 0
+    argv = calls["peers"]
+    assert argv[argv.index("--precision") + 1] == precision
+    assert argv[argv.index("--out") + 1] == str(tmp_path / results)
+    assert ("profile" in calls) == profiled
