@@ -166,9 +166,12 @@ def peers_section(peers: dict[str, Any], profile: dict[str, Any] | None = None) 
     meta, s, rows = peers["meta"], peers["settings"], peers["rows"]
     busy = max(meta.get("loadavg_1m", [0.0])) > 1.5
     precision = s.get("precision", "fp32")
+    make = (
+        "make bench-peers" if precision == "fp32" else f"ANYTIME_PRECISION={precision} make bench-peers"
+    )
     lines = [
         f"## Side by side: this service, Triton and LitServe ({precision})", "",
-        f"- command: `{meta['command']}` (`make bench-peers`); {meta['date']} UTC, commit "
+        f"- command: `{meta['command']}` (`{make}`); {meta['date']} UTC, commit "
         f"`{meta['commit']}`; {meta['machine']}",
         f"- load on the machine: `{meta['uptime_before']}` before, `{meta['uptime_after']}` after"
         + (" (the cores were shared with other work: timings are noisy, ratios within the run "

@@ -121,4 +121,5 @@ def test_an_int8_sitting_says_so_in_its_heading_and_every_row(tmp_path: Path) ->
     (tmp_path / "peers_int8.json").write_text(json.dumps(peers))
     text = render({"meta": meta}, tmp_path)
     assert "## Side by side: this service, Triton and LitServe (int8)" in text
+    assert "(`ANYTIME_PRECISION=int8 make bench-peers`)" in text
     assert "| anytime HTTP, budget 0.5 | int8 | raw |" in text and "| fp32 |" not in text
