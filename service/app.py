@@ -7,7 +7,7 @@ build many apps, and uvicorn reports start-up failures), and shut down with a dr
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -35,7 +35,7 @@ class ModelLoadError(RuntimeError):
     """A configured package could not be served (the message names it and why)."""
 
 
-def _load_all(
+def load_models(
     settings: ServiceSettings, metrics: ServiceMetrics, choices: BackendChoices | None
 ) -> dict[str, LoadedModel]:
     models: dict[str, LoadedModel] = {}
@@ -53,6 +53,9 @@ def _load_all(
     return models
 
 
+ModelLoader = Callable[[ServiceSettings, ServiceMetrics, BackendChoices | None], dict[str, LoadedModel]]
+
+
 def _time_budgets(loaded: LoadedModel, metrics: ServiceMetrics) -> dict[float, BudgetTime]:
     """Each budget row's expected time from the warm-up's stage timings, also as gauges."""
     times = budget_times(
@@ -68,11 +71,14 @@ def create_app(
     settings: ServiceSettings | None = None,
     metrics: ServiceMetrics | None = None,
     backend_choices: BackendChoices | None = None,
+    load: ModelLoader = load_models,
 ) -> FastAPI:
     """Build the FastAPI app for ``settings`` (default: from the environment).
 
     ``metrics`` defaults to a fresh single-process :class:`ServiceMetrics`; ``backend_choices``
     is given to each of several worker processes, so that they serve one backend per model.
+    ``load`` builds the served models (a front end of the shared engine topology connects to the
+    engine process instead: ``service/topology``).
     """
     settings = settings or ServiceSettings()
     state = AppState(settings=settings, metrics=metrics or ServiceMetrics())
@@ -82,9 +88,7 @@ def create_app(
         if not settings.models:
             log.warning("no model packages configured (ANYTIME_MODELS); serving no models")
         # Loading and warm-up are heavy: a worker thread keeps the event loop free meanwhile.
-        state.models = await anyio.to_thread.run_sync(
-            _load_all, settings, state.metrics, backend_choices
-        )
+        state.models = await anyio.to_thread.run_sync(load, settings, state.metrics, backend_choices)
         state.budget_times = {name: _time_budgets(m, state.metrics) for name, m in state.models.items()}
         freeze_startup_heap()
         state.ready = True
