@@ -49,13 +49,15 @@ class Arena:
         """
         n = images.shape[0]
         with self._lock:
+            if n > self.cells:
+                raise ArenaFullError(f"{n} images do not fit in {self.cells} cells")
             if n == 1:
                 first = int(np.argmax(self._free))
                 ok = bool(self._free[first])
             else:
                 starts = np.flatnonzero(
                     np.lib.stride_tricks.sliding_window_view(self._free, n).all(axis=1)
-                )  # cells where a run of n free ones starts (none when n > cells)
+                )  # cells where a run of n free ones starts
                 first = int(starts[0]) if len(starts) else 0
                 ok = len(starts) > 0
             if not ok:
