@@ -31,7 +31,7 @@ from benchmarks.harness.data import write_held_set, write_image_set
 from benchmarks.harness.output import table, write_json
 from benchmarks.harness.provenance import REPO, RESULTS, Sitting, display
 from benchmarks.harness.servers import Server, service_spec
-from benchmarks.harness.wrk import parse_wrk_output, run_wrk, to_result, wrk_command
+from benchmarks.harness.wrk import parse_wrk_output, to_result, wrk_command
 from models.package import read_manifest
 from service.engine.simulated import busy_seconds
 
@@ -76,10 +76,10 @@ def measured_run(
         for k, b in sorted(batches1.items(), key=lambda kv: int(kv[0]))
     ]  # per stage: images run, stage runs, in the window
     per_stage = [n / max(runs, 1.0) for n, runs in deltas]
-    images, runs = sum(n for n, _ in deltas), sum(r for _, r in deltas)
+    ran, runs = sum(n for n, _ in deltas), sum(r for _, r in deltas)
     return {
         "images_per_s": wrk.images_per_s,
-        "mean_batch": images / runs if runs else 0.0,
+        "mean_batch": ran / runs if runs else 0.0,
         "mean_batch_per_stage": [round(b, 2) for b in per_stage],
         "device_busy": (busy1 - busy0) / (t1 - t0),
         "p50_ms": wrk.p50_ms,
@@ -90,22 +90,30 @@ def measured_run(
 
 
 def serve_and_measure(
-    args: argparse.Namespace, topology: str, images: Path, tmp: Path, name: str, repeat: int
-) -> dict[str, Any]:
-    lock = tmp / f"device-{topology}-{repeat}"
+    args: argparse.Namespace, topology: str, scale: float, images: Path, tmp: Path, name: str,
+    repeat: int,
+) -> dict[str, Any]:  # fmt: skip
+    lock = tmp / f"device-{topology}-{scale}-{repeat}"
     extra = [
         "--workers", str(args.front_ends), "--engine-topology", topology,
         "--simulated-device.enabled", "--simulated-device.lock-file", str(lock),
-        "--simulated-device.launch-ms", str(args.launch_ms),
-        "--simulated-device.per-image-us", str(args.per_image_us),
+        "--simulated-device.launch-ms", str(args.launch_ms * scale),
+        "--simulated-device.per-image-us", str(args.per_image_us * scale),
+        "--batching.workers", str(args.engine_threads), "--batching.mode", args.mode,
     ]  # fmt: skip
     path = f"/v1/models/{name}/classify?budget={args.budget}"
     spec = service_spec(args.package, "torch", extra)
-    with Server(spec, tmp / f"server-{topology}-{repeat}.log") as server:
+    with Server(spec, tmp / f"server-{topology}-{scale}-{repeat}.log") as server:
         # Every process has seen every image once (the real network ran on it): not measured.
-        run_wrk(server.url, path, "raw", images, args.warmup_s, args.connections)
+        t0 = time.time()
+        warm = wrk_command(server.url, path, "raw", images, (t0, t0 + args.warmup_s), args.connections)
+        subprocess.run(warm, capture_output=True, check=True)
         row = measured_run(server, path, images, args.seconds, args.connections, lock)
-    return {"topology": topology, "front_ends": args.front_ends, "budget": args.budget, **row}
+    print(f"{topology} x{scale}: {row}", flush=True)
+    return {
+        "topology": topology, "front_ends": args.front_ends, "budget": args.budget,
+        "device_scale": scale, **row,
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,6 +129,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=256, help="distinct held-out images sent")
     p.add_argument("--launch-ms", type=float, default=5.3)
     p.add_argument("--per-image-us", type=float, default=3.3)
+    p.add_argument(
+        "--device-scales", type=float, nargs="+", default=[1.0, 8.0],
+        help="factors on both costs; 8 keeps a 16-core GPU host's host:device ratio on 2 cores",
+    )  # fmt: skip
+    p.add_argument("--mode", default="shrink", choices=["shrink", "rebatch", "run_to_end"])
+    p.add_argument("--engine-threads", type=int, default=1, help="worker threads per engine")
     p.add_argument("--out", type=Path, default=RESULTS / "topology_sim.json")
     args = p.parse_args(argv)
     sitting = Sitting("benchmarks.topology_sim", argv)
@@ -134,28 +148,36 @@ def main(argv: list[str] | None = None) -> None:
             [f.read_bytes() for f in files], [int(line.split()[1]) for line in lines], tmp / "set"
         )
         rows = [
-            serve_and_measure(args, topology, images, tmp, name, r)
+            serve_and_measure(args, topology, scale, images, tmp, name, r)
+            for scale in args.device_scales
             for r in range(args.repeat)
             for topology in (TOPOLOGIES if r % 2 == 0 else TOPOLOGIES[::-1])
         ]
-    summary = {}
-    for topology in TOPOLOGIES:
-        mine = [r for r in rows if r["topology"] == topology]
-        keys = ("images_per_s", "mean_batch", "device_busy")
-        summary[topology] = {k: statistics.median(r[k] for r in mine) for k in keys}
-    ratio = {
-        k: summary["shared"][k] / summary["per-worker"][k] if summary["per-worker"][k] else None
-        for k in ("images_per_s", "mean_batch")
-    }
+    keys = ("images_per_s", "mean_batch", "device_busy")
+    summary, ratio = {}, {}
+    for scale in args.device_scales:
+        med = {
+            t: {
+                k: statistics.median(
+                    r[k] for r in rows if (r["topology"], r["device_scale"]) == (t, scale)
+                )
+                for k in keys
+            }
+            for t in TOPOLOGIES
+        }
+        summary[str(scale)] = med
+        ratio[str(scale)] = {k: med["shared"][k] / med["per-worker"][k] for k in keys[:2]}
     meta = sitting.meta(
         launch_ms=args.launch_ms, per_image_us=args.per_image_us, connections=args.connections,
         seconds=args.seconds, images=len(files), repeat=args.repeat,
+        engine_threads=args.engine_threads, mode=args.mode,
     )  # fmt: skip
     results = {"meta": meta, "rows": rows, "median": summary, "shared_over_per_worker": ratio}
     write_json(args.out, results)
-    head = ["topology", "front ends", "budget", "images/s", "mean batch", "per stage", "device busy"]
+    head = ["topology", "scale", "front ends", "budget", "images/s", "mean batch", "per stage",
+            "device busy"]  # fmt: skip
     print("\n".join(table(head, [
-        [r["topology"], r["front_ends"], r["budget"], f"{r['images_per_s']:.1f}",
+        [r["topology"], r["device_scale"], r["front_ends"], r["budget"], f"{r['images_per_s']:.1f}",
          f"{r['mean_batch']:.2f}", " / ".join(map(str, r["mean_batch_per_stage"])),
          f"{r['device_busy']:.2f}"] for r in rows
     ])))  # fmt: skip
