@@ -7,7 +7,7 @@ build many apps, and uvicorn reports start-up failures), and shut down with a dr
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -16,13 +16,15 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 import service
-from service.budget_times import BudgetTime, budget_times
+from models.package import PackageError
 from service.contract import build_openapi
-from service.engine import LoadedModel, load_model
 from service.engine.choices import BackendChoices
 from service.engine.factory import freeze_startup_heap
 from service.metrics import ServiceMetrics
 from service.middleware import RequestMetricsMiddleware
+from service.repository import Desired, ModelRegistry
+from service.repository.loading import fingerprint, load_version, package_identity
+from service.repository.registry import Loader
 from service.routes import health, v1, v2
 from service.routes.handlers import install_handlers
 from service.settings import ServiceSettings
@@ -35,71 +37,81 @@ class ModelLoadError(RuntimeError):
     """A configured package could not be served (the message names it and why)."""
 
 
-def load_models(
-    settings: ServiceSettings, metrics: ServiceMetrics, choices: BackendChoices | None
-) -> dict[str, LoadedModel]:
-    models: dict[str, LoadedModel] = {}
+def models_list(settings: ServiceSettings) -> Desired:
+    """The ``models`` list as a repository: each package is one version of its own name."""
+    desired: Desired = {}
     for path in settings.models:
         try:
-            loaded = load_model(path, settings, metrics, choices)
-        except Exception as e:  # PackageError, BackendError, ...: stop start-up with one message
-            for m in models.values():
-                m.engine.stop()
+            name, version = package_identity(path)
+        except PackageError as e:
             raise ModelLoadError(f"cannot serve model package {path}: {e}") from e
-        if loaded.name in models:
-            loaded.engine.stop()
-            raise ModelLoadError(f"two packages are named {loaded.name!r}; names must be unique")
-        models[loaded.name] = loaded
-    return models
+        if name in desired:
+            raise ModelLoadError(f"two packages are named {name!r}; names must be unique")
+        desired[name] = {version: path}
+    return desired
 
 
-ModelLoader = Callable[[ServiceSettings, ServiceMetrics, BackendChoices | None], dict[str, LoadedModel]]
+def build_registry(
+    settings: ServiceSettings,
+    metrics: ServiceMetrics,
+    choices: BackendChoices | None,
+    loader: Loader | None = None,
+) -> ModelRegistry:
+    """A registry whose versions load as ``settings`` say (or as ``loader`` does), failures
+    counted on ``metrics``."""
 
+    def failed(name: str, version: int, reason: str) -> None:
+        metrics.load_failures.labels(name, str(version)).inc()
 
-def _time_budgets(loaded: LoadedModel, metrics: ServiceMetrics) -> dict[float, BudgetTime]:
-    """Each budget row's expected time from the warm-up's stage timings, also as gauges."""
-    times = budget_times(
-        loaded.package.manifest.budgets, loaded.engine.costs, loaded.engine.config.max_batch_size
+    return ModelRegistry(
+        loader or partial(load_version, settings=settings, metrics=metrics, choices=choices),
+        fingerprint=fingerprint,
+        drain_timeout_s=settings.request_timeout_s + 5,
+        on_failure=failed,
     )
-    for budget, t in times.items():
-        metrics.budget_latency.labels(loaded.name, str(budget)).set(t.ms_per_image / 1000.0)
-        metrics.budget_throughput.labels(loaded.name, str(budget)).set(t.images_per_s)
-    return times
+
+
+def start_models(registry: ModelRegistry, desired: Desired) -> None:
+    """Load the start-up models; any failure stops start-up with one message."""
+    report = registry.apply(desired)
+    if report.failed:
+        registry.close()
+        (name, version), reason = next(iter(report.failed.items()))
+        raise ModelLoadError(f"cannot serve model package {desired[name][version]}: {reason}")
 
 
 def create_app(
     settings: ServiceSettings | None = None,
     metrics: ServiceMetrics | None = None,
     backend_choices: BackendChoices | None = None,
-    load: ModelLoader = load_models,
+    loader: Loader | None = None,
 ) -> FastAPI:
     """Build the FastAPI app for ``settings`` (default: from the environment).
 
     ``metrics`` defaults to a fresh single-process :class:`ServiceMetrics`; ``backend_choices``
     is given to each of several worker processes, so that they serve one backend per model.
-    ``load`` builds the served models (a front end of the shared engine topology connects to the
-    engine process instead: ``service/topology``).
+    ``loader`` builds each served version (default: from its package; a front end of the
+    shared engine process builds clients of that process's engines: ``service/topology``).
     """
     settings = settings or ServiceSettings()
-    state = AppState(settings=settings, metrics=metrics or ServiceMetrics())
+    metrics = metrics or ServiceMetrics()
+    state = AppState(settings, metrics, build_registry(settings, metrics, backend_choices, loader))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.models:
             log.warning("no model packages configured (ANYTIME_MODELS); serving no models")
         # Loading and warm-up are heavy: a worker thread keeps the event loop free meanwhile.
-        state.models = await anyio.to_thread.run_sync(load, settings, state.metrics, backend_choices)
-        state.budget_times = {name: _time_budgets(m, state.metrics) for name, m in state.models.items()}
+        await anyio.to_thread.run_sync(start_models, state.registry, models_list(settings))
         freeze_startup_heap()
         state.ready = True
-        log.info("ready: %s", ", ".join(state.models) or "no models")
+        log.info("ready: %s", ", ".join(state.registry.names()) or "no models")
         try:
             yield
         finally:
             state.ready = False
             log.info("shutting down: draining the engines' queues")
-            for m in state.models.values():
-                await anyio.to_thread.run_sync(m.engine.stop)
+            await anyio.to_thread.run_sync(state.registry.close)
 
     app = FastAPI(
         title="anytime",
@@ -119,6 +131,6 @@ def create_app(
         RequestMetricsMiddleware,
         metrics=state.metrics,
         templates=templates,
-        models=lambda: set(state.models),
+        known=state.registry.known,
     )
     return app

@@ -64,7 +64,7 @@ def create_worker_app() -> FastAPI:
         from service.topology.client import front_end_loader
 
         metrics = ServiceMetrics(Path(metrics_dir) if metrics_dir else None)
-        return create_app(settings, metrics, load=front_end_loader(engine_address))
+        return create_app(settings, metrics, loader=front_end_loader(engine_address, settings, metrics))
     return create_app(
         settings,
         ServiceMetrics(Path(metrics_dir) if metrics_dir else None),

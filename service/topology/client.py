@@ -28,13 +28,14 @@ from torch import Tensor
 
 from models.multi_exit import MultiExitNet
 from models.package import ModelPackage
-from service.app import ModelLoader
 from service.engine import ImageResult, LoadedModel, ModelEngine, RequestWork
-from service.engine.choices import BackendChoices
 from service.engine.costs import StageCosts
-from service.errors import EngineStoppedError, QueueFullError
+from service.errors import EngineStoppedError, ModelNotFoundError, QueueFullError
 from service.metrics import ServiceMetrics
 from service.policy import ExitPlan, resolve_plan
+from service.repository import ServedVersion
+from service.repository.loading import time_budgets
+from service.repository.registry import Loader
 from service.settings import ServiceSettings
 from service.topology.arena import Arena, ArenaFullError
 from service.topology.protocol import (
@@ -46,6 +47,7 @@ from service.topology.protocol import (
     HELLO,
     PLAN,
     SUBMIT,
+    Key,
     Message,
     ModelInfo,
     RemoteError,
@@ -78,7 +80,7 @@ class EngineLink:
     def __init__(self, address: str, cells: int) -> None:
         self.address, self.cells = address, cells
         self.arena: Arena | None = None  # sized from the first catalog
-        self.catalog: dict[str, ModelInfo] = {}
+        self.catalog: dict[Key, ModelInfo] = {}
         self.connected = False
         self._conn: Connection | None = None
         self._send_lock = threading.Lock()
@@ -88,7 +90,7 @@ class EngineLink:
         self._closing = False
         self.users = 0  # clients not stopped yet; the last one's stop closes the link
 
-    def connect(self, timeout: float = 600.0) -> dict[str, ModelInfo]:
+    def connect(self, timeout: float = 600.0) -> dict[Key, ModelInfo]:
         """Connect (waiting up to ``timeout`` for the engine to listen), read its catalog, and
         start the reader thread."""
         self._hello(_connect(self.address, timeout))
@@ -108,12 +110,12 @@ class EngineLink:
         self._conn, self.connected = conn, True
 
     def submit(
-        self, model: str, images: Tensor, plan: ExitPlan, deadline: float, arrived: float
+        self, key: Key, images: Tensor, plan: ExitPlan, deadline: float, arrived: float
     ) -> RequestWork:
         n = images.shape[0]
         work = RequestWork(n=n, deadline=deadline)
         work.arrived = arrived
-        arena = self.arena
+        arena, model = self.arena, key[0]
         if not self.connected or arena is None:
             raise EngineStoppedError(f"model {model!r}: the engine process is restarting")
         try:
@@ -121,12 +123,12 @@ class EngineLink:
         except ArenaFullError:
             raise QueueFullError(
                 f"model {model!r}: this front end has {arena.in_use()} images in flight",
-                retry_after_s=self.catalog[model].config.retry_after_s,
+                retry_after_s=self.catalog[key].config.retry_after_s,
             ) from None
         rid = next(self._ids)
         self._open[rid] = (work, first, n)
         self._rid[work] = rid
-        if not self._send((SUBMIT, rid, model, first, n, plan, deadline, arrived)):
+        if not self._send((SUBMIT, rid, key, first, n, plan, deadline, arrived)):
             self._settle(rid, RemoteError("shutting_down", f"model {model!r}: the engine is gone"))
         return work
 
@@ -170,9 +172,9 @@ class EngineLink:
                     if msg[0] in (ANSWER, ERROR):
                         self._settle(msg[1], msg[2])
                     elif msg[0] == PLAN:
-                        _, name, default, shift = msg
-                        info = self.catalog[name]
-                        self.catalog[name] = replace(info, default_budget=default, shift=shift)
+                        _, key, default, shift = msg
+                        info = self.catalog[key]
+                        self.catalog[key] = replace(info, default_budget=default, shift=shift)
             except (EOFError, OSError):
                 pass
             self._lost()
@@ -218,9 +220,9 @@ class EngineLink:
 class EngineClient:
     """``ModelEngine``'s surface for serving.py and the routes, over an :class:`EngineLink`."""
 
-    def __init__(self, link: EngineLink, name: str) -> None:
-        self.link, self.name = link, name
-        info = link.catalog[name]
+    def __init__(self, link: EngineLink, key: Key) -> None:
+        self.link, self.key, self.name = link, key, key[0]
+        info = link.catalog[key]
         self.manifest, self.config = info.manifest, info.config
         self.num_exits = info.manifest.num_exits
         self.costs = StageCosts(self.num_exits)
@@ -233,7 +235,7 @@ class EngineClient:
 
     @property
     def ready(self) -> bool:
-        return not self._stopped and self.link.connected and self.link.catalog[self.name].ready
+        return not self._stopped and self.link.connected and self.link.catalog[self.key].ready
 
     @property
     def queue_depth(self) -> int:
@@ -248,7 +250,7 @@ class EngineClient:
         self, budget: float | None = None, threshold: float | None = None, max_exit: int | None = None
     ) -> ExitPlan:
         """``ModelEngine.plan``, from what the engine process last published."""
-        info = self.link.catalog[self.name]
+        info = self.link.catalog[self.key]
         return resolve_plan(
             self.manifest,
             budget=budget,
@@ -266,7 +268,7 @@ class EngineClient:
         if self._stopped:
             raise EngineStoppedError(f"model {self.name!r} is shutting down")
         now = time.monotonic() if arrived is None else arrived
-        return self.link.submit(self.name, images.float().contiguous(), plan, deadline, now)
+        return self.link.submit(self.key, images.float().contiguous(), plan, deadline, now)
 
     def cancel(self, work: RequestWork, reason: str) -> None:
         if work.cancel_reason is None and not work.future.done():
@@ -281,28 +283,34 @@ class EngineClient:
             self.link.release()
 
 
-def front_end_models(link: EngineLink) -> dict[str, LoadedModel]:
-    """A ``LoadedModel`` per model of ``link``'s catalog: the package's manifest (front ends
-    hold no weights; serving reads only the manifest) and an :class:`EngineClient`."""
-    out = {}
-    for name, info in link.catalog.items():
-        package = ModelPackage(Path(info.root), info.manifest, cast(MultiExitNet, None))
-        engine = cast(ModelEngine, EngineClient(link, name))  # the surface serving.py uses
-        out[name] = LoadedModel(package, engine, info.precision)
-    return out
+def remote_version(link: EngineLink, key: Key, metrics: ServiceMetrics) -> ServedVersion:
+    """The engine process's version ``key`` as this front end serves it: the package's manifest
+    (front ends hold no weights; serving reads only the manifest) and an :class:`EngineClient`.
+
+    Raises:
+        ModelNotFoundError: the engine process serves no such version (it failed to load there).
+    """
+    info = link.catalog.get(key)
+    if info is None:
+        served = sorted(f"{n} v{v}" for n, v in link.catalog)
+        raise ModelNotFoundError(f"the engine process does not serve {key[0]} v{key[1]}: {served}")
+    package = ModelPackage(Path(info.root), info.manifest, cast(MultiExitNet, None))
+    engine = cast(ModelEngine, EngineClient(link, key))  # the surface serving.py uses
+    loaded = LoadedModel(package, engine, info.precision)
+    return ServedVersion(key[0], key[1], loaded, info.root, time_budgets(loaded, metrics))
 
 
-def front_end_loader(address: str) -> ModelLoader:
-    """The app's model loader in a front end: connect to the engine process at ``address``."""
+def front_end_loader(address: str, settings: ServiceSettings, metrics: ServiceMetrics) -> Loader:
+    """The registry loader of a front end: versions are the engine process's at ``address``
+    (connected on first use; one link per front-end process)."""
+    # Room for a full engine queue and a largest request beyond it: the engine's bounded queue,
+    # not this arena, is what answers 429 in normal overload.
+    cells = 2 * settings.batching.queue_size + settings.limits.max_images_per_request
+    link = EngineLink(address, cells)
 
-    def load(
-        settings: ServiceSettings, metrics: ServiceMetrics, choices: BackendChoices | None
-    ) -> dict[str, LoadedModel]:
-        # Room for a full engine queue and a largest request beyond it: the engine's bounded
-        # queue, not this arena, is what answers 429 in normal overload.
-        cells = 2 * settings.batching.queue_size + settings.limits.max_images_per_request
-        link = EngineLink(address, cells)
-        link.connect()
-        return front_end_models(link)
+    def load(name: str, version: int, path: str) -> ServedVersion:
+        if link._conn is None:
+            link.connect()
+        return remote_version(link, (name, version), metrics)
 
     return load

@@ -15,6 +15,7 @@ from multiprocessing.connection import Connection, Listener
 
 from service.engine import ImageResult, LoadedModel, ModelEngine, RequestWork
 from service.errors import ServiceError
+from service.repository import ModelRegistry
 from service.topology.arena import ArenaReader
 from service.topology.protocol import (
     ANSWER,
@@ -25,6 +26,7 @@ from service.topology.protocol import (
     HELLO,
     PLAN,
     SUBMIT,
+    Key,
     Message,
     ModelInfo,
     RemoteError,
@@ -76,13 +78,17 @@ class _FrontEnd:
 
 
 class EngineHost:
-    """Accepts front ends on ``listener`` and serves them ``models``' engines."""
+    """Accepts front ends on ``listener`` and serves them the READY versions of ``registry``
+    (this process's, the only one that loads engines)."""
 
-    def __init__(self, models: dict[str, LoadedModel], listener: Listener) -> None:
-        self.models, self.listener = models, listener
+    def __init__(self, registry: ModelRegistry, listener: Listener) -> None:
+        self.registry, self.listener = registry, listener
         self._front_ends: set[_FrontEnd] = set()
         self._lock = threading.Lock()
-        self._published = {name: plan_inputs(m.engine) for name, m in models.items()}
+        self._published: dict[Key, tuple[float | None, tuple[float, ...]]] = {}
+
+    def catalog(self) -> dict[Key, ModelInfo]:
+        return {(v.name, v.version): model_info(v.loaded) for v in self.registry.ready_versions()}
 
     def accept_forever(self) -> None:
         """Accept connections until the listener is closed (each served by its own thread)."""
@@ -117,25 +123,24 @@ class EngineHost:
     def _handle(self, fe: _FrontEnd, msg: Message) -> None:
         kind = msg[0]
         if kind == SUBMIT:
-            _, rid, name, first, n, plan, deadline, arrived = msg
-            loaded = self.models[name]
+            _, rid, key, first, n, plan, deadline, arrived = msg
             assert fe.reader is not None  # a front end names its arena first
-            h, w = loaded.package.manifest.preprocessing.input_size
-            images = fe.reader.get(first, n, (3, h, w))
             try:
-                work = loaded.engine.submit(images, plan, deadline, arrived)
-            except ServiceError as e:  # 429 / 503: answered at once
+                engine = self.registry.resolve(*key).loaded.engine
+                h, w = engine.manifest.preprocessing.input_size
+                work = engine.submit(fe.reader.get(first, n, (3, h, w)), plan, deadline, arrived)
+            except ServiceError as e:  # 429 / 503 / 404: answered at once
                 fe.send((ERROR, rid, to_remote(e)))
                 return
-            fe.works[rid] = (loaded.engine, work)
-            work.future.add_done_callback(lambda f: self._settled(fe, rid, name, work, f))
+            fe.works[rid] = (engine, work)
+            work.future.add_done_callback(lambda f: self._settled(fe, rid, key, engine, work, f))
         elif kind == CANCEL:
             _, rid, reason = msg
             entry = fe.works.get(rid)
             if entry is not None:
                 entry[0].cancel(entry[1], reason)
         elif kind == HELLO:
-            fe.send((CATALOG, {name: model_info(m) for name, m in self.models.items()}))
+            fe.send((CATALOG, self.catalog()))
         elif kind == ARENA:
             _, arena, cell_floats = msg
             fe.reader = ArenaReader(arena, cell_floats)
@@ -143,7 +148,13 @@ class EngineHost:
             log.error("unknown message kind %r from a front end", kind)
 
     def _settled(
-        self, fe: _FrontEnd, rid: int, name: str, work: RequestWork, f: cf.Future[list[ImageResult]]
+        self,
+        fe: _FrontEnd,
+        rid: int,
+        key: Key,
+        engine: ModelEngine,
+        work: RequestWork,
+        f: cf.Future[list[ImageResult]],
     ) -> None:
         """The one final message of a request (runs in the thread that settled its future)."""
         fe.works.pop(rid, None)
@@ -153,15 +164,15 @@ class EngineHost:
             fe.send((ERROR, rid, to_remote(exc)))
         else:
             fe.send((ANSWER, rid, f.result()))
-        self._publish(name)
+        self._publish(key, engine)
 
-    def _publish(self, name: str) -> None:
+    def _publish(self, key: Key, engine: ModelEngine) -> None:
         """Tell every front end when a request without options would run under another plan."""
-        now = plan_inputs(self.models[name].engine)
-        if now == self._published[name]:
+        now = plan_inputs(engine)
+        if now == self._published.setdefault(key, now):
             return
-        self._published[name] = now
+        self._published[key] = now
         with self._lock:
             front_ends = list(self._front_ends)
         for fe in front_ends:
-            fe.send((PLAN, name, *now))
+            fe.send((PLAN, key, *now))

@@ -32,7 +32,7 @@ def engine_main(argv: list[str], address: str, metrics_dir: str, control: Connec
     """The engine process: load the models, serve front ends on ``address`` until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from service.app import load_models  # heavy: torch and the models, in this process only
+    from service.app import build_registry, models_list, start_models  # heavy: torch, models
     from service.engine.factory import freeze_startup_heap
     from service.logs import configure_logging
     from service.metrics import ServiceMetrics
@@ -41,20 +41,21 @@ def engine_main(argv: list[str], address: str, metrics_dir: str, control: Connec
 
     settings = ServiceSettings(_cli_parse_args=argv)
     configure_logging(settings.log_level, settings.json_logs)
-    models = load_models(settings, ServiceMetrics(Path(metrics_dir)), None)
+    registry = build_registry(settings, ServiceMetrics(Path(metrics_dir)), None)
+    start_models(registry, models_list(settings))
     with Listener(address, family="AF_UNIX") as listener:
-        host = EngineHost(models, listener)
+        host = EngineHost(registry, listener)
         threading.Thread(target=host.accept_forever, name="accept", daemon=True).start()
         freeze_startup_heap()
-        log.info("engine process %d ready: %s", os.getpid(), ", ".join(models) or "no models")
+        names = ", ".join(registry.names()) or "no models"
+        log.info("engine process %d ready: %s", os.getpid(), names)
         control.send(READY)
         try:
             control.recv()  # "stop", or EOFError when the parent is gone
         except EOFError:
             log.warning("engine process: the server's parent process is gone; stopping")
         log.info("engine process: draining the engines' queues")
-        for m in models.values():
-            m.engine.stop()
+        registry.close()
 
 
 class EngineProcess:

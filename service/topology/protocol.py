@@ -3,15 +3,17 @@
 Images never travel here (they are in the front end's shared-memory arena, ``arena.py``); a
 message is a tuple whose first item is its kind. Front end -> engine:
 
-- ``(HELLO,)`` once per connection; the answer is ``(CATALOG, {name: ModelInfo})``; then
+- ``(HELLO,)`` once per connection; the answer is ``(CATALOG, {(name, version): ModelInfo})``
+  (the engine process's READY versions); then
   ``(ARENA, shared-memory block name, float32 values per cell)``.
-- ``(SUBMIT, request id, model, first cell, n, plan, deadline, arrived)``; every submit gets
+- ``(SUBMIT, request id, (name, version), first cell, n, plan, deadline, arrived)``; every
+  submit gets
   exactly one final message back: ``ANSWER`` or ``ERROR``. ``deadline`` and ``arrived`` are
   ``time.monotonic()`` instants: one clock for every process of the machine (CLOCK_MONOTONIC).
 - ``(CANCEL, request id, reason)``.
 
 Engine -> front end: ``(ANSWER, request id, results)``, ``(ERROR, request id, RemoteError)``,
-``(PLAN, model, default budget, guard shift)`` whenever what a request without options runs
+``(PLAN, (name, version), default budget, guard shift)`` whenever what a request without options runs
 under has changed (the SLO controller or the accuracy guard moved it).
 """
 
@@ -89,3 +91,5 @@ def from_remote(err: RemoteError) -> BaseException:
 
 
 Message = tuple[Any, ...]
+Key = tuple[str, int]
+"""A served version: (model name, version)."""

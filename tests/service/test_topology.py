@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from models.package import ModelPackage
-from service.app import load_models
+from service.app import build_registry, models_list, start_models
 from service.engine import LoadedModel
 from service.engine.simulated import SimulatedBackend, SimulatedDevice, busy_seconds
 from service.errors import QueueFullError
 from service.images import images_to_batch
 from service.metrics import ServiceMetrics
 from service.topology.arena import Arena, ArenaFullError, ArenaReader
-from service.topology.client import EngineLink, front_end_models
+from service.topology.client import front_end_loader
 from service.topology.host import EngineHost
 from tests.service.conftest import make_settings
 from tests.service.fixtures import LIMITS, check_answers
@@ -95,23 +95,26 @@ def test_simulated_device_runs_one_stage_at_a_time(
 
 @pytest.fixture
 def served(calibrated_package: Path) -> Iterator[tuple[LoadedModel, LoadedModel]]:
-    """(the engine process's model, a front end's model of it), joined by a real socket."""
+    """(the engine process's model, a front end's model of it), joined by a real socket: the
+    engine side's registry loads the package; the front end's registry loads clients of it."""
     settings = make_settings(calibrated_package, batching={"max_delay_ms": 5, "queue_size": 64})
     metrics = ServiceMetrics()
-    [(name, engine_side)] = load_models(settings, metrics, None).items()
+    registry = build_registry(settings, metrics, None)
+    start_models(registry, models_list(settings))
+    [engine_side] = registry.ready_versions()
     address = str(Path(tempfile.mkdtemp(prefix="anytime-")) / "engine.sock")
-    listener = Listener(address, family="AF_UNIX")
-    host = EngineHost({name: engine_side}, listener)
+    host = EngineHost(registry, Listener(address, family="AF_UNIX"))
     threading.Thread(target=host.accept_forever, daemon=True).start()
-    link = EngineLink(address, cells=128)
-    link.connect(timeout=10)
-    front = front_end_models(link)[name]
+    front = build_registry(settings, metrics, None, front_end_loader(address, settings, metrics))
+    start_models(front, models_list(settings))
+    [front_side] = front.ready_versions()
+    assert (front_side.name, front_side.version) == (engine_side.name, engine_side.version)
     try:
-        yield engine_side, front
+        yield engine_side.loaded, front_side.loaded
     finally:
-        front.engine.stop()
+        front.close()
         host.close()
-        engine_side.engine.stop()
+        registry.close()
 
 
 def test_same_answers_as_in_process_for_mixed_budgets_and_arrivals(
