@@ -8,6 +8,9 @@ Per run: images/s in wrk's window, the mean batch per stage run over that window
 ``/metrics``, summed over every process), and the share of the window the device was busy.
 Writes ``benchmarks/results/topology_sim.json``.
 
+``--backend onnxruntime`` (or ``torch``) measures the same on the CPU itself, no simulated
+device (``device_busy`` is then null): which topology serves a CPU better.
+
 A stage's answers come from the real network, run once per distinct image on the CPU the first
 time the engine sees it; a warm-up run sends the whole image set first so that the measured
 window holds simulated device time only.
@@ -54,7 +57,7 @@ def batch_sums(url: str) -> dict[str, tuple[float, float]]:
 
 
 def measured_run(
-    server: Server, path: str, images: Path, seconds: float, connections: int, lock: Path
+    server: Server, path: str, images: Path, seconds: float, connections: int, lock: Path | None
 ) -> dict[str, Any]:
     """One wrk run; batch sizes and device time are read at its window's start and end."""
     warmup = 3.0
@@ -66,9 +69,10 @@ def measured_run(
     )
     runner.start()
     time.sleep(max(0.0, start - time.time()))
-    batches0, busy0, t0 = batch_sums(server.url), busy_seconds(lock), time.monotonic()
+    busy = (lambda: busy_seconds(lock)) if lock is not None else (lambda: 0.0)
+    batches0, busy0, t0 = batch_sums(server.url), busy(), time.monotonic()
     time.sleep(max(0.0, start + seconds - time.time()))
-    batches1, busy1, t1 = batch_sums(server.url), busy_seconds(lock), time.monotonic()
+    batches1, busy1, t1 = batch_sums(server.url), busy(), time.monotonic()
     runner.join()
     wrk = to_result(parse_wrk_output(done["run"].stdout), connections, warmup)
     deltas = [
@@ -81,7 +85,7 @@ def measured_run(
         "images_per_s": wrk.images_per_s,
         "mean_batch": ran / runs if runs else 0.0,
         "mean_batch_per_stage": [round(b, 2) for b in per_stage],
-        "device_busy": (busy1 - busy0) / (t1 - t0),
+        "device_busy": (busy1 - busy0) / (t1 - t0) if lock is not None else None,
         "p50_ms": wrk.p50_ms,
         "p99_ms": wrk.p99_ms,
         "failed": wrk.failed,
@@ -90,28 +94,34 @@ def measured_run(
 
 
 def serve_and_measure(
-    args: argparse.Namespace, topology: str, scale: float, images: Path, tmp: Path, name: str,
-    repeat: int,
+    args: argparse.Namespace, topology: str, scale: float, budget: float, images: Path, tmp: Path,
+    name: str, repeat: int,
 ) -> dict[str, Any]:  # fmt: skip
-    lock = tmp / f"device-{topology}-{scale}-{repeat}"
+    tag = f"{topology}-{scale}-{budget}-{repeat}"
+    lock: Path | None = tmp / f"device-{tag}"
     extra = [
         "--workers", str(args.front_ends), "--engine-topology", topology,
-        "--simulated-device.enabled", "--simulated-device.lock-file", str(lock),
-        "--simulated-device.launch-ms", str(args.launch_ms * scale),
-        "--simulated-device.per-image-us", str(args.per_image_us * scale),
         "--batching.workers", str(args.engine_threads), "--batching.mode", args.mode,
     ]  # fmt: skip
-    path = f"/v1/models/{name}/classify?budget={args.budget}"
-    spec = service_spec(args.package, "torch", extra)
-    with Server(spec, tmp / f"server-{topology}-{scale}-{repeat}.log") as server:
+    if args.backend == "simulated":
+        extra += [
+            "--simulated-device.enabled", "--simulated-device.lock-file", str(lock),
+            "--simulated-device.launch-ms", str(args.launch_ms * scale),
+            "--simulated-device.per-image-us", str(args.per_image_us * scale),
+        ]  # fmt: skip
+    else:
+        lock = None
+    path = f"/v1/models/{name}/classify?budget={budget}"
+    spec = service_spec(args.package, "torch" if args.backend == "simulated" else args.backend, extra)
+    with Server(spec, tmp / f"server-{tag}.log") as server:
         # Every process has seen every image once (the real network ran on it): not measured.
         t0 = time.time()
         warm = wrk_command(server.url, path, "raw", images, (t0, t0 + args.warmup_s), args.connections)
         subprocess.run(warm, capture_output=True, check=True)
         row = measured_run(server, path, images, args.seconds, args.connections, lock)
-    print(f"{topology} x{scale}: {row}", flush=True)
+    print(f"{tag}: {row}", flush=True)
     return {
-        "topology": topology, "front_ends": args.front_ends, "budget": args.budget,
+        "topology": topology, "front_ends": args.front_ends, "budget": budget,
         "device_scale": scale, **row,
     }  # fmt: skip
 
@@ -121,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--package", type=Path, default=REPO / "packages" / "default")
     p.add_argument("--data-dir", default=None, help="where the package's training data is")
     p.add_argument("--front-ends", type=int, default=2)
-    p.add_argument("--budget", type=float, default=0.5)
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.5])
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup-s", type=float, default=6.0, help="unmeasured run before each")
@@ -133,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         "--device-scales", type=float, nargs="+", default=[1.0, 8.0],
         help="factors on both costs; 8 keeps a 16-core GPU host's host:device ratio on 2 cores",
     )  # fmt: skip
+    p.add_argument("--backend", default="simulated", choices=["simulated", "onnxruntime", "torch"])
     p.add_argument("--mode", default="shrink", choices=["shrink", "rebatch", "run_to_end"])
     p.add_argument("--engine-threads", type=int, default=1, help="worker threads per engine")
     p.add_argument("--out", type=Path, default=RESULTS / "topology_sim.json")
@@ -148,29 +159,27 @@ def main(argv: list[str] | None = None) -> None:
             [f.read_bytes() for f in files], [int(line.split()[1]) for line in lines], tmp / "set"
         )
         rows = [
-            serve_and_measure(args, topology, scale, images, tmp, name, r)
+            serve_and_measure(args, topology, scale, budget, images, tmp, name, r)
             for scale in args.device_scales
+            for budget in args.budgets
             for r in range(args.repeat)
             for topology in (TOPOLOGIES if r % 2 == 0 else TOPOLOGIES[::-1])
         ]
-    keys = ("images_per_s", "mean_batch", "device_busy")
-    summary, ratio = {}, {}
+    keys = ("images_per_s", "mean_batch") + (("device_busy",) if args.backend == "simulated" else ())
+    summary, ratio = {}, {}  # per "scale budget": medians per topology, shared / per-worker
     for scale in args.device_scales:
-        med = {
-            t: {
-                k: statistics.median(
-                    r[k] for r in rows if (r["topology"], r["device_scale"]) == (t, scale)
-                )
-                for k in keys
+        for budget in args.budgets:
+            mine = [r for r in rows if (r["device_scale"], r["budget"]) == (scale, budget)]
+            med = {
+                t: {k: statistics.median(r[k] for r in mine if r["topology"] == t) for k in keys}
+                for t in TOPOLOGIES
             }
-            for t in TOPOLOGIES
-        }
-        summary[str(scale)] = med
-        ratio[str(scale)] = {k: med["shared"][k] / med["per-worker"][k] for k in keys[:2]}
+            summary[f"{scale} {budget}"] = med
+            ratio[f"{scale} {budget}"] = {k: med["shared"][k] / med["per-worker"][k] for k in keys[:2]}
     meta = sitting.meta(
         launch_ms=args.launch_ms, per_image_us=args.per_image_us, connections=args.connections,
         seconds=args.seconds, images=len(files), repeat=args.repeat,
-        engine_threads=args.engine_threads, mode=args.mode,
+        engine_threads=args.engine_threads, mode=args.mode, backend=args.backend,
     )  # fmt: skip
     results = {"meta": meta, "rows": rows, "median": summary, "shared_over_per_worker": ratio}
     write_json(args.out, results)
@@ -179,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(table(head, [
         [r["topology"], r["device_scale"], r["front_ends"], r["budget"], f"{r['images_per_s']:.1f}",
          f"{r['mean_batch']:.2f}", " / ".join(map(str, r["mean_batch_per_stage"])),
-         f"{r['device_busy']:.2f}"] for r in rows
+         "-" if r["device_busy"] is None else f"{r['device_busy']:.2f}"] for r in rows
     ])))  # fmt: skip
     print(f"shared / per-worker (medians): {ratio}; wrote {display(args.out)}")
 

@@ -157,13 +157,12 @@ class ServiceSettings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (0 = any free port)")
-    workers: int = Field(
+    workers: int | Literal["auto"] = Field(
         1,
-        ge=1,
-        le=64,
-        description="server processes, each loading its own model and engine (memory x N); "
-        "one process is serialised on its GIL: on 2 CPU cores 2 serve 1.52x (budget 1.0) and "
-        "1.57x (budget 0.5) the images/s of 1 (docs/deployment.md); /metrics sums all of them",
+        description="server processes, each loading its own model and engine (memory x N), or "
+        "auto: one per usable core, at most 8; one process is serialised on its GIL: on 2 CPU "
+        "cores 2 serve 1.52x (budget 1.0) and 1.57x (budget 0.5) the images/s of 1 "
+        "(docs/deployment.md); /metrics sums all of them",
     )
     pin_workers: bool = Field(
         True,

@@ -151,15 +151,17 @@ def serve_workers(
     argv: list[str],
     sock: socket.socket,
     options: dict[str, Any],
+    workers: int,
     shared_engine: bool = False,
 ) -> int:
-    """Run ``settings.workers`` server processes on ``sock`` until SIGTERM or SIGINT.
+    """Run ``workers`` server processes on ``sock`` until SIGTERM or SIGINT.
 
     Args:
         settings: the settings parsed from ``argv`` and the environment.
         argv: the command line the workers parse again.
         sock: the bound listening socket, shared by every worker.
         options: further ``uvicorn.Config`` arguments.
+        workers: how many (``settings.workers`` resolved: ``service.topology.resolve_workers``).
         shared_engine: the workers are front ends of one engine process, started first and
             stopped after they have drained (``--engine-topology shared``, service/topology).
 
@@ -186,7 +188,7 @@ def serve_workers(
         config = uvicorn.Config(
             WORKER_APP,
             factory=True,
-            workers=settings.workers,
+            workers=workers,
             **options,
         )
         supervisor = _Supervisor(config, [sock], metrics_dir, settings.pin_workers, engine)

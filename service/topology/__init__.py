@@ -3,6 +3,7 @@ front-end processes feed through shared memory (``--engine-topology shared``).""
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from service.settings import ServiceSettings
@@ -18,3 +19,15 @@ def resolve_topology(settings: ServiceSettings) -> Literal["per-worker", "shared
     from service.engine.backends import resolve_device  # imports torch
 
     return "shared" if resolve_device(settings.device) == "cuda" else "per-worker"
+
+
+MAX_AUTO_WORKERS = 8
+
+
+def resolve_workers(settings: ServiceSettings) -> int:
+    """``--workers``: a number as given; ``auto``: one per core this process may use, at most
+    :data:`MAX_AUTO_WORKERS` (each process costs a model's memory)."""
+    if settings.workers != "auto":
+        return settings.workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, MAX_AUTO_WORKERS))

@@ -199,3 +199,18 @@ def test_cancel_and_queue_full_behave_as_in_process(
         plan,
         front.engine.submit(x, plan, time.monotonic() + 30).future.result(10),
     )
+
+
+def test_workers_auto_and_topology_auto_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.settings import ServiceSettings
+    from service.topology import MAX_AUTO_WORKERS, resolve_topology, resolve_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(20)))
+    assert resolve_workers(ServiceSettings(workers="auto")) == MAX_AUTO_WORKERS
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert resolve_workers(ServiceSettings(workers="auto")) == 2
+    assert resolve_workers(ServiceSettings(workers=3)) == 3
+    assert resolve_topology(ServiceSettings(engine_topology="auto", device="cpu")) == "per-worker"
+    sim = {"enabled": True}
+    assert resolve_topology(ServiceSettings(engine_topology="auto", simulated_device=sim)) == "shared"
+    assert resolve_topology(ServiceSettings(engine_topology="shared")) == "shared"
