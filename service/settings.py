@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -125,7 +125,7 @@ class TorchSettings(_Part):
 class SimulatedDeviceSettings(_Part):
     """A simulated accelerator for measuring topologies on a CPU machine (never for production):
     each stage run sleeps ``launch + per_image x batch`` on one device all processes share
-    (service/engine/simulated.py); the defaults are derived from GPU figures (docs/engine.md)."""
+    (service/engine/simulated.py); the defaults are derived from GPU figures (docs/topology.md)."""
 
     enabled: bool = Field(False, description="serve on the simulated device instead of a backend")
     launch_ms: float = Field(5.3, ge=0, description="fixed milliseconds of one stage run")
@@ -157,7 +157,7 @@ class ServiceSettings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (0 = any free port)")
-    workers: int | Literal["auto"] = Field(
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
         1,
         description="server processes, each loading its own model and engine (memory x N), or "
         "auto: one per usable core, at most 8; one process is serialised on its GIL: on 2 CPU "
@@ -174,7 +174,7 @@ class ServiceSettings(BaseSettings):
         "per-worker",
         description="per-worker: each server process has its own engines; shared: the server "
         "processes are front ends (HTTP, decoding) handing tensors through shared memory to one "
-        "engine process per device; auto: shared on CUDA, per-worker on a CPU (docs/deployment.md)",
+        "engine process per device; auto: shared on CUDA, per-worker on a CPU (docs/topology.md)",
     )
     backend: Backend = Field("auto", description="torch | onnxruntime | auto (faster one measured)")
     device: Device = Field("auto", description="auto = CUDA when it really works, else CPU")

@@ -178,7 +178,7 @@ def serve_workers(
     engine: EngineProcess | None = None
     try:
         if shared_engine:
-            engine = EngineProcess(argv, choices_dir, metrics_dir)
+            engine = EngineProcess(argv, choices_dir, metrics_dir)  # its socket: a private dir
             try:
                 engine.start()
             except EngineStartError as e:

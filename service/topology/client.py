@@ -89,12 +89,14 @@ class EngineLink:
         self._ids = itertools.count()
         self._closing = False
         self.users = 0  # clients not stopped yet; the last one's stop closes the link
+        self.started = False  # connect() ran: the reader thread reconnects from then on
 
     def connect(self, timeout: float = 600.0) -> dict[Key, ModelInfo]:
         """Connect (waiting up to ``timeout`` for the engine to listen), read its catalog, and
         start the reader thread."""
         self._hello(_connect(self.address, timeout))
         threading.Thread(target=self._read, name="engine-link", daemon=True).start()
+        self.started = True
         return self.catalog
 
     def _hello(self, conn: Connection) -> None:
@@ -309,7 +311,7 @@ def front_end_loader(address: str, settings: ServiceSettings, metrics: ServiceMe
     link = EngineLink(address, cells)
 
     def load(name: str, version: int, path: str) -> ServedVersion:
-        if link._conn is None:
+        if not link.started:
             link.connect()
         return remote_version(link, (name, version), metrics)
 
