@@ -191,9 +191,10 @@ class EngineLink:
         if self._closing:
             return
         gone = RemoteError("shutting_down", "the engine process stopped before answering")
+        n = len(self._open)
         for rid in list(self._open):
             self._settle(rid, gone)
-        log.error("lost the engine process; %s", "reconnecting")
+        log.error("lost the engine process: %d open requests failed (503); reconnecting", n)
 
     def _reconnect(self) -> None:
         while not self._closing:
