@@ -54,10 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         "log_level": settings.log_level,
         "timeout_graceful_shutdown": int(settings.request_timeout_s) + 5,
     }
-    if settings.workers > 1:
+    from service.topology import resolve_topology, resolve_workers
+
+    shared, workers = resolve_topology(settings) == "shared", resolve_workers(settings)
+    if workers > 1 or shared:
         from service.workers import serve_workers
 
-        return serve_workers(settings, argv, sock, options)
+        return serve_workers(settings, argv, sock, options, workers, shared_engine=shared)
     from service.app import create_app
 
     server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
