@@ -10,6 +10,7 @@ from fastapi import Request
 
 from service.metrics import ServiceMetrics
 from service.repository import ModelRegistry, ServedVersion
+from service.repository.control import RepositoryControl
 from service.settings import ServiceSettings
 
 
@@ -20,6 +21,7 @@ class AppState:
     settings: ServiceSettings
     metrics: ServiceMetrics
     registry: ModelRegistry
+    control: RepositoryControl | None = None  # set by the lifespan
     ready: bool = False
 
 
