@@ -39,7 +39,8 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.monotonic()
-        scope.setdefault("state", {})["arrived"] = start
+        state = scope.setdefault("state", {})
+        state["arrived"] = start
         route, model = self._template(scope["path"])
         status = 500
 
@@ -55,6 +56,8 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             gauge.dec()
-            self.metrics.request_duration.labels(route, model, str(status)).observe(
+            # The version that answered (set by the route once it resolved one; else none).
+            version = state.get("model_version", "")
+            self.metrics.request_duration.labels(route, model, version, str(status)).observe(
                 time.monotonic() - start
             )

@@ -98,9 +98,10 @@ def time_budgets(loaded: LoadedModel, metrics: ServiceMetrics) -> dict[float, Bu
     times = budget_times(
         loaded.package.manifest.budgets, loaded.engine.costs, loaded.engine.config.max_batch_size
     )
+    version = loaded.package.manifest.version
     for budget, t in times.items():
-        metrics.budget_latency.labels(loaded.name, str(budget)).set(t.ms_per_image / 1000.0)
-        metrics.budget_throughput.labels(loaded.name, str(budget)).set(t.images_per_s)
+        metrics.budget_latency.labels(loaded.name, version, str(budget)).set(t.ms_per_image / 1000.0)
+        metrics.budget_throughput.labels(loaded.name, version, str(budget)).set(t.images_per_s)
     return times
 
 
