@@ -7,6 +7,7 @@ build many apps, and uvicorn reports start-up failures), and shut down with a dr
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -15,18 +16,20 @@ from pathlib import Path
 import anyio
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from opentelemetry.sdk.trace import TracerProvider
 
 import service
 from service.contract import build_openapi
 from service.engine.choices import BackendChoices
 from service.engine.factory import freeze_startup_heap
 from service.metrics import ServiceMetrics
-from service.middleware import RequestMetricsMiddleware
+from service.middleware import RequestIdMiddleware, RequestMetricsMiddleware
 from service.repository.startup import ModelLoadError, build_registry, start_control, stop_control
 from service.routes import health, repository, v1, v2
 from service.routes.handlers import install_handlers
 from service.settings import ServiceSettings
 from service.state import AppState
+from service.tracing import tracer_provider_from_env
 
 log = logging.getLogger("service")
 
@@ -38,16 +41,24 @@ def create_app(
     metrics: ServiceMetrics | None = None,
     backend_choices: BackendChoices | None = None,
     control_dir: Path | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """Build the FastAPI app for ``settings`` (default: from the environment).
 
     ``metrics`` defaults to a fresh single-process :class:`ServiceMetrics`; ``backend_choices``
     and ``control_dir`` are given to each of several worker processes, so that they serve one
     backend per model and agree on what is served (service/repository/shared.py).
+    ``tracer_provider``: where traces go (default: as the ``OTEL_*`` environment says, usually
+    nowhere: service/tracing.py).
     """
     settings = settings or ServiceSettings()
     metrics = metrics or ServiceMetrics()
-    state = AppState(settings, metrics, build_registry(settings, metrics, backend_choices))
+    own_provider = tracer_provider is None
+    provider = tracer_provider_from_env(os.environ) if own_provider else tracer_provider
+    registry = build_registry(settings, metrics, backend_choices, tracing=provider is not None)
+    state = AppState(settings, metrics, registry)
+    if provider is not None:
+        state.tracer = provider.get_tracer("anytime")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,6 +77,8 @@ def create_app(
             state.ready = False
             log.info("shutting down: draining the engines' queues")
             await anyio.to_thread.run_sync(stop_control, state.control)
+            if provider is not None and own_provider:
+                await anyio.to_thread.run_sync(provider.shutdown)  # exports what is left
 
     app = FastAPI(
         title="anytime",
@@ -87,4 +100,12 @@ def create_app(
         templates=templates,
         known=state.registry.known,
     )
+    app.add_middleware(RequestIdMiddleware, traced=provider is not None)
+    if provider is not None:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        # The server span of every API request (health and metrics scrapes left out).
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics"
+        )
     return app

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from fastapi import Request
+from opentelemetry.trace import Tracer
 
 from service.metrics import ServiceMetrics
 from service.repository import ModelRegistry, ServedVersion
@@ -22,6 +23,7 @@ class AppState:
     metrics: ServiceMetrics
     registry: ModelRegistry
     control: RepositoryControl | None = None  # set by the lifespan
+    tracer: Tracer | None = None  # tracing on (service/tracing.py)
     ready: bool = False
 
 

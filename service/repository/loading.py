@@ -112,8 +112,10 @@ def load_version(
     settings: ServiceSettings,
     metrics: ServiceMetrics,
     choices: BackendChoices | None = None,
+    tracing: bool = False,
 ) -> ServedVersion:
-    """Load, check and warm up ``path`` as ``name`` version ``version`` (not yet serving).
+    """Load, check and warm up ``path`` as ``name`` version ``version`` (not yet serving);
+    ``tracing``: its engine records stage runs for traced requests.
 
     Raises:
         PackageError, BackendError, ParityError: the message says what is wrong.
@@ -124,4 +126,5 @@ def load_version(
     except Exception:
         loaded.engine.stop()
         raise
+    loaded.engine.tracing = tracing
     return ServedVersion(name, version, loaded, path, time_budgets(loaded, metrics))

@@ -42,15 +42,19 @@ def models_list(settings: ServiceSettings) -> Desired:
 
 
 def build_registry(
-    settings: ServiceSettings, metrics: ServiceMetrics, choices: BackendChoices | None
+    settings: ServiceSettings,
+    metrics: ServiceMetrics,
+    choices: BackendChoices | None,
+    tracing: bool = False,
 ) -> ModelRegistry:
-    """A registry whose versions load as ``settings`` say, failures counted on ``metrics``."""
+    """A registry whose versions load as ``settings`` say, failures counted on ``metrics``;
+    ``tracing``: their engines record stage runs for traced requests."""
 
     def failed(name: str, version: int, reason: str) -> None:
         metrics.load_failures.labels(name, str(version)).inc()
 
     return ModelRegistry(
-        partial(load_version, settings=settings, metrics=metrics, choices=choices),
+        partial(load_version, settings=settings, metrics=metrics, choices=choices, tracing=tracing),
         fingerprint=fingerprint,
         drain_timeout_s=settings.request_timeout_s + 5,
         on_failure=failed,

@@ -26,6 +26,7 @@ from service.contract import (
 )
 from service.engine import ImageResult
 from service.errors import InvalidOptionError, ModelNotFoundError, NotReadyError
+from service.middleware import adopt_request_id
 from service.routes.http import read_body, request_context
 from service.routes.v2_codec import (
     HEADER,
@@ -227,6 +228,7 @@ async def model_version_infer(name: str, version: str, request: Request) -> Resp
 async def _infer(request: Request, name: str, version: int | None) -> Response:
     settings = app_state(request).settings
     req, binary = parse_infer_body(await read_body(request), request.headers.get(HEADER))
+    adopt_request_id(request.scope.setdefault("state", {}), req.id)
     params = req.parameters or {}
     options = parse_options({k: params[k] for k in PARAMETERS if k in params}, InferenceOptions, True)
     binary_all = params.get(_BINARY_OUTPUT, False)
