@@ -101,6 +101,7 @@ async def get_model_info(name: str, request: Request, version: int | None = VERS
 )
 async def classify(name: str, request: Request, version: int | None = VERSION) -> Response:
     """Classify images; each leaves at the first exit confident enough for its budget."""
+    get_model(request, name, version)  # an unknown model is a 404 before the body is read
     settings = app_state(request).settings
     blobs, options = await read_classify_body(request, settings.limits.max_images_per_request)
     with lease_model(request, name, version) as served_by:

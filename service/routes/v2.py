@@ -226,6 +226,7 @@ async def model_version_infer(name: str, version: str, request: Request) -> Resp
 
 
 async def _infer(request: Request, name: str, version: int | None) -> Response:
+    get_model(request, name, version)  # an unknown model is a 404 before the body is read
     settings = app_state(request).settings
     req, binary = parse_infer_body(await read_body(request), request.headers.get(HEADER))
     adopt_request_id(request.scope.setdefault("state", {}), req.id)
