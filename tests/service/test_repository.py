@@ -199,3 +199,26 @@ def test_poll_mode_follows_the_directory_and_survives_its_loss(
         shutil.rmtree(repo / NAME / "2")  # the rollback: back to version 1
         wait_for(c, {"1": "READY"})
         assert infer_version(c, images[0]) == "1"
+
+
+def test_onnx_stages_that_disagree_with_the_weights_never_serve(
+    tmp_path: Path, calibrated_package: Path
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from models.package import sha256_file
+    from service.metrics import ServiceMetrics
+    from service.repository.loading import ParityError, load_version
+
+    pkg = shutil.copytree(calibrated_package, tmp_path / "stale")
+    weights = load_file(pkg / "weights.safetensors")
+    name = next(k for k, v in weights.items() if v.is_floating_point() and v.dim() > 1)
+    weights[name] = weights[name] + 0.5  # retrained weights beside the old graphs
+    save_file(weights, pkg / "weights.safetensors")
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    manifest["files"]["weights.safetensors"] = sha256_file(pkg / "weights.safetensors")
+    (pkg / "manifest.json").write_text(json.dumps(manifest))
+    settings = repo_settings(tmp_path, backend="onnxruntime", precision="fp32")
+    with pytest.raises(ParityError, match=r"ONNX stage 0 disagrees with the package's weights"):
+        load_version(NAME, 1, str(pkg), settings, ServiceMetrics())
+    load_version(NAME, 1, str(calibrated_package), settings, ServiceMetrics()).loaded.engine.stop()
