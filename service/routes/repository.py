@@ -42,7 +42,7 @@ async def _read(request: Request, model: type[Body]) -> Body:
     """The optional JSON body (Triton's client sends none, or ``{}``) as ``model``."""
     body = await read_body(request)
     try:
-        return model.model_validate_json(body or b"{}")
+        return model.model_validate_json(body or b"{}", strict=True)
     except ValidationError as e:
         raise BadRequestError(f"invalid request body: {validation_problems(e.errors())[0]}") from None
 

@@ -87,7 +87,9 @@ async def list_models(request: Request) -> ModelList:
 
 
 @router.get(
-    "/models/{name}", response_model=ModelInfo, responses=error_responses(V1_ERRORS, 401, 404, 503)
+    "/models/{name}",
+    response_model=ModelInfo,
+    responses=error_responses(V1_ERRORS, 401, 404, 422, 503),
 )
 async def get_model_info(name: str, request: Request, version: int | None = VERSION) -> ModelInfo:
     return model_info(get_model(request, name, version))
