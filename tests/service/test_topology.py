@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from models.package import ModelPackage
-from service.app import build_registry, models_list, start_models
 from service.engine import LoadedModel
 from service.engine.simulated import SimulatedBackend, SimulatedDevice, busy_seconds
 from service.errors import QueueFullError
 from service.images import images_to_batch
 from service.metrics import ServiceMetrics
+from service.repository.startup import build_registry, models_list
 from service.topology.arena import Arena, ArenaFullError, ArenaReader
 from service.topology.client import front_end_loader
 from service.topology.host import EngineHost
@@ -100,13 +100,13 @@ def served(calibrated_package: Path) -> Iterator[tuple[LoadedModel, LoadedModel]
     settings = make_settings(calibrated_package, batching={"max_delay_ms": 5, "queue_size": 64})
     metrics = ServiceMetrics()
     registry = build_registry(settings, metrics, None)
-    start_models(registry, models_list(settings))
+    assert not registry.apply(models_list(settings)).failed
     [engine_side] = registry.ready_versions()
     address = str(Path(tempfile.mkdtemp(prefix="anytime-")) / "engine.sock")
     host = EngineHost(registry, Listener(address, family="AF_UNIX"))
     threading.Thread(target=host.accept_forever, daemon=True).start()
-    front = build_registry(settings, metrics, None, front_end_loader(address, settings, metrics))
-    start_models(front, models_list(settings))
+    front = build_registry(settings, metrics, None, loader=front_end_loader(address, settings, metrics))
+    assert not front.apply(models_list(settings)).failed
     [front_side] = front.ready_versions()
     assert (front_side.name, front_side.version) == (engine_side.name, engine_side.version)
     try:
@@ -184,7 +184,8 @@ def test_cancel_and_queue_full_behave_as_in_process(
     while link.arena.in_use() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert link.arena.in_use() == 0 and link._open == {}
-    counted = engine.metrics.rejections.labels(engine.name, "disconnected")._value.get()
+    version = engine_side.package.manifest.version
+    counted = engine.metrics.rejections.labels(engine.name, version, "disconnected")._value.get()
     assert counted == 1  # by the engine process, once, as in one process
     gate.set()
     # More images than the engine's queue holds: 429 through the work's future, cells back.
