@@ -68,11 +68,14 @@ def create_app(
     settings: ServiceSettings | None = None,
     metrics: ServiceMetrics | None = None,
     backend_choices: BackendChoices | None = None,
+    grpc_port: int | None = None,
 ) -> FastAPI:
     """Build the FastAPI app for ``settings`` (default: from the environment).
 
     ``metrics`` defaults to a fresh single-process :class:`ServiceMetrics`; ``backend_choices``
     is given to each of several worker processes, so that they serve one backend per model.
+    ``grpc_port``: the lifespan serves the gRPC API on it too, from the models' load to the
+    engines' stop (``python -m service`` passes the port it holds; None: HTTP only).
     """
     settings = settings or ServiceSettings()
     state = AppState(settings=settings, metrics=metrics or ServiceMetrics())
@@ -87,11 +90,20 @@ def create_app(
         )
         state.budget_times = {name: _time_budgets(m, state.metrics) for name, m in state.models.items()}
         freeze_startup_heap()
+        grpc_server = None
+        if grpc_port is not None:
+            # Imported here: its messages take protobuf's global names (service/grpc/__init__.py).
+            from service.grpc.server import start_grpc_server
+
+            grpc_server = await start_grpc_server(state, settings.host, grpc_port)
+            log.info("gRPC on %s:%d", settings.host, grpc_port)
         state.ready = True
         log.info("ready: %s", ", ".join(state.models) or "no models")
         try:
             yield
         finally:
+            if grpc_server is not None:  # refuse new RPCs, answer those in flight
+                await grpc_server.stop(settings.request_timeout_s)
             state.ready = False
             log.info("shutting down: draining the engines' queues")
             for m in state.models.values():

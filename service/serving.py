@@ -55,10 +55,13 @@ class RequestContext:
         arrived: ``time.monotonic()`` when the request reached the service: the one clock of its
             queue wait, the SLO controller and its deadline.
         disconnected: returns once the client has gone away.
+        timeout_s: the protocol's own deadline in seconds from arrival (gRPC's), if any: it
+            bounds the service's ``request_timeout_s`` and the request's ``deadline_ms``.
     """
 
     arrived: float
     disconnected: Callable[[], Awaitable[None]]
+    timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ async def serve(
     timeout = settings.request_timeout_s
     if options.deadline_ms is not None:
         timeout = min(timeout, options.deadline_ms / 1000.0)
+    if context.timeout_s is not None:
+        timeout = min(timeout, context.timeout_s)
     results = await _await_answers(loaded.engine, batch, plan, context, timeout)
     return Served(plan, results)
 
@@ -145,6 +150,10 @@ async def _await_answers(
         done, _ = await asyncio.wait(
             pending, timeout=max(0.0, deadline - time.monotonic()), return_when="FIRST_COMPLETED"
         )
+    except asyncio.CancelledError:  # the request's task was cancelled (a gRPC client left)
+        engine.cancel(work, "disconnected")
+        answer.cancel()
+        raise
     finally:
         gone.cancel()
     if answer in done:

@@ -32,7 +32,11 @@ def app_state(request: Request) -> AppState:
 
 def get_model(request: Request, name: str) -> LoadedModel:
     """The loaded model ``name`` (404 naming the served ones; 503 while it warms up)."""
-    state = app_state(request)
+    return find_model(app_state(request), name)
+
+
+def find_model(state: AppState, name: str) -> LoadedModel:
+    """:func:`get_model` for a protocol without a Starlette request (gRPC)."""
     loaded = state.models.get(name)
     if loaded is None:
         raise ModelNotFoundError(

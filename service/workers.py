@@ -61,6 +61,7 @@ def create_worker_app() -> FastAPI:
         settings,
         ServiceMetrics(Path(metrics_dir) if metrics_dir else None),
         BackendChoices(Path(choices_dir)) if choices_dir else None,
+        grpc_port=settings.grpc_port if settings.grpc else None,
     )
 
 

@@ -1,0 +1,113 @@
+"""What every RPC shares with the HTTP routes: the API key check, the request metrics, the
+request's arrival and deadline, and the error envelope (a gRPC status with ``/v2``'s message).
+
+Metrics: the HTTP series themselves, ``anytime_request_duration_seconds{route, model, status}``
+and ``anytime_requests_in_flight{route}``, with the RPC's path as the route
+(``/inference.GRPCInferenceService/ModelInfer``) and the HTTP status of the outcome (200, or the
+error's status in service/errors.py): one set of dashboards and alerts covers both protocols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+from service.auth import check_api_key
+from service.errors import ServiceError
+from service.grpc.status import grpc_code
+from service.serving import RequestContext
+from service.state import AppState
+
+SERVICE = "inference.GRPCInferenceService"
+log = logging.getLogger("service")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class HasState(Protocol):
+    state: AppState
+
+
+S = TypeVar("S", bound=HasState)
+Method = Callable[[S, Req, RequestContext], Awaitable[Resp]]
+Handler = Callable[[S, Req, Any], Awaitable[Resp]]
+
+
+def rpc(protected: bool = True) -> Callable[[Method[S, Req, Resp]], Handler[S, Req, Resp]]:
+    """Wrap a servicer method ``(self, request, RequestContext) -> response`` as a gRPC handler.
+
+    ``protected``: needs an API key (metadata ``x-api-key`` or ``authorization: Bearer``) when
+    keys are configured, as every HTTP API route does; the health RPCs stay open, as ``/v2/health``.
+    """
+
+    def wrap(method: Method[S, Req, Resp]) -> Handler[S, Req, Resp]:
+        route = f"/{SERVICE}/{method.__name__}"
+
+        @functools.wraps(method)
+        async def handler(self: S, request: Req, context: Any) -> Resp:
+            arrived = time.monotonic()
+            metrics = self.state.metrics
+            model = _model_label(self.state, request)
+            status, error = 500, ServiceError("internal error; the server log has the details")
+            gauge = metrics.requests_in_flight.labels(route)
+            gauge.inc()
+            try:
+                if protected:
+                    metadata = dict(context.invocation_metadata() or ())
+                    check_api_key(
+                        self.state.settings, metadata.get("x-api-key"), metadata.get("authorization", "")
+                    )
+                response = await method(self, request, _request_context(arrived, context))
+                status = 200
+                return response
+            except ServiceError as e:
+                status, error = e.status, e
+            except asyncio.CancelledError:  # the client cancelled or left
+                status = 499
+                raise
+            except Exception as e:
+                log.error("unexpected error in %s: %r", route, e, exc_info=e)
+            finally:
+                gauge.dec()
+                metrics.request_duration.labels(route, model, str(status)).observe(
+                    time.monotonic() - arrived
+                )
+            if error.headers:  # e.g. a 429's Retry-After, as trailing metadata
+                context.set_trailing_metadata(tuple((k.lower(), v) for k, v in error.headers.items()))
+            await context.abort(grpc_code(error.status), error.message)
+            raise AssertionError("abort raises")  # unreachable: context.abort always raises
+
+        return handler
+
+    return wrap
+
+
+def _request_context(arrived: float, context: Any) -> RequestContext:
+    """The request's arrival, its client's leaving and the gRPC deadline (None without one)."""
+    left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def done(_: object) -> None:
+        if not left.done():
+            left.set_result(None)
+
+    context.add_done_callback(done)
+
+    async def disconnected() -> None:
+        await left
+
+    remaining = context.time_remaining()
+    return RequestContext(arrived, disconnected, remaining)
+
+
+def _model_label(state: AppState, request: object) -> str:
+    """The request's model as a label value: only served names (unknown ones must not grow the
+    series), ``""`` for an RPC that names none."""
+    name = getattr(request, "model_name", None) or getattr(request, "name", None)
+    if not name:
+        return ""
+    return name if name in state.models else "unknown"
