@@ -16,13 +16,14 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 import service
-from service.budget_times import BudgetTime, budget_times
+from models.package import PackageError
 from service.contract import build_openapi
-from service.engine import LoadedModel, load_model
 from service.engine.choices import BackendChoices
 from service.engine.factory import freeze_startup_heap
 from service.metrics import ServiceMetrics
 from service.middleware import RequestMetricsMiddleware
+from service.repository import Desired, ModelRegistry
+from service.repository.loading import fingerprint, load_version, package_identity
 from service.routes import health, v1, v2
 from service.routes.handlers import install_handlers
 from service.settings import ServiceSettings
@@ -35,33 +36,43 @@ class ModelLoadError(RuntimeError):
     """A configured package could not be served (the message names it and why)."""
 
 
-def _load_all(
-    settings: ServiceSettings, metrics: ServiceMetrics, choices: BackendChoices | None
-) -> dict[str, LoadedModel]:
-    models: dict[str, LoadedModel] = {}
+def models_list(settings: ServiceSettings) -> Desired:
+    """The ``models`` list as a repository: each package is one version of its own name."""
+    desired: Desired = {}
     for path in settings.models:
         try:
-            loaded = load_model(path, settings, metrics, choices)
-        except Exception as e:  # PackageError, BackendError, ...: stop start-up with one message
-            for m in models.values():
-                m.engine.stop()
+            name, version = package_identity(path)
+        except PackageError as e:
             raise ModelLoadError(f"cannot serve model package {path}: {e}") from e
-        if loaded.name in models:
-            loaded.engine.stop()
-            raise ModelLoadError(f"two packages are named {loaded.name!r}; names must be unique")
-        models[loaded.name] = loaded
-    return models
+        if name in desired:
+            raise ModelLoadError(f"two packages are named {name!r}; names must be unique")
+        desired[name] = {version: path}
+    return desired
 
 
-def _time_budgets(loaded: LoadedModel, metrics: ServiceMetrics) -> dict[float, BudgetTime]:
-    """Each budget row's expected time from the warm-up's stage timings, also as gauges."""
-    times = budget_times(
-        loaded.package.manifest.budgets, loaded.engine.costs, loaded.engine.config.max_batch_size
+def build_registry(
+    settings: ServiceSettings, metrics: ServiceMetrics, choices: BackendChoices | None
+) -> ModelRegistry:
+    """A registry whose versions load as ``settings`` say, failures counted on ``metrics``."""
+
+    def failed(name: str, version: int, reason: str) -> None:
+        metrics.load_failures.labels(name, str(version)).inc()
+
+    return ModelRegistry(
+        partial(load_version, settings=settings, metrics=metrics, choices=choices),
+        fingerprint=fingerprint,
+        drain_timeout_s=settings.request_timeout_s + 5,
+        on_failure=failed,
     )
-    for budget, t in times.items():
-        metrics.budget_latency.labels(loaded.name, str(budget)).set(t.ms_per_image / 1000.0)
-        metrics.budget_throughput.labels(loaded.name, str(budget)).set(t.images_per_s)
-    return times
+
+
+def _start(registry: ModelRegistry, desired: Desired) -> None:
+    """Load the start-up models; any failure stops start-up with one message."""
+    report = registry.apply(desired)
+    if report.failed:
+        registry.close()
+        (name, version), reason = next(iter(report.failed.items()))
+        raise ModelLoadError(f"cannot serve model package {desired[name][version]}: {reason}")
 
 
 def create_app(
@@ -78,17 +89,15 @@ def create_app(
     engines' stop (``python -m service`` passes the port it holds; None: HTTP only).
     """
     settings = settings or ServiceSettings()
-    state = AppState(settings=settings, metrics=metrics or ServiceMetrics())
+    metrics = metrics or ServiceMetrics()
+    state = AppState(settings, metrics, build_registry(settings, metrics, backend_choices))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.models:
             log.warning("no model packages configured (ANYTIME_MODELS); serving no models")
         # Loading and warm-up are heavy: a worker thread keeps the event loop free meanwhile.
-        state.models = await anyio.to_thread.run_sync(
-            _load_all, settings, state.metrics, backend_choices
-        )
-        state.budget_times = {name: _time_budgets(m, state.metrics) for name, m in state.models.items()}
+        await anyio.to_thread.run_sync(_start, state.registry, models_list(settings))
         freeze_startup_heap()
         grpc_server = None
         if grpc_port is not None:
@@ -98,7 +107,7 @@ def create_app(
             grpc_server = await start_grpc_server(state, settings.host, grpc_port)
             log.info("gRPC on %s:%d", settings.host, grpc_port)
         state.ready = True
-        log.info("ready: %s", ", ".join(state.models) or "no models")
+        log.info("ready: %s", ", ".join(state.registry.names()) or "no models")
         try:
             yield
         finally:
@@ -106,8 +115,7 @@ def create_app(
                 await grpc_server.stop(settings.request_timeout_s)
             state.ready = False
             log.info("shutting down: draining the engines' queues")
-            for m in state.models.values():
-                await anyio.to_thread.run_sync(m.engine.stop)
+            await anyio.to_thread.run_sync(state.registry.close)
 
     app = FastAPI(
         title="anytime",
@@ -127,6 +135,6 @@ def create_app(
         RequestMetricsMiddleware,
         metrics=state.metrics,
         templates=templates,
-        models=lambda: set(state.models),
+        known=state.registry.known,
     )
     return app

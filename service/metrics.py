@@ -129,6 +129,12 @@ class ServiceMetrics:
             # 1 per loaded package, not one per process
             multiprocess_mode="livemax",
         )
+        self.load_failures = Counter(
+            "anytime_model_load_failures",
+            "Model versions that failed to load (validation, backend, parity, warm-up).",
+            ["model", "version"],
+            registry=r,
+        )
         # Measured at start-up on the serving device (service/budget_times.py).
         self.budget_latency = Gauge(
             "anytime_budget_expected_latency_seconds",

@@ -16,12 +16,12 @@ from service.metrics import ServiceMetrics
 
 class RequestMetricsMiddleware:
     def __init__(
-        self, app: ASGIApp, metrics: ServiceMetrics, templates: list[str], models: Callable[[], set[str]]
+        self, app: ASGIApp, metrics: ServiceMetrics, templates: list[str], known: Callable[[str], bool]
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.patterns = [(compile_path(t)[0], t) for t in templates]
-        self.models = models
+        self.known = known
 
     def _template(self, path: str) -> tuple[str, str]:
         """``(route template, model label)`` of a request path."""
@@ -30,7 +30,7 @@ class RequestMetricsMiddleware:
             if match:
                 name = match.groupdict().get("name")
                 # Only served names become label values: unknown names must not grow the series.
-                model = "" if name is None else (name if name in self.models() else "unknown")
+                model = "" if name is None else (name if self.known(name) else "unknown")
                 return template, model
         return "unmatched", ""
 

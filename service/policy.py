@@ -76,13 +76,19 @@ def resolve_plan(
     if threshold is not None:
         return ExitPlan((float(threshold),) * k, max_exit, None)
     if budget is None:
-        budget = default_budget if default_budget is not None else manifest.default_budget
-    if budget is None:
-        budget = 1.0
+        budget = fallback_budget(manifest, default_budget)
     thresholds = _budget_thresholds(manifest, budget)
     if any(shift):
         thresholds = tuple(t + d for t, d in zip(thresholds, shift, strict=True))
     return ExitPlan(thresholds, max_exit, budget)
+
+
+def fallback_budget(manifest: Manifest, default_budget: float | None) -> float:
+    """The budget of a request that names none: ``default_budget`` (the controller's or the
+    settings'), else the package's default, else 1.0 (every image to the last exit)."""
+    if default_budget is not None:
+        return default_budget
+    return manifest.default_budget if manifest.default_budget is not None else 1.0
 
 
 def _budget_thresholds(manifest: Manifest, budget: float) -> tuple[float, ...]:

@@ -1,15 +1,15 @@
-"""The app's state: settings, metrics and the served models, built by ``create_app``."""
+"""The app's state: settings, metrics and the model registry, built by ``create_app``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from fastapi import Request
 
-from service.budget_times import BudgetTime
-from service.engine import LoadedModel
-from service.errors import ModelNotFoundError, NotReadyError
 from service.metrics import ServiceMetrics
+from service.repository import ModelRegistry, ServedVersion
 from service.settings import ServiceSettings
 
 
@@ -19,9 +19,7 @@ class AppState:
 
     settings: ServiceSettings
     metrics: ServiceMetrics
-    models: dict[str, LoadedModel] = field(default_factory=dict)
-    # model -> budget -> its expected time on this device
-    budget_times: dict[str, dict[float, BudgetTime]] = field(default_factory=dict)
+    registry: ModelRegistry
     ready: bool = False
 
 
@@ -30,19 +28,16 @@ def app_state(request: Request) -> AppState:
     return state
 
 
-def get_model(request: Request, name: str) -> LoadedModel:
-    """The loaded model ``name`` (404 naming the served ones; 503 while it warms up)."""
-    return find_model(app_state(request), name)
+def get_model(request: Request, name: str, version: int | None = None) -> ServedVersion:
+    """The served ``version`` of ``name`` (default: its newest ready one); 404 naming the served
+    models or versions, 503 while it loads."""
+    return app_state(request).registry.resolve(name, version)
 
 
-def find_model(state: AppState, name: str) -> LoadedModel:
-    """:func:`get_model` for a protocol without a Starlette request (gRPC)."""
-    loaded = state.models.get(name)
-    if loaded is None:
-        raise ModelNotFoundError(
-            f"model {name!r} is not served here; served: {sorted(state.models)}",
-            detail={"models": sorted(state.models)},
-        )
-    if not loaded.engine.ready:
-        raise NotReadyError(f"model {name!r} is not ready yet")
-    return loaded
+@contextmanager
+def lease_model(request: Request, name: str, version: int | None = None) -> Iterator[ServedVersion]:
+    """As :func:`get_model`, held until the block ends: an unload drains it first."""
+    with app_state(request).registry.lease(name, version) as served:
+        # The middleware labels the request's metrics with the version that answered it.
+        request.state.model_version = str(served.version)
+        yield served

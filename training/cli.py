@@ -1,4 +1,5 @@
-"""``python -m training {train,evaluate,calibrate,export,quantize,compare}``: the command-line edge.
+"""``python -m training COMMAND`` (train, evaluate, calibrate, export, quantize, compare, pack,
+unpack, ablation): the command-line edge.
 
 Configuration is built here, once, from the YAML file and the flags, and passed down as typed
 objects. Domain errors become one clear line on stderr and the exit code of :data:`EXIT_CODES`.
@@ -160,10 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
         description="IMTA training, evaluation, threshold calibration, model-package export, "
-        "and paired comparison of two trained networks.",
+        "paired comparison of two trained networks, and recipe ablations.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub)
+    from training.ablation import add_ablation_parser
     from training.commands import add_artifact_parsers
     from training.compare import add_compare_parser
     from training.quantize import add_quantize_parser
@@ -173,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_quantize_parser(sub)
     add_compare_parser(sub)
     add_transfer_parsers(sub)
+    add_ablation_parser(sub)
     return parser
 
 

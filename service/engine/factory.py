@@ -32,6 +32,7 @@ from service.engine.graphs import bucket_sizes
 from service.engine.guard import GuardConfig
 from service.engine.precision import Served, choose_backend
 from service.metrics import ServiceMetrics
+from service.policy import fallback_budget
 from service.settings import Precision, ServiceSettings
 
 CPU_MAX_BATCH = 32
@@ -147,12 +148,17 @@ def load_model(
     settings: ServiceSettings,
     metrics: ServiceMetrics,
     choices: BackendChoices | None = None,
+    *,
+    name: str | None = None,
+    version: str | None = None,
 ) -> LoadedModel:
     """Load the package at ``path`` and start its engine as ``settings`` say (:func:`build_engine`).
 
     Args:
         choices: with several worker processes, where ``auto``'s choice is shared: the first
             worker measures, the others build what it chose (``choices.py``).
+        name, version: what the model is served as, in place of its manifest's (a model
+            repository names it by its directories).
 
     Raises:
         PackageError: the package is missing or damaged.
@@ -162,6 +168,9 @@ def load_model(
     if threads:
         torch.set_num_threads(threads)
     pkg = load_package(path)
+    if name is not None or version is not None:
+        served_as = {"name": name or pkg.manifest.name, "version": version or pkg.manifest.version}
+        pkg = dataclasses.replace(pkg, manifest=pkg.manifest.model_copy(update=served_as))
     m = pkg.manifest
     device = resolve_device(settings.device)
     config = engine_config(settings, device)
@@ -175,7 +184,7 @@ def load_model(
             threads=settings.intra_op_threads,
             buckets=default_buckets(device, config.max_batch_size),
             batch=config.max_batch_size,
-            default_budget=config.default_budget or m.default_budget or 1.0,
+            default_budget=fallback_budget(m, config.default_budget),
             cuda_dtype=settings.torch.dtype,
         )
         engine = build_engine(served.package, served.backend, config, metrics, warmup=settings.warmup)

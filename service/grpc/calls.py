@@ -110,4 +110,4 @@ def _model_label(state: AppState, request: object) -> str:
     name = getattr(request, "model_name", None) or getattr(request, "name", None)
     if not name:
         return ""
-    return name if name in state.models else "unknown"
+    return name if state.registry.known(name) else "unknown"

@@ -9,7 +9,6 @@ errors and messages, as gRPC status codes (service/grpc/status.py).
 from __future__ import annotations
 
 import service
-from service.engine import LoadedModel
 from service.errors import ModelNotFoundError, NotReadyError
 from service.grpc import codec
 from service.grpc import grpc_service_pb2 as pb
@@ -18,7 +17,7 @@ from service.grpc.grpc_service_pb2_grpc import GRPCInferenceServiceServicer
 from service.routes.v2_codec import PARAMETERS, output_arrays, output_names
 from service.schemas import InferenceOptions
 from service.serving import RequestContext, parse_options, serve
-from service.state import AppState, find_model
+from service.state import AppState
 
 
 class InferenceServicer(GRPCInferenceServiceServicer):
@@ -44,7 +43,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self, request: pb.ModelReadyRequest, ctx: RequestContext
     ) -> pb.ModelReadyResponse:
         try:
-            self._model(request.name, request.version)
+            self.state.registry.resolve(request.name, _version(request.version))
         except NotReadyError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
@@ -59,14 +58,16 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, ctx: RequestContext
     ) -> pb.ModelMetadataResponse:
-        m = self._model(request.name, request.version).package.manifest
-        return codec.metadata_response(m, [m.version])
+        registry = self.state.registry
+        served = registry.resolve(request.name, _version(request.version))
+        ready = sorted(v.version for v in registry.ready_versions() if v.name == request.name)
+        return codec.metadata_response(served.loaded.package.manifest, [str(v) for v in ready])
 
     @rpc()
     async def ModelInfer(
         self, request: pb.ModelInferRequest, ctx: RequestContext
     ) -> pb.ModelInferResponse:
-        loaded = self._model(request.model_name, request.model_version)
+        version = _version(request.model_version)
         params = codec.parameter_values(request.parameters)
         options = parse_options(
             {k: params[k] for k in PARAMETERS if k in params}, InferenceOptions, True
@@ -74,24 +75,24 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         requested = [o.name for o in request.outputs]
         codec.check_outputs(requested)
         images = codec.request_images(request)
-        served = await serve(loaded, images, options, ctx, self.state.settings)
+        # Held until answered: an unload of this version drains the request first.
+        with self.state.registry.lease(request.model_name, version) as served:
+            answers = await serve(served.loaded, images, options, ctx, self.state.settings)
         # deadline_exit comes unasked when the request had a deadline: deadline_ms or gRPC's own
         with_deadline = options.deadline_ms is not None or ctx.timeout_s is not None
         return codec.infer_response(
             request.model_name,
-            loaded.package.manifest.version,
+            str(served.version),
             request.id,
-            output_arrays(served.results),
+            output_arrays(answers.results),
             output_names(requested, with_deadline),
         )
 
-    def _model(self, name: str, version: str) -> LoadedModel:
-        """The served model ``name`` at ``version`` (empty: the served one)."""
-        loaded = find_model(self.state, name)
-        served = loaded.package.manifest.version
-        if version and version != served:
-            raise ModelNotFoundError(
-                f"model {name!r} has no version {version!r} here; served: [{served!r}]",
-                detail={"versions": [served]},
-            )
-        return loaded
+
+def _version(version: str) -> int | None:
+    """A request's model version: empty for the newest ready one; not a positive integer: 404."""
+    if not version:
+        return None
+    if not version.isdecimal() or int(version) < 1:
+        raise ModelNotFoundError(f"no version {version!r}: versions are positive integers")
+    return int(version)

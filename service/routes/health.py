@@ -28,7 +28,7 @@ async def healthz() -> Health:
 async def readyz(request: Request) -> JSONResponse:
     """Ready: every configured model is loaded and warmed up (503 until then)."""
     state = app_state(request)
-    models = {name: m.engine.ready for name, m in state.models.items()}
+    models = state.registry.readiness()
     ok = state.ready and all(models.values())
     return JSONResponse(
         {"status": "ready" if ok else "not_ready", "models": models}, status_code=200 if ok else 503

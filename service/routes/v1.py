@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 
 from service.auth import require_api_key
-from service.budget_times import BudgetTime
 from service.contract import (
     EXAMPLE_PNG_BASE64,
     V1_ERRORS,
@@ -13,7 +12,7 @@ from service.contract import (
     inline_schema,
     query_parameters,
 )
-from service.engine import LoadedModel
+from service.repository import ServedVersion
 from service.routes.http import request_context
 from service.routes.v1_codec import read_classify_body, to_prediction
 from service.schemas import (
@@ -26,7 +25,7 @@ from service.schemas import (
     ModelList,
 )
 from service.serving import serve
-from service.state import app_state, get_model
+from service.state import app_state, get_model, lease_model
 
 router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)])
 
@@ -54,7 +53,8 @@ _CLASSIFY_BODY = {
 }
 
 
-def model_info(loaded: LoadedModel, times: dict[float, BudgetTime]) -> ModelInfo:
+def model_info(served: ServedVersion) -> ModelInfo:
+    loaded, times = served.loaded, served.budget_times
     m = loaded.package.manifest
     default = loaded.engine.plan()  # the plan of a request that gives no option, now
     return ModelInfo(
@@ -82,19 +82,14 @@ def model_info(loaded: LoadedModel, times: dict[float, BudgetTime]) -> ModelInfo
 
 @router.get("/models", response_model=ModelList, responses=error_responses(V1_ERRORS, 401))
 async def list_models(request: Request) -> ModelList:
-    state = app_state(request)
-    return ModelList(
-        models=[model_info(m, state.budget_times.get(name, {})) for name, m in state.models.items()]
-    )
+    return ModelList(models=[model_info(v) for v in app_state(request).registry.ready_versions()])
 
 
 @router.get(
     "/models/{name}", response_model=ModelInfo, responses=error_responses(V1_ERRORS, 401, 404, 503)
 )
 async def get_model_info(name: str, request: Request) -> ModelInfo:
-    state = app_state(request)
-    loaded = get_model(request, name)
-    return model_info(loaded, state.budget_times.get(name, {}))
+    return model_info(get_model(request, name))
 
 
 @router.post(
@@ -105,10 +100,11 @@ async def get_model_info(name: str, request: Request) -> ModelInfo:
 )
 async def classify(name: str, request: Request) -> Response:
     """Classify images; each leaves at the first exit confident enough for its budget."""
-    loaded = get_model(request, name)
     settings = app_state(request).settings
     blobs, options = await read_classify_body(request, settings.limits.max_images_per_request)
-    served = await serve(loaded, blobs, options, request_context(request), settings)
+    with lease_model(request, name) as version:
+        loaded = version.loaded
+        served = await serve(loaded, blobs, options, request_context(request), settings)
     classes = loaded.package.manifest.classes
     body = ClassifyResponse(
         model=name,

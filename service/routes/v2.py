@@ -50,7 +50,7 @@ from service.schemas import (
     V2ServerMetadata,
 )
 from service.serving import parse_options, serve
-from service.state import app_state, get_model
+from service.state import app_state, get_model, lease_model
 
 health = APIRouter(prefix="/v2", tags=["v2"])
 router = APIRouter(prefix="/v2", tags=["v2"], dependencies=[Depends(require_api_key)])
@@ -130,7 +130,7 @@ async def server_metadata() -> V2ServerMetadata:
     responses=error_responses(V2_ERRORS, 401, 404, 503),
 )
 async def model_metadata(name: str, request: Request) -> V2ModelMetadata:
-    m = get_model(request, name).package.manifest
+    m = get_model(request, name).loaded.package.manifest
     inputs, outputs = model_tensors(m)
     return V2ModelMetadata(
         name=m.name,
@@ -169,7 +169,6 @@ async def model_ready(name: str, request: Request) -> JSONResponse:
     openapi_extra=_infer_openapi(),
 )
 async def model_infer(name: str, request: Request) -> Response:
-    loaded = get_model(request, name)
     settings = app_state(request).settings
     req, binary = parse_infer_body(await read_body(request), request.headers.get(HEADER))
     params = req.parameters or {}
@@ -180,7 +179,9 @@ async def model_infer(name: str, request: Request) -> Response:
     t = req.inputs[0]  # the request model holds exactly one
     raw = split_binary(req.inputs, binary)[0]
     images = decode_bytes_tensor(t, raw) if t.datatype == "BYTES" else decode_fp32_tensor(t, raw)
-    served = await serve(loaded, images, options, request_context(request), settings)
+    with lease_model(request, name) as version:
+        loaded = version.loaded
+        served = await serve(loaded, images, options, request_context(request), settings)
     wanted, binary_out = _requested_outputs(req.outputs, binary_all, options.deadline_ms is not None)
     arrays = output_arrays(served.results)
     tensors, blob = encode_outputs([(n, *arrays[n]) for n in wanted], binary_out)

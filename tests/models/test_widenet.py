@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
 from models import create_model
 from models.flops import cumulative_flops
+from models.onnx_export import export_stages
+from models.quantize import QuantizeConfig, quantize_stage
 from models.widenet import WHITEN_WIDTH
 
 
@@ -56,3 +63,20 @@ def test_exits_follow_exit_after() -> None:
         create_model("widenet", exit_after=(0, 1))  # the last group must carry an exit
     with pytest.raises(ValueError, match="depth"):
         create_model("widenet", groups=((16, 4, True),))
+
+
+def test_stages_quantize_to_int8(tmp_path: Path) -> None:
+    """ONNX Runtime's int8 pre-processing cannot follow opset 18's ReduceMax (the exits' global
+    max-pool); quantization falls back to ONNX's shape inference and still writes every stage."""
+    model = create_model("widenet", groups=((16, 1, True), (32, 1, True)), exit_after=(0, 1)).eval()
+    graphs = export_stages(model, (32, 32), tmp_path)
+    image = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    feeds = [{"image": image}]
+    src, dst = tmp_path / graphs[0].file, tmp_path / "int8" / "stage_0.onnx"
+    quantize_stage(src, dst, feeds, QuantizeConfig())
+    ops = {n.op_type for n in onnx.load(str(dst)).graph.node}
+    assert "QuantizeLinear" in ops and "ReduceMax" in ops
+    fp32 = ort.InferenceSession(str(src)).run(["logits"], {"image": image})[0]
+    int8 = ort.InferenceSession(str(dst)).run(["logits"], {"image": image})[0]
+    assert int8.shape == fp32.shape == (4, 10)
+    assert np.abs(int8 - fp32).max() < 0.1 * np.abs(fp32).max() + 1e-3

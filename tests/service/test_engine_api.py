@@ -29,7 +29,7 @@ def _files(blobs: list[bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
 def test_deadline_exits_over_v1_and_v2(calibrated_package: Path, images: list[bytes]) -> None:
     settings = make_settings(calibrated_package, batching={"mode": "rebatch"})
     with TestClient(create_app(settings)) as client:
-        engine = client.app.state.anytime.models[NAME].engine  # type: ignore[attr-defined]
+        engine = client.app.state.anytime.registry.resolve(NAME).loaded.engine  # type: ignore[attr-defined]
         engine.backend = _SlowBackend(TorchBackend(engine.backend.model, "cpu"), delay=0.5)
         engine.costs = StageCosts(3)  # what the slow stages cost, as if measured
         for k, seconds in enumerate((0.001, 0.5, 0.5)):

@@ -95,3 +95,16 @@ def test_leaving_now_uses_each_images_own_threshold_and_max_exit() -> None:
     max_exit = np.array([2, 2, 2, 0])
     assert leaving_now(conf, thr, max_exit, 0, 3).tolist() == [True, False, True, True]
     assert leaving_now(conf, thr, max_exit, 2, 3).all()
+
+
+def test_fallback_budget_order() -> None:
+    """A request without a budget: the configured default, else the package's, else 1.0."""
+    from types import SimpleNamespace
+
+    from service.policy import fallback_budget
+
+    with_default = SimpleNamespace(default_budget=0.5)
+    without = SimpleNamespace(default_budget=None)
+    assert fallback_budget(with_default, 0.7) == 0.7  # type: ignore[arg-type]
+    assert fallback_budget(with_default, None) == 0.5  # type: ignore[arg-type]
+    assert fallback_budget(without, None) == 1.0  # type: ignore[arg-type]
