@@ -78,3 +78,15 @@ def test_every_service_error_is_mapped() -> None:
         c.__name__ for c in subclasses(errors.ServiceError) if grpc_code(c.status).name == "UNKNOWN"
     ]
     assert unmapped == []
+
+
+def test_the_cli_refuses_a_grpc_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+    import service.__main__ as cli
+
+    other = _listener(0, reuseport=True)
+    try:
+        port = other.getsockname()[1]
+        assert cli.main(["--port", "0", "--grpc-port", str(port)]) == 1
+    finally:
+        other.close()
+    assert f"error: cannot listen for gRPC on 127.0.0.1:{port}" in capsys.readouterr().err
