@@ -43,7 +43,7 @@ serve: $(STAMP)
 	  echo "  or serve another package: make serve PACKAGE=path/to/package" >&2; exit 1; }
 	ANYTIME_MODELS='["$(PACKAGE)"]' $(PY) -m service --host $(HOST) --port $(PORT)
 
-# IMTA ablation (resumable runs under runs/ablation) + serving figures -> BENCHMARKS.md.
+# Serving figures of packages/default -> BENCHMARKS.md.
 # Smoke run in minutes: make bench ARGS=--quick   (options: .venv/bin/python -m benchmarks --help)
 bench: $(STAMP)
 	$(PY) -m benchmarks $(ARGS)
@@ -65,6 +65,7 @@ $(PEERS)/%/.installed: benchmarks/peers/requirements-%.txt | bench-tools
 
 peers: $(PEERS)/triton/.installed $(PEERS)/litserve/.installed
 
+# ANYTIME_PRECISION=int8 make bench-peers: the service and the peers on the package's int8 graphs.
 bench-peers: $(STAMP) peers
 	$(PY) -m benchmarks --only peers $(ARGS)
 

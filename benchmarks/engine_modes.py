@@ -6,11 +6,10 @@ under open-loop (Poisson) load at 1x, 1.5x and 2x what the full-budget server su
 within the SLO, 429s, agreement with the final exit). The load drives the engine in-process (no
 HTTP: the scheduler is what differs), bounded by ``--seconds`` per run.
 
-Uses ``packages/default`` when it exists, else an untrained 5-exit ``msdnet`` whose budget table
-is fitted on synthetic images. Images: the held test part of the package's own training split
-(from its provenance) when that data is on disk, so accuracy is measured against the labels;
-otherwise synthetic images, where only the agreement with the final exit's class on the same
-image means anything.
+Serves ``packages/default`` (``--package``). Images: the held test part of the package's own
+training split (from its provenance) when that data is on disk, so accuracy is measured against
+the labels; otherwise synthetic images, where only the agreement with the final exit's class on
+the same image means anything.
 """
 
 from __future__ import annotations
@@ -19,18 +18,16 @@ import argparse
 import asyncio
 import json
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks.harness.data import Labelled, calibrated_package, held_test_images, sample_pngs
+from benchmarks.harness.data import Labelled, held_test_images, sample_pngs
 from benchmarks.harness.engine import (
     ControllerConfig,
     make_engine,
-    plan,
     preprocess,
     resolve_device,
     score,
@@ -66,7 +63,7 @@ class Load:
         engine's default), submitted; returns the future and the images' indices."""
         rng = random.Random(seed * 1_000_003 + i)
         idx = [rng.randrange(len(self.x)) for _ in range(rng.randint(1, 4))]
-        exit_plan = plan(self.pkg.manifest, rng.choice(budgets), engine)
+        exit_plan = engine.plan(rng.choice(budgets))
         return submit(engine, self.x[idx], exit_plan, 30.0), idx
 
     def answer(self, got: list[Any], idx: list[int]) -> Answer:
@@ -190,28 +187,20 @@ def main(argv: list[str] | None = None) -> None:
     add("--repeat", type=int, default=3, help="runs per mode (median kept)")
     add("--threads", type=int, default=1, help="torch intra-op threads")
     add("--out", type=Path, default=RESULTS, help="where the .json and .md go")
-    add("--package", type=Path, help="package to serve (default: packages/default or msdnet)")
+    add("--package", type=Path, default=REPO / "packages" / "default", help="package to serve")
     add("--data-dir", help="where the package's training data is (default: its config's)")
     add("--synthetic-images", action="store_true", help="synthetic images even if test data exists")
     add("--note", help="what else ran on the machine (default: the CPU and torch build)")
     args = ap.parse_args(argv)  # fmt: skip
     torch.set_num_threads(args.threads)
     device, sitting = resolve_device("auto"), Sitting("benchmarks.engine_modes", argv)
-    default = REPO / "packages" / "default"
-    with tempfile.TemporaryDirectory() as tmp:
-        fitted = args.package is None and not default.exists()
-        path = (
-            calibrated_package(Path(tmp), "msdnet", [0.3, 0.5, 0.7])
-            if fitted
-            else args.package or default
-        )
-        pkg = load_package(path)
-        labelled = None if args.synthetic_images else held_test_images(pkg.manifest, args.data_dir)
-        load = Load(pkg, labelled)
-        modes = modes_part(load, device, args.seconds, args.clients, args.repeat)
-        capacity, ctl = controller_part(load, device, args.seconds, args.slo_ms / 1e3, args.queue,
-                                        args.max_accuracy_loss)  # fmt: skip
-    origin = "untrained, budget table fitted on synthetic images" if fitted else display(path)
+    pkg = load_package(args.package)
+    labelled = None if args.synthetic_images else held_test_images(pkg.manifest, args.data_dir)
+    load = Load(pkg, labelled)
+    modes = modes_part(load, device, args.seconds, args.clients, args.repeat)
+    capacity, ctl = controller_part(load, device, args.seconds, args.slo_ms / 1e3, args.queue,
+                                    args.max_accuracy_loss)  # fmt: skip
+    origin = display(args.package)
     meta = {
         "model": f"{pkg.manifest.name} ({pkg.manifest.num_exits} exits, {origin})", "device": device,
         "seconds": args.seconds, "note": args.note or machine(), "slo_ms": args.slo_ms,

@@ -17,9 +17,6 @@ Each row: ``images_per_s``, ``p50_ms`` / ``p99_ms`` (request latency), ``accurac
 ``engine_cpu_us_per_image`` (the engine's worker threads' CPU time alone: its host time per image
 without the load generator's).
 
-``--compare DIR`` runs the same rows on the engine of another checkout ``DIR`` (e.g. main) and on
-this one, alternating ``--repeat`` times in child processes, so before/after share one sitting of
-a shared machine; the ratio of the medians is printed.
 """
 
 from __future__ import annotations
@@ -28,11 +25,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,8 +34,8 @@ import torch
 
 from benchmarks.harness.data import held_test_images
 from benchmarks.harness.engine import (
+    at_precision,
     make_engine,
-    plan,
     preprocess,
     resolve_device,
     score,
@@ -128,7 +120,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         served = at_precision(pkg, precision)
         engine = make_engine(served, args.backend, device=device, dtype=dtype, threads=args.threads,
                              batch=args.batch, mode=mode)  # fmt: skip
-        exit_plan = plan(served.manifest, budget)
+        exit_plan = engine.plan(budget)
         try:
             load_row(engine, exit_plan, x, labels, size, args.clients, min(0.5, args.seconds), kind)
             row = load_row(engine, exit_plan, x, labels, size, args.clients, args.seconds, kind)
@@ -146,68 +138,6 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                **row}  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
-    return rows
-
-
-def at_precision(pkg: Any, precision: str) -> Any:
-    """The package as the service serves it at ``precision`` (fp32, or its int8 graphs)."""
-    if precision == "fp32":
-        return pkg
-    from service.engine.precision import at_int8
-
-    return at_int8(pkg)
-
-
-# A child of --compare: this checkout's benchmarks package, the other checkout's service and models
-# (its root, the working directory, is first on sys.path).
-_CHILD = """import importlib.util as u, sys
-here, argv = sys.argv[1], sys.argv[2:]
-spec = u.spec_from_file_location("benchmarks", here + "/benchmarks/__init__.py",
-                                 submodule_search_locations=[here + "/benchmarks"])
-sys.modules["benchmarks"] = m = u.module_from_spec(spec)
-spec.loader.exec_module(m)
-from benchmarks.engine_speed import main
-main(argv)"""
-
-
-def compare(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
-    """The rows on ``args.compare`` (before) and this checkout (after), alternated in children."""
-    i = argv.index("--compare")
-    child = argv[:i] + argv[i + 2 :]
-    for j, a in enumerate(child[:-1]):  # the children run in the other tree: absolute paths
-        if a in ("--images-npz", "--package", "--data-dir"):
-            child[j + 1] = str(Path(child[j + 1]).resolve())
-    runs: dict[str, list[list[dict[str, Any]]]] = {"before": [], "after": []}
-    for _ in range(args.repeat):
-        for label, tree in (("before", Path(args.compare).resolve()), ("after", REPO)):
-            with tempfile.NamedTemporaryFile(suffix=".json") as out:
-                cmd = [sys.executable, "-c", _CHILD, str(REPO), *child, "--json", out.name]
-                subprocess.run(cmd, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, check=True)
-                runs[label].append(json.loads(Path(out.name).read_text()))
-    rows = []
-    for j, row in enumerate(runs["after"][0]):
-        same_load = ("mode", "request_images", "dtype", "clients_kind")
-        summary: dict[str, Any] = {k: row.get(k) for k in ("budget", *same_load)} | {
-            "backend": row["backend"]
-        }
-        # Within each run: this row's images/s over the same row at budget 1.0.
-        same = [i for i, r in enumerate(runs["after"][0])
-                if r["budget"] == 1.0 and all(r[k] == row[k] for k in same_load)]  # fmt: skip
-        for label in ("before", "after"):
-            mine = [r[j] for r in runs[label]]
-            summary[f"{label}_images_per_s"] = [round(r["images_per_s"], 1) for r in mine]
-            for cost in ("cpu_us_per_image", "engine_cpu_us_per_image"):
-                summary[f"{label}_{cost}"] = round(statistics.median(r[cost] for r in mine), 1)
-            summary[f"{label}_accuracy"] = mine[0]["accuracy"]
-            summary[f"{label}_mean_compute_fraction"] = mine[0]["mean_compute_fraction"]
-            if same and same[0] != j:
-                ratios = [r[j]["images_per_s"] / r[same[0]]["images_per_s"] for r in runs[label]]
-                summary[f"{label}_vs_budget_1"] = [round(v, 3) for v in ratios]
-        summary["speedup"] = statistics.median(summary["after_images_per_s"]) / statistics.median(
-            summary["before_images_per_s"]
-        )
-        rows.append(summary)
-        print(json.dumps(summary), flush=True)
     return rows
 
 
@@ -248,8 +178,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add("--images-npz", type=Path, help="preprocessed images: arrays x [N,3,H,W], y [N]")
     add("--limit-images", type=int, help="use only the first N test images")
     add("--save-images", type=Path, help="write the labelled test images as .npz, exit")
-    add("--compare", help="another checkout: alternate its engine (before) with this one")
-    add("--repeat", type=int, default=3, help="alternations of --compare")
     add(
         "--full-accuracy",
         action="store_true",
@@ -260,7 +188,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
     if args.save_images is not None:
         from models.package import load_package
@@ -272,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         np.savez_compressed(args.save_images, x=x.numpy(), y=y)
         print(f"wrote {len(y)} images to {args.save_images}")
         return
-    rows = compare(args, argv) if args.compare else measure(args)
+    rows = measure(args)
     if args.json is not None:
         write_json(args.json, rows)
 

@@ -1,5 +1,5 @@
-"""Sampling profile (py-spy) of the HTTP server while it is saturated: where a missed serving target
-spends its time, and the CPU milliseconds one request costs per component.
+"""Sampling profile (py-spy) of the HTTP server while it is saturated: the CPU milliseconds one
+request costs per component.
 
 py-spy samples every thread of the server process from outside, so the event loop, the batcher
 and the inference worker are all seen without changing the server.
@@ -98,28 +98,6 @@ def samples(raw: Path) -> list[tuple[int | None, str, list[str], int]]:
             tid, name, frames = int(m.group(1)), re.sub(r"\s*\(\d+\)", "", frames[0]), frames[1:]
         out.append((tid, name, frames, int(count)))
     return out
-
-
-def _shares(counts: Counter[str], n: int) -> list[tuple[str, float]]:
-    total = sum(counts.values()) or 1
-    return [(k, c / total) for k, c in counts.most_common(n)]
-
-
-def top_frames(raw: Path, n: int = 12) -> list[tuple[str, float]]:
-    """The ``n`` leaf frames (where a sample found its thread: self time) with the largest share
-    of all samples; py-spy leaves out idle samples, so the shares are of running time."""
-    leaves: Counter[str] = Counter()
-    for _, _, frames, c in samples(raw):
-        leaves[frames[-1] if frames else ""] += c
-    return _shares(leaves, n)
-
-
-def top_threads(raw: Path) -> list[tuple[str, float]]:
-    """Share of samples per thread name, the six largest."""
-    threads: Counter[str] = Counter()
-    for _, name, _, c in samples(raw):
-        threads[name] += c
-    return _shares(threads, 6)
 
 
 def component_of(frames: list[str]) -> str:

@@ -1,5 +1,5 @@
-"""``BENCHMARKS.md`` and its plots from the JSON results of the suites: the ablation and serving
-figures of ``python -m benchmarks``, the side by side with the peers (``peers.json``,
+"""``BENCHMARKS.md`` and its plot from the JSON results of the suites: the serving figures of
+``python -m benchmarks``, the side by side with the peers (``peers.json``, ``peers_int8.json``,
 ``profile_components.json``), and the sections the IMTA factorial and the engine-modes benchmark
 write (``imta.md``, ``engine_modes.md``)."""
 
@@ -13,6 +13,7 @@ from typing import Any
 from benchmarks.harness.output import figure, table
 from benchmarks.harness.provenance import RESULTS, display
 from benchmarks.profile import markdown as profile_markdown
+from benchmarks.side_by_side import PEER_FILES
 
 ENGINE_MODES, IMTA_SECTION = RESULTS / "engine_modes.md", RESULTS / "imta.md"
 PEER_TARGETS = (  # (ratio key, wanted at least, what it compares)
@@ -21,29 +22,6 @@ PEER_TARGETS = (  # (ratio key, wanted at least, what it compares)
     ("http_b10_over_better_peer", 1.0, "HTTP budget 1.0 / the better peer"),
     ("http_b10_over_engine_b10", 0.8, "HTTP budget 1.0 / in-process engine budget 1.0"),
 )
-
-
-def plot_ablation(arms: list[dict[str, Any]], path: Path) -> None:
-    """Anytime points (per exit) and budgeted curves (optimised thresholds) of every arm vs MAdds."""
-    labels = len(arms) + any(a["arm"] == "ge_isc_kd" for a in arms)
-    # One legend under both panels: inside, nine arms' labels hid the curves.
-    rect = (0, 0.04 + 0.035 * ((labels + 2) // 3), 1, 1)
-    with figure(path, cols=2, size=(12, 5.5), dpi=110, rect=rect) as (fig, (ax1, ax2)):
-        for a in arms:
-            style, madds = "o--" if a.get("follow_up") else "o-", a["exit_mult_adds_millions"]
-            ax1.plot(madds, [100 * v for v in a["test_exit_accuracy"]], style, label=a["label"])
-            opt = sorted((r["optimised"]["compute"], r["optimised"]["accuracy"]) for r in a["budgets"])
-            ax2.plot([madds[-1] * c for c, _ in opt], [100 * v for _, v in opt], style, label=a["label"])
-            if a["arm"] == "ge_isc_kd":
-                geo = sorted((p["compute"], p["accuracy"]) for p in a["geometric_curve_test"])
-                ax2.plot([madds[-1] * c for c, _ in geo], [100 * v for _, v in geo], "k:",
-                         label=f"{a['label']}, geometric")  # fmt: skip
-        ax1.set(title="Anytime: accuracy of each exit (test part)", xlabel="multiply-adds (M)",
-                ylabel="top-1 %")  # fmt: skip
-        ax2.set(title="Budgeted: optimised thresholds (test part)", xlabel="mean multiply-adds (M)",
-                ylabel="top-1 %")  # fmt: skip
-        handles, names = ax2.get_legend_handles_labels()
-        fig.legend(handles, names, loc="lower center", ncol=3, fontsize=7, frameon=False)
 
 
 def plot_serving(loads: dict[str, Any], path: Path) -> None:
@@ -71,43 +49,6 @@ def _verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
-def ablation_tables(arms: list[dict[str, Any]]) -> list[str]:
-    k = len(arms[0]["test_exit_accuracy"])
-    exits = [f"exit {i} ({m:.1f}M)" for i, m in enumerate(arms[0]["exit_mult_adds_millions"])]
-    lines = [
-        "Per-exit top-1 accuracy (%) on the held test part; cumulative multiply-adds in brackets.", "",
-        *table(("arm", *exits, "epochs", "train time (s)"),
-               [(a["label"], *map(_pct, a["test_exit_accuracy"]), a["epochs"],
-                 f"{a['train_seconds']:.0f}") for a in arms]),
-    ]  # fmt: skip
-    by = {a["arm"]: a for a in arms}
-    pairs = [(a, by[b]) for a in arms if (b := a.get("baseline", "plain")) in by and by[b] is not a]
-    if pairs:
-        lines += ["", "Difference to the baseline arm (points; plain training unless named):", ""]
-        diff = [(a["label"], b["label"], *(f"{100 * (x - y):+.2f}" for x, y in
-                 zip(a["test_exit_accuracy"], b["test_exit_accuracy"], strict=True)))
-                for a, b in pairs]  # fmt: skip
-        lines += table(("arm", "baseline", *(f"exit {i}" for i in range(k))), diff)
-    budgets = sorted({r["budget"] for a in arms for r in a["budgets"]})
-
-    def cell(r: dict[str, Any] | None) -> str:
-        g, o = (r or {}).get("geometric"), (r or {}).get("optimised")
-        return (
-            f"{_pct(g['accuracy'])} @{g['compute']:.2f} / {_pct(o['accuracy'])} @{o['compute']:.2f}"
-            if g and o
-            else "-"
-        )
-
-    rows = [
-        (a["label"], *(cell({r["budget"]: r for r in a["budgets"]}.get(b)) for b in budgets))
-        for a in arms
-    ]
-    return [*lines, "",
-            "Budgeted (thresholds fitted on the validation part, scored on the test part): test accuracy"
-            " (%) at the measured mean compute fraction, geometric (MSDNet's scheme) / optimised.", "",
-            *table(("arm", *(f"budget {b}" for b in budgets)), rows)]  # fmt: skip
-
-
 def _errors(row: dict[str, Any]) -> str:
     """``3 (HTTP 503: 2, ConnectionResetError: 1)``."""
     detail = ", ".join(f"{k}: {v}" for k, v in sorted((row.get("error_kinds") or {}).items()))
@@ -132,19 +73,6 @@ def serving_tables(serving: dict[str, Any]) -> list[str]:
         *table(("loop", "budget", "clients / peak in flight", "offered rate/s", "requests", "errors",
                 "images/s", "p50 ms", "p95 ms", "p99 ms", "accuracy %", "mean compute"), rows),
     ]  # fmt: skip
-    prof = loads.get("profile")
-    if prof and "top_frames" in prof:
-        lines += [
-            "", f"Where the saturated server runs (py-spy, {prof['seconds']:.0f} s at budget 1.0, "
-            f"{prof['images_per_s']:.1f} images/s during the profile; raw stacks: `{prof['raw']}`, "
-            "written by the run, not kept in the repository). "
-            "Share of non-idle samples per thread, then per leaf frame:", "",
-            *table(("thread", "share"), [(f"`{t}`", f"{100 * v:.1f}%") for t, v in prof["threads"]]), "",
-            *table(("leaf frame", "share"),
-                   [(f"`{f}`", f"{100 * v:.1f}%") for f, v in prof["top_frames"]]),
-        ]  # fmt: skip
-    elif prof:
-        lines += ["", f"Profile failed: {prof.get('error')}"]
     if serving.get("grid"):
         lines += ["", "Backend x batching x mode (`benchmarks/serving.py` on the same package and test "
                   "images, closed loop; `engine` = in-process, no HTTP):", ""]  # fmt: skip
@@ -237,9 +165,13 @@ def peers_section(peers: dict[str, Any], profile: dict[str, Any] | None = None) 
     """Markdown lines: setting, the side-by-side table, the ratios, the request-cost table."""
     meta, s, rows = peers["meta"], peers["settings"], peers["rows"]
     busy = max(meta.get("loadavg_1m", [0.0])) > 1.5
+    precision = s.get("precision", "fp32")
+    make = (
+        "make bench-peers" if precision == "fp32" else f"ANYTIME_PRECISION={precision} make bench-peers"
+    )
     lines = [
-        "## Side by side: this service, Triton and LitServe", "",
-        f"- command: `{meta['command']}` (`make bench-peers`); {meta['date']} UTC, commit "
+        f"## Side by side: this service, Triton and LitServe ({precision})", "",
+        f"- command: `{meta['command']}` (`{make}`); {meta['date']} UTC, commit "
         f"`{meta['commit']}`; {meta['machine']}",
         f"- load on the machine: `{meta['uptime_before']}` before, `{meta['uptime_after']}` after"
         + (" (the cores were shared with other work: timings are noisy, ratios within the run "
@@ -254,12 +186,14 @@ def peers_section(peers: dict[str, Any], profile: dict[str, Any] | None = None) 
     cells = []
     for label, r in rows.items():
         lo, hi = r.get("images_per_s_range", [None, None])
-        cells.append((label, r["body"], f"{_num(r['images_per_s'])} ({_num(lo)}-{_num(hi)})",
+        cells.append((label, r.get("precision", precision), r["body"],
+                      f"{_num(r['images_per_s'])} ({_num(lo)}-{_num(hi)})",
                       _num(r.get("p50_ms")), _num(r.get("p99_ms")),
                       _accuracy(r.get("accuracy"), r.get("answers")), r.get("answers", "-"),
                       r.get("failed", "-"), _num(r.get("server_cpu_ms_per_image"), ".2f")))  # fmt: skip
-    lines += table(("server", "request body", "images/s", "p50 ms", "p99 ms", "accuracy % (± s.e.)",
-                    "answers", "failed", "server CPU ms/image"), cells)  # fmt: skip
+    lines += table(("server", "precision", "request body", "images/s", "p50 ms", "p99 ms",
+                    "accuracy % (± s.e.)", "answers", "failed", "server CPU ms/image"),
+                   cells)  # fmt: skip
     lines += ["", *ratio_lines(peers["ratios"], rows, s.get("package_accuracy"))]
     if acc := s.get("package_accuracy"):
         lines.append(
@@ -293,11 +227,10 @@ def render(results: dict[str, Any], out_dir: Path) -> str:
         "Generated by `python -m benchmarks` (`make bench`); do not edit by hand.",
         "",
     ]
-    if meta["quick"]:
+    if meta.get("quick"):
         lines += [
-            "> **Quick smoke run.** Tiny epochs and data subset: these numbers only show that the "
-            "pipeline runs end to end. They are not evidence for or against any IMTA gain or serving "
-            "target. The full command is below.", "",
+            "> **Quick smoke run.** Short loads: these numbers only show that the suite runs end to "
+            "end; they are not evidence for or against any serving target.", "",
         ]  # fmt: skip
     load = ""
     if "loadavg_1m" in meta:
@@ -307,29 +240,22 @@ def render(results: dict[str, Any], out_dir: Path) -> str:
     lines += [
         f"- command: `{meta['command']}`", f"- machine: {meta['machine']}{load}",
         f"- date (UTC): {meta['date']}; git commit: `{meta['commit']}`",
-        f"- results: `{rel}/results.json`; plots: `{rel}/ablation.png`, `{rel}/serving.png`",
-        f"- full run: `{meta['full_command']}`", "",
-        "How: `benchmarks/ablation.py` trains each arm with `python -m training train --resume` "
-        "(arms differ only in `--ge/--isc/--kd/--recipe`), then `calibrate` (thresholds fitted on "
-        "the validation part, scored on the test part). The serving part serves the shipped model "
-        "(`packages/default`; a quick run: the GE + ISC + KD arm's package; `--serve-package`) with "
+        f"- results: `{rel}/results.json`; plot: `{rel}/serving.png`", "",
+        "How: the serving part serves a package (`packages/default`; `--package`) with "
         "`python -m service` on 127.0.0.1; `benchmarks/harness/load.py` sends its "
         "held-out test images one per request, closed loop (fixed clients) and open loop (Poisson "
         "arrivals, latency from the scheduled arrival), bounded by requests and seconds.", "",
     ]  # fmt: skip
-    if results.get("ablation"):
-        lines += ["## IMTA ablation", "", meta["ablation_note"], ""]
-        lines += [*ablation_tables(results["ablation"]), "", f"![ablation]({rel}/ablation.png)", ""]
     if IMTA_SECTION.is_file():
         lines += [IMTA_SECTION.read_text().rstrip(), ""]
     if results.get("serving"):
         lines += ["## Serving", "", *serving_tables(results["serving"]), ""]
         lines += [f"![serving]({rel}/serving.png)", "", "### Targets", ""]
         lines += [*target_lines(results["serving"]["headline"]), ""]
-    if results.get("findings"):
-        lines += ["## Findings", "", *[f"- {f}" for f in results["findings"]], ""]
-    if peers := _read(out_dir / "peers.json"):  # `python -m benchmarks --only peers`
-        lines += [*peers_section(peers, _read(out_dir / "profile_components.json")), ""]
+    for precision, name in PEER_FILES.items():  # `python -m benchmarks --only peers [--precision]`
+        if peers := _read(out_dir / name):
+            prof = _read(out_dir / "profile_components.json") if precision == "fp32" else None
+            lines += [*peers_section(peers, prof), ""]
     if ENGINE_MODES.is_file():
         lines += [
             "## Engine modes (from `benchmarks/results/engine_modes.md`)",

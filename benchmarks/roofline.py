@@ -27,10 +27,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from benchmarks.harness.output import table, write_json
+from benchmarks.harness.provenance import RESULTS
 from models.package import load_package
 from models.quantize import QuantizeConfig, quantize_stage, stage_feeds
 
-RESULTS = Path(__file__).parent / "results"
 IR_VERSION = 10  # what ONNX Runtime 1.2x reads; onnx writes newer by default
 Feeds = dict[str, np.ndarray]
 
@@ -216,44 +217,30 @@ def markdown(result: dict[str, Any]) -> str:
     stages: dict[int, list[dict[str, Any]]] = {}
     for r in result["stages"]:
         stages.setdefault(r["stage"], []).append(r)
-    out = [
-        "| stage | MFLOPs | fp32 ms/image, batch " + " / ".join(str(r["batch"]) for r in stages[0])
-        + " | int8 ms/image | int8 gain | fp32 GFLOP/s, % of peak | int8 GOP/s, % of peak |",
-        "|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    batches = " / ".join(str(r["batch"]) for r in stages[0])
+    speed, where, cats = [], [], ["conv", "concat", "reorder", "quant", "other", "overhead"]
     for k, rows in stages.items():
         big = rows[-1]
         ms = {p: " / ".join(f"{r[p]['ms_per_image']:.3f}" for r in rows) for p in peak}
         gain = " / ".join(f"{r['fp32']['ms_per_image'] / r['int8']['ms_per_image']:.2f}x" for r in rows)
         rate = {p: f"{big[p]['gflops']:.0f}, {100 * big[p]['gflops'] / peak[p]:.0f} %" for p in peak}
-        out.append(
-            f"| {k} | {rows[0]['mflops']:.1f} | {ms['fp32']} | {ms['int8']} | {gain} "
-            f"| {rate['fp32']} | {rate['int8']} |"
+        speed.append(
+            (k, f"{rows[0]['mflops']:.1f}", ms["fp32"], ms["int8"], gain, rate["fp32"], rate["int8"])
         )
-    cats = ["conv", "concat", "reorder", "quant", "other", "overhead"]
-    out += [
-        "",
-        "| stage, fp32 / int8 | " + " | ".join(cats) + " | fixed µs per call |",
-        "|---|" + "---|" * (len(cats) + 1),
-    ]
-    for k, rows in stages.items():
-        big = rows[-1]
-        cells = [
+        shares = [
             " / ".join(f"{100 * big[p]['profile'].get(c, 0.0):.0f}" for p in peak) + " %" for c in cats
         ]
-        fixed = " / ".join(f"{big[p]['fixed_us']:.0f}" for p in peak)
-        out.append(f"| {k} | " + " | ".join(cells) + f" | {fixed} |")
+        where.append((k, *shares, " / ".join(f"{big[p]['fixed_us']:.0f}" for p in peak)))
     chans = result["channels"]
-    out += [
-        "",
-        "| channels | " + " | ".join(str(r["channels"]) for r in chans) + " |",
-        "|---|" + "---|" * len(chans),
-    ]
-    for p, unit in (("fp32", "GFLOP/s"), ("int8", "GOP/s")):
-        out.append(f"| {p} {unit} | " + " | ".join(f"{r[p]['gflops']:.0f}" for r in chans) + " |")
-    gains = " | ".join(f"{r['fp32']['ms'] / r['int8']['ms']:.2f}x" for r in chans)
-    out.append(f"| int8 gain | {gains} |")
-    return "\n".join(out)
+    sweep = [(f"{p} {unit}", *(f"{r[p]['gflops']:.0f}" for r in chans))
+             for p, unit in (("fp32", "GFLOP/s"), ("int8", "GOP/s"))]  # fmt: skip
+    sweep.append(("int8 gain", *(f"{r['fp32']['ms'] / r['int8']['ms']:.2f}x" for r in chans)))
+    return "\n".join([
+        *table(("stage", "MFLOPs", f"fp32 ms/image, batch {batches}", "int8 ms/image", "int8 gain",
+                "fp32 GFLOP/s, % of peak", "int8 GOP/s, % of peak"), speed), "",
+        *table(("stage, fp32 / int8", *cats, "fixed µs per call"), where), "",
+        *table(("channels", *(str(r["channels"]) for r in chans)), sweep),
+    ])  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -276,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         "stages": stage_rows(args.package, args.batches, args.seconds),
         "channels": channel_rows(args.channels, args.hw, max(args.batches), args.seconds, config),
     }
-    args.json.write_text(json.dumps(result, separators=(",", ":")) + "\n")
+    write_json(args.json, result)
     print(markdown(result))
 
 

@@ -5,10 +5,6 @@ Sweeps budgets x concurrency x backend x batching on/off, in-process engine vs t
 configuration by ``--requests`` and ``--max-seconds``. The in-process mode also decodes the same
 PNGs, so "engine vs HTTP" isolates the cost of HTTP, FastAPI and uvicorn.
 
-Without ``--package`` it exports an untrained package of ``--arch`` whose budget table is
-"calibrated" on the benchmark images (confidence quantiles), so budgets below 1 really exit
-early: throughput and latency are real, accuracy is meaningless.
-
     .venv/bin/python -m benchmarks.serving --help
 
 ``make bench`` measures its serving figures here too (:func:`http_loads`, :func:`grid`).
@@ -26,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness.data import Labelled, calibrated_package, sample_pngs
-from benchmarks.harness.engine import make_engine, plan, preprocess, score, submit
+from benchmarks.harness.data import Labelled, sample_pngs
+from benchmarks.harness.engine import at_precision, make_engine, preprocess, score, submit
 from benchmarks.harness.http import Classify
 from benchmarks.harness.load import Answer, Tally, closed_loop, open_loop, run
 from benchmarks.harness.output import table, write_json
+from benchmarks.harness.provenance import REPO
 from benchmarks.harness.servers import Server, service_spec
 from benchmarks.harness.stats import median_run
-from benchmarks.profile import start_profile, top_frames, top_threads
 from models.package import load_package
 
 WANTED_BUDGETS = (1.0, 0.75, 0.5, 0.25)
@@ -69,14 +65,15 @@ def server_args(s: Settings, batching: bool) -> list[str]:
 
 def engine_load(
     package: Path, backend: str, batching: bool, budget: float, clients: int, s: Settings,
-    blobs: list[bytes], start_at: float | None = None,
+    blobs: list[bytes], start_at: float | None = None, precision: str = "fp32",
 ) -> dict[str, Any]:  # fmt: skip
     """The in-process engine, one image per request, decoded by the client as a server would;
-    the counted load starts at wall-clock ``start_at`` when given (several processes at once)."""
-    pkg = load_package(package)
+    the counted load starts at wall-clock ``start_at`` when given (several processes at once);
+    ``precision`` int8: the package's int8 graphs and table (``backend`` onnxruntime)."""
+    pkg = at_precision(load_package(package), precision)
     engine = make_engine(pkg, backend, threads=s.threads, batch=s.max_batch_size, batching=batching,
                          max_delay_s=s.max_delay_ms / 1e3)  # fmt: skip
-    exit_plan, pre = plan(pkg.manifest, budget), pkg.manifest.preprocessing
+    exit_plan, pre = engine.plan(budget), pkg.manifest.preprocessing
 
     async def send(i: int) -> Answer:
         x = preprocess([blobs[i % len(blobs)]], pre)
@@ -154,13 +151,11 @@ def served_budgets(manifest: Any) -> list[float]:
     return sorted((b for b in wanted if b >= lowest - 1e-9), reverse=True)
 
 
-def http_loads(package: Path, data: Labelled, s: Settings, profile_dir: Path | None) -> dict[str, Any]:
+def http_loads(package: Path, data: Labelled, s: Settings) -> dict[str, Any]:
     """HTTP with labelled images: a closed loop per served budget, then an open loop at half of
-    each budget's closed-loop throughput; with ``profile_dir``, a last closed loop at budget 1.0
-    under py-spy (where the saturated server runs)."""
+    each budget's closed-loop throughput."""
     m = load_package(package).manifest
     budgets, closed, opened = served_budgets(m), [], []
-    profile: dict[str, Any] | None = None
     spec = service_spec(package, "torch", server_args(s, True))
     with Server(spec, _log()) as server:
         http_load(server.url, m.name, 1.0, data, s.concurrency, 4 * s.concurrency, 30)  # warm-up
@@ -173,10 +168,8 @@ def http_loads(package: Path, data: Labelled, s: Settings, profile_dir: Path | N
             t = http_load(server.url, m.name, r["budget"], data, 0, s.requests, s.seconds, rate)
             opened.append(_load_row("open", r["budget"], t.peak, rate, t))
             print(f"open loop budget {r['budget']} at {rate:.1f}/s: p99 {opened[-1]['p99_ms']:.1f} ms")
-        if profile_dir is not None:
-            profile = profile_server(server, m.name, data, s, profile_dir)
     return {"budgets": budgets, "default_budget": m.default_budget, "closed_loop": closed,
-            "open_loop": opened, "images": len(data.blobs), "profile": profile}  # fmt: skip
+            "open_loop": opened, "images": len(data.blobs)}  # fmt: skip
 
 
 def _load_row(loop: str, budget: float, conc: int, rate: float | None, t: Tally) -> dict[str, Any]:
@@ -186,22 +179,6 @@ def _load_row(loop: str, budget: float, conc: int, rate: float | None, t: Tally)
     return {"loop": loop, "budget": budget, "concurrency": conc, "offered_rate": rate} | {
         k: summary[k] for k in keep
     }
-
-
-def profile_server(
-    server: Server, name: str, data: Labelled, s: Settings, out: Path
-) -> dict[str, Any] | None:
-    """py-spy on the server during a closed loop at budget 1.0 (saturation): top frames, threads."""
-    seconds, raw = min(s.seconds, 10.0), out / "profile_http_raw.txt"
-    proc = start_profile(server.proc.pid, seconds, raw)
-    if proc is None:
-        return None
-    t = http_load(server.url, name, 1.0, data, s.concurrency, 10**6, seconds)
-    _, err = proc.communicate(timeout=seconds + 60)
-    if proc.returncode != 0 or not raw.is_file():
-        return {"error": f"py-spy exited {proc.returncode}: {err.decode(errors='replace')[-300:]}"}
-    return {"seconds": seconds, "budget": 1.0, "images_per_s": t.summary()["images_per_s"],
-            "raw": raw.name, "top_frames": top_frames(raw), "threads": top_threads(raw)}  # fmt: skip
 
 
 def headline(loads: dict[str, Any], grid_rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -244,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.serving", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--package", type=Path, help="model package to serve (default: an untrained --arch)")
-    p.add_argument("--arch", default="msdnet", help="registry model for the untrained package")
+    p.add_argument(
+        "--package", type=Path, default=REPO / "packages" / "default", help="package to serve"
+    )
     p.add_argument("--modes", default="engine,http", help="engine,http")
     p.add_argument("--backends", default="torch,onnxruntime", help="torch,onnxruntime")
     p.add_argument("--batching", default="on,off", help="on,off")
@@ -265,14 +243,11 @@ def main(argv: list[str] | None = None) -> int:
                  threads=a.threads, max_batch_size=a.max_batch_size, max_delay_ms=a.max_delay_ms,
                  server_args=tuple(a.server_args.split()))  # fmt: skip
     budgets = [float(b) for b in a.budgets.split(",")]
-    with tempfile.TemporaryDirectory(prefix="anytime-bench-") as tmp:
-        package = a.package or calibrated_package(Path(tmp), a.arch, budgets)
-        print(f"package {load_package(package).manifest.name}")
-        print("\n".join(table(("mode", "backend", "batching", "budget", "clients", *ROW), [])))
-        rows = grid(package, s, budgets, [int(c) for c in a.concurrency.split(",")],
-                    a.modes.split(","), a.backends.split(","),
-                    [b == "on" for b in a.batching.split(",")], sample_pngs(64, seed=1),
-                    a.repeat)  # fmt: skip
+    print(f"package {load_package(a.package).manifest.name}")
+    print("\n".join(table(("mode", "backend", "batching", "budget", "clients", *ROW), [])))
+    rows = grid(a.package, s, budgets, [int(c) for c in a.concurrency.split(",")],
+                a.modes.split(","), a.backends.split(","), [b == "on" for b in a.batching.split(",")],
+                sample_pngs(64, seed=1), a.repeat)  # fmt: skip
     if a.json:
         write_json(a.json, rows)
     return 0

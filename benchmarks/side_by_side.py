@@ -1,10 +1,12 @@
 """This service against Triton (PyTriton) and LitServe, all loaded by the same wrk script, in one
 sitting: ``python -m benchmarks.side_by_side`` (``make bench-peers``).
 
-Every server runs as its own process on this machine, serving the package's network with torch
-on the CPU: this service at budgets 1.0 and 0.5 (raw ``image/jpeg`` bodies), the peers at the
-full network with their dynamic batching (Triton: a KServe v2 binary body; LitServe: a form
-upload). wrk sends the package's held test JPEGs, one per request, from 16 connections, and
+Every server runs as its own process on this machine, serving the package's network on the CPU:
+this service at budgets 1.0 and 0.5 (raw ``image/jpeg`` bodies), the peers at the full network
+with their dynamic batching (Triton: a KServe v2 binary body; LitServe: a form upload). With
+``--precision fp32`` everyone runs torch; with ``int8`` the service serves the package's int8
+graphs on onnxruntime and the peers run the same int8 graphs on ONNX Runtime (``--graphs int8``).
+wrk sends the package's held test JPEGs, one per request, from 16 connections, and
 scores every answer against its label. The in-process engine runs the same request shape (one
 image per request, 16 concurrent clients, decoding in the process) for the HTTP/engine ratio.
 The points run round-robin, ``--repeats`` times, so a change in the machine's load falls on all.
@@ -13,7 +15,9 @@ The points run round-robin, ``--repeats`` times, so a change in the machine's lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
+import os
 import statistics
 import sys
 import time
@@ -23,34 +27,36 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness.data import write_held_set
+from benchmarks.harness.engine import at_precision
 from benchmarks.harness.output import write_json
 from benchmarks.harness.provenance import REPO, RESULTS, Sitting, display
-from benchmarks.harness.servers import Server, peer_spec, service_spec
+from benchmarks.harness.servers import Server, ServerSpec, peer_spec, service_spec
 from benchmarks.harness.stats import median_run
-from benchmarks.harness.wrk import WARMUP_S, run_wrk, summarise
+from benchmarks.harness.wrk import WARMUP_S, WrkError, run_wrk, summarise
 from benchmarks.serving import Settings, engine_load
-from models.package import read_manifest
+from models.package import load_package, read_manifest
 
 ENGINE_START_S = 30.0  # time for every engine process to load and warm up before the load
 PEERS = {"triton": ("v2", "/v2/models/{name}/infer"), "litserve": ("multipart", "/predict")}
+PEER_FILES = {"fp32": "peers.json", "int8": "peers_int8.json"}  # results, one per precision
+# precision -> (this service's backend, the peers' --graphs)
+RUNS = {"fp32": ("torch", "torch"), "int8": ("onnxruntime", "int8")}
 
 
 def engine_processes(
-    package: Path, budget: float, blobs: list[bytes], seconds: float, n: int
+    package: Path, budget: float, blobs: list[bytes], seconds: float, n: int, precision: str
 ) -> dict[str, Any]:
-    """The in-process engine (torch, one image per request, 16 clients) in ``n`` processes at once
-    (as many as the service's workers), their loads started together: images/s summed."""
+    """The in-process engine (one image per request, 16 clients; the service's backend and graphs
+    at ``precision``) in ``n`` processes at once (as many as the service's workers), their loads
+    started together: images/s summed."""
     s = Settings(concurrency=16, requests=10**7, seconds=seconds, warmup_requests=64)
+    backend = RUNS[precision][0]
     if n == 1:
-        return engine_load(package, "torch", True, budget, 16, s, blobs)
+        return engine_load(package, backend, True, budget, 16, s, blobs, None, precision)
     start_at = time.time() + ENGINE_START_S
+    point = (package, backend, True, budget, 16, s, blobs, start_at, precision)
     with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
-        parts = list(
-            pool.map(
-                engine_load,
-                *zip(*[(package, "torch", True, budget, 16, s, blobs, start_at)] * n, strict=True),
-            )
-        )
+        parts = list(pool.map(engine_load, *zip(*[point] * n, strict=True)))
     return {
         "images_per_s": sum(p["images_per_s"] for p in parts),
         "p50_ms": statistics.median(p["p50_ms"] for p in parts),
@@ -85,16 +91,28 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def measure(args: argparse.Namespace, images: Path) -> dict[str, Any]:
-    """Start every server, then run every point ``args.repeats`` times round-robin."""
-    name = read_manifest(args.package).name
-    workers = [] if args.workers == 1 else ["--workers", str(args.workers)]
-    specs = [service_spec(args.package, "torch", workers)]
+Point = tuple[str, str, str, str]  # label, server, path, request body
+
+
+def server_specs(args: argparse.Namespace, name: str) -> tuple[list[ServerSpec], list[Point]]:
+    """This service and (unless ``--no-peers``) the peers, all on the graphs of
+    ``args.precision``, and the load points: (label, server, path, body)."""
+    backend, graphs = RUNS[args.precision]
+    extra = ["--precision", args.precision] + (
+        [] if args.workers == 1 else ["--workers", str(args.workers)]
+    )
+    specs = [service_spec(args.package, backend, extra)]
     points = [(f"anytime HTTP, budget {b}", "anytime", f"/v1/models/{name}/classify?budget={b}", "raw")
               for b in (1.0, 0.5)]  # fmt: skip
     for peer, (body, path) in {} if args.no_peers else PEERS.items():
-        specs.append(peer_spec(peer, args.package, name, args.peer_threads))
+        specs.append(peer_spec(peer, args.package, name, args.peer_threads, graphs))
         points.append((f"{peer} (full network)", peer, path.format(name=name), body))
+    return specs, points
+
+
+def measure(args: argparse.Namespace, images: Path) -> dict[str, Any]:
+    """Start every server, then run every point ``args.repeats`` times round-robin."""
+    specs, points = server_specs(args, read_manifest(args.package).name)
     blobs = [p.read_bytes() for p in sorted(images.glob("*.jpg"))]
     runs: dict[str, list[Any]] = {label: [] for label, *_ in points}
     cpu: dict[str, list[float]] = {label: [] for label, *_ in points}
@@ -105,7 +123,8 @@ def measure(args: argparse.Namespace, images: Path) -> dict[str, Any]:
             print(f"starting {s.name}: {' '.join(s.command)}", flush=True)
             servers[s.name] = stack.enter_context(Server(s, args.logs / f"{s.name}.log"))
         for _, server, path, body in points:  # warm-up: first batches, allocator, connections
-            run_wrk(servers[server].url, path, body, images, 2, args.connections)
+            with contextlib.suppress(WrkError):  # its figures are not kept, nor their checks
+                run_wrk(servers[server].url, path, body, images, 2, args.connections)
         for r in range(args.repeats):
             for label, server, path, body in points:
                 srv, offset = servers[server], r * len(blobs) // args.repeats
@@ -117,19 +136,21 @@ def measure(args: argparse.Namespace, images: Path) -> dict[str, Any]:
                 print(f"  [{r + 1}/{args.repeats}] {label}: {res.images_per_s:.1f} img/s, acc "
                       f"{res.accuracy:.4f}, p50 {res.p50_ms:.1f} ms", flush=True)  # fmt: skip
             for b in (1.0, 0.5):
-                e = engine_processes(args.package, b, blobs, args.seconds, args.workers)
+                e = engine_processes(args.package, b, blobs, args.seconds, args.workers, args.precision)
                 engine[f"engine, budget {b}"].append(e)
                 print(
                     f"  [{r + 1}/{args.repeats}] engine b{b}: {e['images_per_s']:.1f} img/s", flush=True
                 )
     rows = {
         label: summarise(runs[label]) | {"server": server, "body": body, "path": path,
+                                         "precision": args.precision,
                                          "server_cpu_ms_per_image": statistics.median(cpu[label])}
         for label, server, path, body in points
     }  # fmt: skip
     for label, es in engine.items():
         median = median_run(es)
         rows[label] = median | {"server": "in-process", "body": "decoded in process",
+                                "precision": args.precision,
                                 "images_per_s": statistics.median(e["images_per_s"] for e in es),
                                 }  # fmt: skip
     return rows
@@ -154,23 +175,38 @@ def main(argv: list[str] | None = None) -> int:
         help="this service's worker processes (python -m service --workers N; default 2, the CPU "
         "image's setting); the in-process engine point runs in as many processes",
     )
-    add("--out", type=Path, default=RESULTS / "peers.json")
+    add(
+        "--precision",
+        choices=list(RUNS),
+        default=os.environ.get("ANYTIME_PRECISION", "fp32"),
+        help="fp32: everyone runs torch; int8: the service serves the package's int8 graphs "
+        "(onnxruntime), the peers run the same graphs (default: $ANYTIME_PRECISION, else fp32)",
+    )
+    add(
+        "--out", type=Path, help="results (default benchmarks/results/peers.json, int8: peers_int8.json)"
+    )
     add("--logs", type=Path, default=REPO / "runs" / "peers", help="servers' logs")
     args = p.parse_args(argv)  # fmt: skip
+    args.out = args.out or RESULTS / PEER_FILES[args.precision]
     sitting = Sitting("benchmarks.side_by_side", argv)
     images = write_held_set(args.package, args.logs / "images", args.data_dir)
     print(f"uptime before: {sitting.uptime0}", flush=True)
     rows = measure(args, images)
-    table_rows = {r.budget: r.accuracy for r in read_manifest(args.package).budgets}
+    served = at_precision(load_package(args.package), args.precision).manifest  # its budget table
+    table_rows = {r.budget: r.accuracy for r in served.budgets}
     settings = {
         "seconds": args.seconds, "warmup_seconds": WARMUP_S, "repeats": args.repeats,
         "connections": args.connections, "images": len(list(images.glob("*.jpg"))),
         "package": display(args.package), "workers": args.workers,
         "package_accuracy": {str(b): a for b in (1.0, 0.5) if (a := table_rows.get(b)) is not None},
-        "service": f"python -m service --backend torch --device cpu --workers {args.workers} "
-        "(defaults: batching on, max batch 32, delay 0, 1 intra-op thread)",
-        "peers": f"torch {args.peer_threads} intra-op thread(s), max batch 32; Triton dynamic "
-        "batcher queue delay 1000 us; LitServe batch_timeout 1 ms",
+        "precision": args.precision,
+        "service": f"python -m service --backend {RUNS[args.precision][0]} --precision "
+        f"{args.precision} --device cpu --workers {args.workers} (defaults: batching on, max batch "
+        "32, delay 0, 1 intra-op thread)",
+        "peers": ("onnxruntime on the package's int8 graphs (the ones the service serves), "
+                  if args.precision == "int8" else "torch, ")
+        + f"{args.peer_threads} intra-op thread(s), max batch 32; Triton dynamic batcher queue "
+        "delay 1000 us; LitServe batch_timeout 1 ms",
     }  # fmt: skip
     out = {"meta": sitting.meta(), "settings": settings, "rows": rows, "ratios": ratios(rows)}
     write_json(args.out, out)

@@ -1,7 +1,5 @@
 """Benchmark images: a package's own held test part (labelled; the original files for wrk, checked
-against the test indices' digest the package recorded), or synthetic images and an untrained
-package whose budget table is fitted on them as calibration fits a trained model's (one confidence
-quantile for every exit, searched to meet each budget), so that budgets below 1 really exit early.
+against the test indices' digest the package recorded), or synthetic images (throughput only).
 """
 
 from __future__ import annotations
@@ -16,12 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.harness.engine import preprocess
-from models import create_model
-from models.exit_policy import NEVER_EXIT, confidences, first_exit
-from models.package import BudgetEntry, Preprocessing, new_manifest, read_manifest, save_package
-
-CIFAR = Preprocessing(input_size=(32, 32), mean=(0.4914, 0.4822, 0.4465), std=(0.247, 0.2435, 0.2616))
+from models.package import read_manifest
 
 
 class HeldImagesError(RuntimeError):
@@ -52,33 +45,6 @@ def sample_pngs(n: int, seed: int = 0, size: tuple[int, int] = (32, 32)) -> list
         arr = arr + xx[..., None] * rng.uniform(-200, 200, 3) + rng.normal(0, 30, (h, w, 3))
         out.append(_png(np.clip(arr, 0, 255).astype(np.uint8)))
     return out
-
-
-def calibrated_package(root: Path, arch: str, budgets: list[float]) -> Path:
-    """Export an untrained ``arch`` (CIFAR-sized, ISC) with a fitted budget table under ``root``."""
-    torch.manual_seed(0)
-    model = create_model(arch, isc=True).eval()
-    with torch.no_grad():
-        conf = torch.stack([confidences(lg)[0] for lg in model(preprocess(sample_pngs(256), CIFAR))])
-    classes = [str(i) for i in range(model.num_classes)]
-    manifest = new_manifest(model, name=f"bench-{arch}", classes=classes, preprocessing=CIFAR)
-    fractions = torch.tensor([e.compute_fraction for e in manifest.exits])
-
-    def at(q: float) -> tuple[list[float], float]:  # thresholds at quantile q, their compute
-        thr = [float(torch.quantile(c, q)) for c in conf[:-1]] + [0.0]
-        return thr, float(fractions[first_exit(conf, torch.tensor(thr))].mean())
-
-    rows = [
-        BudgetEntry(budget=1.0, thresholds=[NEVER_EXIT] * model.num_exits, expected_compute_fraction=1.0)
-    ]
-    for b in sorted(set(budgets) - {1.0}):
-        lo, hi = 0.0, 1.0
-        for _ in range(30):  # compute grows with q: bisect for the largest q within the budget
-            lo, hi = ((lo + hi) / 2, hi) if at((lo + hi) / 2)[1] <= b else (lo, (lo + hi) / 2)
-        thr, spent = at(lo)
-        rows.append(BudgetEntry(budget=b, thresholds=thr, expected_compute_fraction=spent))
-    manifest = manifest.model_copy(update={"budgets": rows, "default_budget": 1.0})
-    return save_package(model, manifest, root / manifest.name)
 
 
 def encode_pngs(x: torch.Tensor, y: torch.Tensor, n: int) -> Labelled:

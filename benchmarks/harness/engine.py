@@ -1,6 +1,5 @@
 """The engine under test: the one module of the benchmarks that imports ``service``, so a change
-of the service's engine API is met here once. :func:`make_engine` also builds the engine of an
-older checkout (``engine_speed --compare`` runs this harness on another checkout's service)."""
+of the service's engine API is met here once."""
 
 from __future__ import annotations
 
@@ -12,23 +11,14 @@ import numpy as np
 import torch
 
 from benchmarks.harness.load import Answer
-from service.engine import EngineConfig, ModelEngine
+from service.engine import EngineConfig, ModelEngine, build_engine
 from service.engine.backends import resolve_device
 from service.engine.controller import ControllerConfig
+from service.engine.factory import default_max_batch, freeze_startup_heap
+from service.engine.precision import at_int8
 from service.errors import QueueFullError
+from service.images import ImageLimits, images_to_batch
 from service.metrics import ServiceMetrics
-from service.policy import resolve_plan
-
-try:
-    from service.images import ImageLimits, images_to_batch
-except ImportError:  # a checkout from before images.py moved beside the serving layer
-    from service.engine.images import ImageLimits, images_to_batch  # type: ignore[no-redef]
-
-try:
-    from service.engine import build_engine
-    from service.engine.factory import default_max_batch, freeze_startup_heap
-except ImportError:  # a checkout from before build_engine
-    build_engine = None
 
 __all__ = ["ControllerConfig", "QueueFullError", "resolve_device"]
 
@@ -64,16 +54,6 @@ def make_engine(
     m = pkg.manifest
     stub = StubBackend(m.num_exits, len(m.classes)) if backend == "stub" else None
     fields = {"queue_size": 10**6, "intra_op_threads": threads, **config}
-    if build_engine is None:
-        from service.engine.backends import build_backend
-
-        built = stub or build_backend(pkg, backend, device, dtype, threads)
-        engine = ModelEngine(
-            m.name, m, built, EngineConfig(max_batch_size=batch or 32, **fields), ServiceMetrics()
-        )
-        engine.warmup()
-        engine.start()
-        return engine
     cfg = EngineConfig(max_batch_size=batch or default_max_batch(device), **fields)
     engine = build_engine(
         pkg, stub or backend, cfg, ServiceMetrics(), device=device, dtype=dtype, threads=threads
@@ -82,13 +62,10 @@ def make_engine(
     return engine
 
 
-def plan(manifest: Any, budget: float | None, engine: ModelEngine | None = None) -> Any:
-    """The exit plan of a request at ``budget`` (None: the engine's current default), as the
-    service makes it: the engine's own ``plan`` (an older checkout's: ``resolve_plan``)."""
-    if engine is not None and hasattr(engine, "plan"):
-        return engine.plan(budget)
-    default = engine.default_budget() if engine is not None and budget is None else None
-    return resolve_plan(manifest, budget=budget, default_budget=default)
+def at_precision(pkg: Any, precision: str) -> Any:
+    """The package as the service serves it at ``precision``: itself (fp32), or its int8 graphs
+    and int8 budget table (``int8``, onnxruntime)."""
+    return at_int8(pkg) if precision == "int8" else pkg
 
 
 def submit(engine: ModelEngine, x: torch.Tensor, exit_plan: Any, timeout_s: float = 60.0) -> Future[Any]:

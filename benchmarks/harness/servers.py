@@ -67,16 +67,17 @@ def service_spec(package: Path, backend: str = "torch", extra: list[str] | None 
     return ServerSpec("anytime", cmd, "/readyz", port, {"ANYTIME_MODELS": json.dumps([str(package)])})
 
 
-def peer_spec(peer: str, package: Path, name: str, threads: int) -> ServerSpec:
+def peer_spec(peer: str, package: Path, name: str, threads: int, graphs: str = "torch") -> ServerSpec:
     """Triton (``triton``) or LitServe (``litserve``) on the package's full network, from its
-    venv under ``.peers`` (``make peers``)."""
+    venv under ``.peers`` (``make peers``): the torch model, or the package's ``fp32`` / ``int8``
+    ONNX stage graphs on ONNX Runtime (``graphs``)."""
     python = PEER_VENVS / peer / "bin" / "python"
     if not python.is_file():
         raise LaunchError(f"{python} is missing: `make peers` creates the peers' venvs")
     port = free_port_block(3)  # Triton: http, grpc, metrics
     ready = f"/v2/models/{name}/ready" if peer == "triton" else "/health"
     cmd = [str(python), "-m", f"benchmarks.peers.{peer}_server", "--package", str(package),
-           "--port", str(port), "--threads", str(threads)]  # fmt: skip
+           "--port", str(port), "--threads", str(threads), "--graphs", graphs]  # fmt: skip
     return ServerSpec(peer, cmd, ready, port)
 
 

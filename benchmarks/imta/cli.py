@@ -1,14 +1,11 @@
-"""``python -m benchmarks.imta {start,run,status,pause,continue,stop,evaluate,report}``.
+"""``python -m benchmarks.imta {run,evaluate,report}``.
 
-    python -m benchmarks.imta start --runs-dir runs/imta --jobs 2  # every run, in the background
-    python -m benchmarks.imta status --runs-dir runs/imta       # done / running, time left
-    python -m benchmarks.imta pause --runs-dir runs/imta        # SIGSTOP the launcher's group
-    python -m benchmarks.imta continue --runs-dir runs/imta     # SIGCONT
+    python -m benchmarks.imta run --runs-dir runs/imta --jobs 2  # every run; again: resumes
     python -m benchmarks.imta evaluate --runs-dir runs/imta     # imta.json, imta_stats.json
     python -m benchmarks.imta report                            # plots, BENCHMARKS.md section
 
 Extra training arguments for every run go after ``--`` (a smoke test:
-``start --runs-dir /tmp/imta -- --epochs 1 --set data.limit_train=512``).
+``run --runs-dir /tmp/imta -- --epochs 1 --set data.limit_train=512``).
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ from pathlib import Path
 
 from benchmarks.harness.provenance import REPO, RESULTS
 from benchmarks.imta.collect import CollectError
-from benchmarks.imta.launcher import LauncherError, LaunchSettings, launch, signal_launcher
+from benchmarks.imta.launcher import LauncherError, LaunchSettings, launch, subprocess_runner
 from benchmarks.imta.plan import ARM_NAMES, DEFAULT_SEEDS, PlanError, parse_seeds, plan
 from training.config import ConfigError
 
@@ -41,28 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
             )
         return c
 
-    for name, text in (
-        ("run", "train every unfinished run in order, in the foreground (resumes each)"),
-        ("start", "the same as run, detached in its own process group (launcher.out, launcher.log)"),
-    ):
-        r = command(name, text)
-        r.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="default: 0,1,2")
-        r.add_argument("--arms", default=",".join(ARM_NAMES), help="default: all five")
-        r.add_argument(
-            "--jobs",
-            type=_positive,
-            default=1,
-            help="runs trained at the same time, each with cores/jobs torch threads (default 1; "
-            "on 2 cores, 2 one-thread runs train ~1.3x the images/s of one two-thread run)",
-        )
-        r.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then `train` arguments")
-    for name, text in (
-        ("status", "finished / partial / pending runs and the training time left"),
-        ("pause", "SIGSTOP the launcher and its training run (the whole process group)"),
-        ("continue", "SIGCONT a paused launcher"),
-        ("stop", "SIGTERM the launcher and its run; start again to resume from the last epoch"),
-    ):
-        command(name, text)
+    r = command("run", "train every unfinished run in order (resumes each; launcher.log)")
+    r.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="default: 0,1,2")
+    r.add_argument("--arms", default=",".join(ARM_NAMES), help="default: all five")
+    r.add_argument(
+        "--jobs",
+        type=_positive,
+        default=1,
+        help="runs trained at the same time, each with cores/jobs torch threads (default 1; "
+        "on 2 cores, 2 one-thread runs train ~1.3x the images/s of one two-thread run)",
+    )
+    r.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then `train` arguments")
     ev = command("evaluate", "score the finished runs; write imta.json, imta_stats.json")
     ev.add_argument("--seeds", help="only these seeds (default: the plan's)")
     ev.add_argument("--out", type=Path, default=RESULTS, help="default benchmarks/results")
@@ -87,17 +73,8 @@ def _overrides(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from benchmarks.imta.launcher import start_background, subprocess_runner
-
     runs = plan(parse_seeds(args.seeds), tuple(a for a in args.arms.split(",") if a))
     runs_dir = args.runs_dir.resolve()
-    if args.command == "start":
-        argv = ["--runs-dir", str(runs_dir), "--seeds", args.seeds, "--arms", args.arms]
-        argv += ["--jobs", str(args.jobs)]
-        overrides = _overrides(args)
-        pid = start_background([*argv, *(["--", *overrides] if overrides else [])], runs_dir, REPO)
-        print(f"launcher started (pid {pid}); progress: {runs_dir / 'launcher.log'}")
-        return 0
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     s = LaunchSettings(runs_dir, tuple(runs), _overrides(args), jobs=args.jobs, threads=threads)
     launch(s, subprocess_runner(REPO))
@@ -142,16 +119,8 @@ def _report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("run", "start"):
+        if args.command == "run":
             return _run(args)
-        if args.command == "status":
-            from benchmarks.imta.progress import status_text
-
-            print(status_text(args.runs_dir.resolve()))
-            return 0
-        if args.command in ("pause", "continue", "stop"):
-            print(signal_launcher(args.runs_dir.resolve(), args.command))
-            return 0
         if args.command == "evaluate":
             return _evaluate(args)
         return _report(args)

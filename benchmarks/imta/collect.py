@@ -22,8 +22,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from benchmarks.imta.launcher import is_finished
-from benchmarks.imta.progress import load_plan, read_log
+from benchmarks.imta.launcher import is_finished, load_plan, read_log
 
 BUDGETS = "0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"
 NORM_KEYS = ("block_grad_norm", "block_weight_norm")

@@ -1,19 +1,16 @@
-"""Run every arm x seed of the factorial in order, in the background, resumably.
+"""Run every arm x seed of the factorial in order, resumably.
 
 Each run is one ``python -m training train ... --resume`` child process (the command lines of
-:mod:`benchmarks.imta.plan`), so the launcher holds no training state: a run killed or paused at
-any point continues from its last finished epoch (``RUN/last.pt``, written atomically). Once its
-checkpoint says ``complete`` the launcher writes ``RUN/finished.json`` and skips it from then on.
-Files in the runs directory: ``plan.json`` (runs, commands, epochs), ``launcher.log``,
-``launcher.pid`` (the process group to pause / continue / stop), ``launcher.lock``; per run
-``train.log`` (the child's output) and ``running`` while it trains.
+:mod:`benchmarks.imta.plan`), so the launcher holds no training state: a run killed at any point
+continues from its last finished epoch (``RUN/last.pt``, written atomically) when the launcher
+runs again. Once its checkpoint says ``complete`` the launcher writes ``RUN/finished.json`` and
+skips it from then on. Files in the runs directory: ``plan.json`` (runs, commands, epochs),
+``launcher.log``, ``launcher.lock``; per run ``train.log`` (the child's output).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,15 +18,14 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 
 from benchmarks.harness.provenance import REPO
-from benchmarks.harness.servers import stat_fields
 from benchmarks.imta.plan import Run
 
-FINISHED, PLAN, LOG, RUNNING = "finished.json", "plan.json", "launcher.log", "running"
-PID, LOCK = "launcher.pid", "launcher.lock"
+FINISHED, PLAN, LOG, LOCK = "finished.json", "plan.json", "launcher.log", "launcher.lock"
 
 Runner = Callable[[list[str], Path], int]
 """``runner(training_argv, log_file) -> exit code``: runs ``python -m training <argv>``."""
@@ -37,10 +33,6 @@ Runner = Callable[[list[str], Path], int]
 
 class LauncherError(RuntimeError):
     """The launcher cannot go on (a run failed, another launcher is running, ...)."""
-
-
-class StopRequested(SystemExit):
-    """SIGTERM reached the launcher (``stop``): leave through the ``finally`` clauses."""
 
 
 @dataclass(frozen=True)
@@ -58,8 +50,7 @@ class LaunchSettings:
 
 
 def subprocess_runner(repo: Path) -> Runner:
-    """Training as a child in ``repo`` (the launcher's process group: pausing it pauses the child),
-    its output appended to ``log_file``."""
+    """Training as a child in ``repo``, its output appended to ``log_file``."""
 
     def run(argv: list[str], log_file: Path) -> int:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +78,26 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / FINISHED).is_file()
 
 
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    """The epoch records of ``RUN/log.jsonl``, one per (stage, epoch): an epoch logged, then
+    redone after a kill before its checkpoint was written, counts once (the later record)."""
+    path = run_dir / "log.jsonl"
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        if line.strip():
+            r = json.loads(line)
+            records[(r.get("stage", ""), r["epoch"])] = r
+    return list(records.values())
+
+
+def load_plan(runs_dir: Path) -> dict[str, Any]:
+    path = runs_dir / PLAN
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: train the runs first (run)")
+    plan: dict[str, Any] = json.loads(path.read_text())
+    return plan
+
+
 def checkpoint_complete(run_dir: Path) -> bool:
     from training.checkpoint import LAST, load_checkpoint
 
@@ -101,7 +112,7 @@ def log_line(runs_dir: Path, text: str) -> None:
 
 
 def write_plan(s: LaunchSettings) -> None:
-    """``plan.json``: what the launcher will run, for ``status`` and ``evaluate``."""
+    """``plan.json``: what the launcher will run, for ``evaluate``."""
     epochs = s.epochs_of or (lambda argv: expected_epochs(argv, s.repo))
     runs = [{"key": r.key, "arm": r.arm.name, "seed": r.seed, "stage": r.arm.stage,
              "run_dir": str(r.run_dir(s.runs_dir)), "epochs": epochs(s.argv(r)),
@@ -123,44 +134,30 @@ def launch(s: LaunchSettings, runner: Runner) -> int:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise LauncherError(
-            f"another launcher is running on {s.runs_dir} ({read_pid(s.runs_dir)})"
-        ) from None
-    previous = signal.signal(signal.SIGTERM, _stop_requested)
+        raise LauncherError(f"another launcher is running on {s.runs_dir}") from None
     try:
-        (s.runs_dir / PID).write_text(f"{os.getpid()} {os.getpgid(0)}\n")
         write_plan(s)
         with ThreadPoolExecutor(max_workers=s.jobs) as pool:
             return _schedule(s, runner, pool)
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        (s.runs_dir / PID).unlink(missing_ok=True)
         lock.release()
 
 
 def _schedule(s: LaunchSettings, runner: Runner, pool: ThreadPoolExecutor) -> int:
     """Keep ``s.jobs`` runs going; stop starting new ones once a run stops before its end."""
     pending = [r for r in s.runs if not is_finished(r.run_dir(s.runs_dir))]
-    for r in s.runs:  # markers left by a launcher that was killed
-        (r.run_dir(s.runs_dir) / RUNNING).unlink(missing_ok=True)
     running: dict[Future[int], tuple[Run, float]] = {}
-    done, stopped, in_flight = 0, False, ""
-    try:
-        while running or (pending and not stopped):
-            while len(running) < s.jobs and not stopped and (nxt := _next_runnable(s, pending, running)):
-                pending.remove(nxt)
-                in_flight = ", ".join([*(r.key for r, _ in running.values()), nxt.key])
-                running[_start(s, nxt, runner, pool)] = (nxt, time.time())
-            if not running:
-                break
-            for future in wait(running, return_when=FIRST_COMPLETED)[0]:
-                r, start = running.pop(future)
-                done += _settle(s, r, start, future.result(), running, pending)
-                stopped = stopped or not is_finished(r.run_dir(s.runs_dir))
-    except StopRequested:
-        # The signal may land anywhere in this loop: the runs last started are the ones it stopped.
-        log_line(s.runs_dir, f"stopped (SIGTERM) during {in_flight}; start again to resume")
-        raise
+    done, stopped = 0, False
+    while running or (pending and not stopped):
+        while len(running) < s.jobs and not stopped and (nxt := _next_runnable(s, pending, running)):
+            pending.remove(nxt)
+            running[_start(s, nxt, runner, pool)] = (nxt, time.time())
+        if not running:
+            break
+        for future in wait(running, return_when=FIRST_COMPLETED)[0]:
+            r, start = running.pop(future)
+            done += _settle(s, r, start, future.result(), running, pending)
+            stopped = stopped or not is_finished(r.run_dir(s.runs_dir))
     if not (stopped or pending):
         log_line(s.runs_dir, f"all {len(s.runs)} runs finished")
     return done
@@ -173,7 +170,6 @@ def _settle(
     """One run's end: 1 when it finished, 0 when it stopped before its last epoch; a failure
     raises :class:`LauncherError` once the other runs under way have ended their calls."""
     run_dir, took = r.run_dir(s.runs_dir), time.time() - start
-    (run_dir / RUNNING).unlink(missing_ok=True)
     if code != 0:
         log_line(s.runs_dir, f"{r.key} failed (exit {code}); see {run_dir / 'train.log'}")
         pending.clear()
@@ -196,7 +192,6 @@ def _start(s: LaunchSettings, r: Run, runner: Runner, pool: ThreadPoolExecutor) 
     command = f"python -m training {' '.join(s.argv(r))}"
     log_line(s.runs_dir, f"[{s.runs.index(r) + 1}/{len(s.runs)}] {verb} {r.key}: {command}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RUNNING).touch()
     return pool.submit(runner, s.argv(r), run_dir / "train.log")
 
 
@@ -215,65 +210,3 @@ def _next_runnable(
         if parent.key not in in_flight:
             raise LauncherError(f"{r.key} needs {parent.key} finished first; it is not")
     return None
-
-
-def _stop_requested(signum: int, frame: object) -> None:
-    raise StopRequested(128 + signum)
-
-
-def read_pid(runs_dir: Path) -> tuple[int, int] | None:
-    """``(pid, process group)`` of the running launcher, or None when none is running."""
-    if not (runs_dir / PID).is_file():
-        return None
-    pid, pgid = (int(v) for v in (runs_dir / PID).read_text().split())
-    return (pid, pgid) if stat_fields(Path(f"/proc/{pid}/stat")) else None
-
-
-def process_state(pid: int) -> str:
-    """``running``, ``paused`` (stopped by SIGSTOP) or ``gone``."""
-    fields = stat_fields(Path(f"/proc/{pid}/stat"))
-    return "gone" if not fields else "paused" if fields[0] in ("T", "t") else "running"
-
-
-def signal_launcher(runs_dir: Path, action: str) -> str:
-    """``pause`` (SIGSTOP), ``continue`` (SIGCONT) or ``stop`` (SIGTERM) the launcher's process
-    group: the launcher and its training children. A stopped run resumes at the next ``start``."""
-    if (found := read_pid(runs_dir)) is None:
-        raise LauncherError(f"no launcher is running on {runs_dir}")
-    pid, pgid = found
-    if pgid != os.getpgid(pid) or pgid == os.getpgid(0):
-        raise LauncherError(f"launcher {pid} does not lead its own process group; signal it by hand")
-    # SIGCONT after SIGTERM: a paused group handles SIGTERM only once it runs
-    signals = {
-        "pause": [signal.SIGSTOP],
-        "continue": [signal.SIGCONT],
-        "stop": [signal.SIGTERM, signal.SIGCONT],
-    }
-    if action not in signals:
-        raise ValueError(f"unknown action {action!r}: pause, continue or stop")
-    for sig in signals[action]:
-        os.killpg(pgid, sig)
-    return f"{action}: sent to process group {pgid} (launcher pid {pid})"
-
-
-def start_background(argv: list[str], runs_dir: Path, repo: Path, wait_s: float = 60.0) -> int:
-    """``python -m benchmarks.imta run <argv>`` detached in its own session and process group
-    (what ``pause`` signals), output in ``launcher.out``; its pid once it has written its plan.
-
-    Raises:
-        LauncherError: it exited before that (a bad config, another launcher running, ...).
-    """
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    out_file, begun = runs_dir / "launcher.out", time.time()
-    with open(out_file, "a") as out:
-        cmd = [sys.executable, "-m", "benchmarks.imta", "run", *argv]
-        child = subprocess.Popen(cmd, cwd=repo, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)  # fmt: skip
-    while time.time() - begun < wait_s:
-        if child.poll() is not None:
-            tail = out_file.read_text().strip().splitlines()[-3:]
-            raise LauncherError(f"the launcher exited ({child.returncode}): " + " / ".join(tail))
-        if (runs_dir / PLAN).is_file() and (runs_dir / PLAN).stat().st_mtime >= begun:
-            break
-        time.sleep(0.2)
-    return child.pid

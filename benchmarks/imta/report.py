@@ -17,7 +17,7 @@ from benchmarks.imta.plan import ARM_NAMES
 
 HEADING = "## IMTA factorial"
 COMMANDS = (
-    "python -m benchmarks.imta start --runs-dir runs/imta --jobs 2  # train, 2 runs at a time\n"
+    "python -m benchmarks.imta run --runs-dir runs/imta --jobs 2  # train, 2 runs at a time\n"
     "python -m benchmarks.imta evaluate --runs-dir runs/imta\n"
     "python -m benchmarks.imta report"
 )

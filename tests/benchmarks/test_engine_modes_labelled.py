@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from benchmarks.engine_modes import main as engine_modes
-from benchmarks.harness.data import calibrated_package, held_test_images
+from benchmarks.harness.data import held_test_images
 from models.package import load_package
 from tests.training.helpers import tiny_config, write_config
 from training.cli import main as training
@@ -38,7 +38,7 @@ def test_accuracy_is_measured_on_the_packages_test_split(tmp_path: Path) -> None
     assert "| accuracy |" in md and "n/a" not in md
 
 
-def test_untrained_package_falls_back_to_synthetic_images(tmp_path: Path) -> None:
-    pkg = load_package(calibrated_package(tmp_path, "msdnet", [0.5]))
+def test_untrained_package_falls_back_to_synthetic_images(package_dir: Path) -> None:
+    pkg = load_package(package_dir)
     assert pkg.manifest.provenance.training_config is None
     assert held_test_images(pkg.manifest) is None

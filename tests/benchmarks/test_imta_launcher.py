@@ -1,4 +1,4 @@
-"""The factorial's plan and launcher: order, skip, resume, failures, status and signals.
+"""The factorial's plan and launcher: order, skip, resume, failures, runs side by side.
 
 A fake runner stands in for ``python -m training train``: it appends epoch records to the run's
 ``log.jsonl`` and writes a ``last.pt`` that says whether the run is complete, as training does.
@@ -7,13 +7,8 @@ A fake runner stands in for ``python -m training train``: it appends epoch recor
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,24 +18,13 @@ from filelock import FileLock
 from benchmarks.imta.launcher import (
     FINISHED,
     LOCK,
-    PID,
-    REPO,
     LauncherError,
     LaunchSettings,
-    StopRequested,
     expected_epochs,
     launch,
-    process_state,
-    signal_launcher,
-    start_background,
+    read_log,
 )
 from benchmarks.imta.plan import ARM_NAMES, PlanError, plan
-from benchmarks.imta.progress import (
-    read_log,
-    run_rows,
-    seconds_left,
-    status_text,
-)
 
 EPOCHS = 3
 
@@ -119,7 +103,6 @@ def test_launch_runs_everything_once_then_skips(tmp_path: Path) -> None:
     again = FakeTraining()
     assert launch(_settings(tmp_path), again) == 0
     assert again.calls == []
-    assert not (tmp_path / PID).exists()  # removed on the way out
     saved = json.loads((tmp_path / "plan.json").read_text())
     assert [r["key"] for r in saved["runs"]] == [r.key for r in plan((0, 1))]
 
@@ -176,9 +159,7 @@ def test_jobs_train_runs_side_by_side_and_stage2_waits_for_its_parent(tmp_path: 
         assert order.index(child) > order.index(parent)
         started_with = next(o for o in fake.overlaps if child[1:] in o)
         assert parent[1:] not in started_with  # the parent had finished when the child began
-    assert not any((r.run_dir(tmp_path) / "running").exists() for r in plan((0,)))
     assert "all 5 runs finished" in (tmp_path / "launcher.log").read_text()
-    assert "time left: 0 min of training (2 runs at a time)" in status_text(tmp_path)
 
 
 def test_one_launcher_per_runs_directory(tmp_path: Path) -> None:
@@ -191,86 +172,3 @@ def test_read_log_counts_a_redone_epoch_once(tmp_path: Path) -> None:
     records = [{"stage": "s", "epoch": e, "epoch_s": s} for e, s in ((1, 5.0), (2, 6.0), (2, 7.0))]
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert [(r["epoch"], r["epoch_s"]) for r in read_log(tmp_path)] == [(1, 5.0), (2, 7.0)]
-
-
-def test_status_and_time_left_from_measured_epochs(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, seeds=(0,))
-    with pytest.raises(LauncherError):
-        launch(settings, FakeTraining(fail_on="ge+isc_kd/seed0"))
-    rows = run_rows(tmp_path)
-    assert [r["state"] for r in rows] == ["finished"] * 3 + ["pending"] * 2
-    # Two stage-2 runs of 3 epochs left; none measured: stage 1's 10 s per epoch stands in.
-    assert seconds_left(rows) == (60.0, True)
-    text = status_text(tmp_path)
-    assert "3/5 runs finished" in text and "1 min of training" in text and "upper bound" in text
-    assert "launcher: not running" in text
-
-
-@pytest.fixture
-def sleeper(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A process in its own session standing in for a running launcher, with its pid file."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
-    )
-    (tmp_path / PID).write_text(f"{child.pid} {os.getpgid(child.pid)}\n")
-    yield child
-    if child.poll() is None:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-
-
-def _wait_for(pid: int, state: str) -> str:
-    for _ in range(100):
-        if process_state(pid) == state:
-            break
-        time.sleep(0.05)
-    return process_state(pid)
-
-
-def test_pause_continue_stop_signal_the_process_group(
-    tmp_path: Path, sleeper: subprocess.Popen[bytes]
-) -> None:
-    signal_launcher(tmp_path, "pause")
-    assert _wait_for(sleeper.pid, "paused") == "paused"
-    signal_launcher(tmp_path, "continue")
-    assert _wait_for(sleeper.pid, "running") == "running"
-    signal_launcher(tmp_path, "stop")
-    assert sleeper.wait(timeout=10) == -signal.SIGTERM
-    with pytest.raises(LauncherError, match="no launcher is running"):
-        signal_launcher(tmp_path, "pause")
-
-
-def test_start_reports_a_launcher_that_exits_at_once(tmp_path: Path) -> None:
-    with pytest.raises(LauncherError, match="seeds must be comma-separated integers"):
-        start_background(["--runs-dir", str(tmp_path), "--seeds", "x"], tmp_path, REPO)
-
-
-def test_sigterm_stops_the_launcher_cleanly_and_the_run_resumes(tmp_path: Path) -> None:
-    settings = LaunchSettings(tmp_path, tuple(plan((0,), ("plain",))), epochs_of=lambda a: EPOCHS)
-
-    def killed_mid_run(argv: list[str], log_file: Path) -> int:
-        FakeTraining(epochs_per_call=1)(argv, log_file)
-        os.kill(os.getpid(), signal.SIGTERM)  # what `stop` sends to the launcher's group
-        return 0
-
-    previous = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(StopRequested):
-        launch(settings, killed_mid_run)
-    assert signal.getsignal(signal.SIGTERM) == previous  # the handler is the launcher's only
-    assert "stopped (SIGTERM) during plain/seed0" in (tmp_path / "launcher.log").read_text()
-    assert not (tmp_path / PID).exists()
-    assert launch(settings, FakeTraining()) == 1  # the lock was released; the run resumes
-
-
-def test_status_cut_short_by_its_reader_is_not_a_traceback(tmp_path: Path) -> None:
-    """`python -m benchmarks.imta status | head` must not end in a BrokenPipeError traceback."""
-    launch(_settings(tmp_path, seeds=(0,)), FakeTraining())
-    read_end, write_end = os.pipe()
-    os.close(read_end)  # the reader has gone before the first line is written
-    with os.fdopen(write_end, "wb") as stdout:
-        done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.imta", "status", "--runs-dir", str(tmp_path)],
-            cwd=REPO, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60,
-        )  # fmt: skip
-    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
-    assert done.returncode == 0

@@ -1,13 +1,18 @@
-"""The peers' full network runs the package's torch model or its fp32 / int8 ONNX graphs."""
+"""The peers' full network runs the package's torch model or its fp32 / int8 ONNX graphs, and the
+side by side hands them the graphs the service serves."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks.peers.full_network import FullNetwork
+from benchmarks.harness import servers
+from benchmarks.harness.engine import at_precision
+from benchmarks.peers.full_network import FullNetwork, peer_parser
+from benchmarks.side_by_side import PEERS, server_specs
 from models.package import load_package
 from models.quantize import stage_logits
 from tests.conftest import held_test_images
@@ -27,3 +32,38 @@ def test_peers_run_the_graphs_the_service_serves(int8_package: Path, package_dir
     assert FullNetwork(int8_package, 1).classify(pngs) == torch_classes
     with pytest.raises(SystemExit, match="has no int8 ONNX graphs"):
         FullNetwork(package_dir, 1, "int8")
+
+
+@pytest.mark.parametrize(
+    ("precision", "backend", "graphs"), [("fp32", "torch", "torch"), ("int8", "onnxruntime", "int8")]
+)
+def test_side_by_side_starts_everyone_on_the_graphs_of_its_precision(
+    int8_package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    precision: str, backend: str, graphs: str,
+) -> None:  # fmt: skip
+    """The commands the side by side would start: the service at ``--precision`` on its backend,
+    each peer with the matching ``--graphs``, which its own option parser reads back."""
+    for peer in PEERS:  # stand-ins for the venvs `make peers` creates
+        (tmp_path / peer / "bin").mkdir(parents=True)
+        (tmp_path / peer / "bin" / "python").touch()
+    monkeypatch.setattr(servers, "PEER_VENVS", tmp_path)
+    args = argparse.Namespace(package=int8_package, precision=precision, workers=2, no_peers=False,
+                              peer_threads=1)  # fmt: skip
+    specs, points = server_specs(args, "tiny-int8")
+    service, *peers = specs
+    assert service.command[service.command.index("--backend") + 1] == backend
+    assert service.command[service.command.index("--precision") + 1] == precision
+    assert [s.name for s in peers] == list(PEERS) and len(points) == 2 + len(PEERS)
+    for spec in peers:
+        assert spec.command[1:3] == ["-m", f"benchmarks.peers.{spec.name}_server"]
+        parsed = peer_parser("", 0).parse_args(spec.command[3:])
+        assert (parsed.graphs, parsed.package) == (graphs, int8_package)
+
+
+def test_the_engine_point_runs_the_int8_graphs(int8_package: Path) -> None:
+    pkg = load_package(int8_package)
+    served = at_precision(pkg, "int8")
+    assert pkg.manifest.int8 is not None
+    assert served.onnx_paths == [pkg.root / g.file for g in pkg.manifest.int8.onnx]
+    assert served.manifest.budgets == pkg.manifest.int8.budgets
+    assert at_precision(pkg, "fp32") is pkg

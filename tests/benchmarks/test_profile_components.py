@@ -110,16 +110,3 @@ def test_markdown_lists_every_row_and_the_total() -> None:
     }
     text = "\n".join(markdown(prof))
     assert "| engine | 5.00 | 50.0% |" in text and "**9.00**" in text
-
-
-def test_thread_shares_name_the_thread_after_the_process(tmp_path: Path) -> None:
-    from benchmarks.profile import top_frames, top_threads
-
-    leaves = dict(top_frames(_raw(tmp_path)))
-    assert leaves["forward (torch/nn/modules/conv.py:5)"] == 30 / 64 and sum(leaves.values()) == 1.0
-    shares = dict(top_threads(_raw(tmp_path)))
-    assert shares == {
-        "thread: engine-0": 40 / 64,
-        "thread: MainThread": 20 / 64,
-        "thread: other": 4 / 64,
-    }

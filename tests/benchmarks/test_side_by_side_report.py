@@ -61,7 +61,7 @@ def test_section_shows_every_row_and_each_target_verdict() -> None:
     lines = peers_section(PEERS)
     text = "\n".join(lines)
     assert sum(line.startswith("| ") for line in lines) == 1 + len(ROWS)  # header, one per row
-    assert "| anytime HTTP, budget 0.5 | raw | 170.0 (169.0-171.0) |" in text
+    assert "| anytime HTTP, budget 0.5 | fp32 | raw | 170.0 (169.0-171.0) |" in text
     assert "89.60 ± 1.37" in text  # 100 * sqrt(0.896 * 0.104 / 500)
     assert (
         "HTTP budget 0.5 / budget 1.0: 1.70; target >= 1.6: met; accuracy -0.40 ± 1.91 points in "
@@ -103,7 +103,6 @@ def test_section_only_when_results_exist(tmp_path: Path) -> None:
         "machine": "m",
         "date": "d",
         "commit": "x",
-        "full_command": "f",
     }
     assert "## Side by side" not in render({"meta": meta}, tmp_path)
     (tmp_path / "peers.json").write_text(json.dumps(PEERS))
@@ -113,3 +112,14 @@ def test_section_only_when_results_exist(tmp_path: Path) -> None:
     (tmp_path / "profile_components.json").write_text(json.dumps(prof))
     text = render({"meta": meta}, tmp_path)
     assert "\n## Side by side" in text and "| engine | 5.00 | 50.0% |" in text
+
+
+def test_an_int8_sitting_says_so_in_its_heading_and_every_row(tmp_path: Path) -> None:
+    meta = {"quick": False, "command": "c", "machine": "m", "date": "d", "commit": "x"}
+    rows = {k: v | {"precision": "int8"} for k, v in ROWS.items()}
+    peers = PEERS | {"rows": rows, "settings": PEERS["settings"] | {"precision": "int8"}}
+    (tmp_path / "peers_int8.json").write_text(json.dumps(peers))
+    text = render({"meta": meta}, tmp_path)
+    assert "## Side by side: this service, Triton and LitServe (int8)" in text
+    assert "(`ANYTIME_PRECISION=int8 make bench-peers`)" in text
+    assert "| anytime HTTP, budget 0.5 | int8 | raw |" in text and "| fp32 |" not in text
