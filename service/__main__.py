@@ -79,10 +79,13 @@ def _serve(settings: ServiceSettings, argv: list[str], sock: socket.socket) -> i
         "log_level": settings.log_level,
         "timeout_graceful_shutdown": int(settings.request_timeout_s) + 5,
     }
-    if settings.workers > 1:
+    from service.topology import resolve_topology, resolve_workers
+
+    shared, workers = resolve_topology(settings) == "shared", resolve_workers(settings)
+    if workers > 1 or shared:
         from service.workers import serve_workers
 
-        return serve_workers(settings, argv, sock, options)
+        return serve_workers(settings, argv, sock, options, workers, shared_engine=shared)
     from service.app import create_app
 
     app = create_app(settings, grpc_port=settings.grpc_port if settings.grpc else None)

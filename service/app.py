@@ -24,6 +24,7 @@ from service.metrics import ServiceMetrics
 from service.middleware import RequestMetricsMiddleware
 from service.repository import Desired, ModelRegistry
 from service.repository.loading import fingerprint, load_version, package_identity
+from service.repository.registry import Loader
 from service.routes import health, v1, v2
 from service.routes.handlers import install_handlers
 from service.settings import ServiceSettings
@@ -51,22 +52,26 @@ def models_list(settings: ServiceSettings) -> Desired:
 
 
 def build_registry(
-    settings: ServiceSettings, metrics: ServiceMetrics, choices: BackendChoices | None
+    settings: ServiceSettings,
+    metrics: ServiceMetrics,
+    choices: BackendChoices | None,
+    loader: Loader | None = None,
 ) -> ModelRegistry:
-    """A registry whose versions load as ``settings`` say, failures counted on ``metrics``."""
+    """A registry whose versions load as ``settings`` say (or as ``loader`` does), failures
+    counted on ``metrics``."""
 
     def failed(name: str, version: int, reason: str) -> None:
         metrics.load_failures.labels(name, str(version)).inc()
 
     return ModelRegistry(
-        partial(load_version, settings=settings, metrics=metrics, choices=choices),
+        loader or partial(load_version, settings=settings, metrics=metrics, choices=choices),
         fingerprint=fingerprint,
         drain_timeout_s=settings.request_timeout_s + 5,
         on_failure=failed,
     )
 
 
-def _start(registry: ModelRegistry, desired: Desired) -> None:
+def start_models(registry: ModelRegistry, desired: Desired) -> None:
     """Load the start-up models; any failure stops start-up with one message."""
     report = registry.apply(desired)
     if report.failed:
@@ -79,25 +84,28 @@ def create_app(
     settings: ServiceSettings | None = None,
     metrics: ServiceMetrics | None = None,
     backend_choices: BackendChoices | None = None,
+    loader: Loader | None = None,
     grpc_port: int | None = None,
 ) -> FastAPI:
     """Build the FastAPI app for ``settings`` (default: from the environment).
 
     ``metrics`` defaults to a fresh single-process :class:`ServiceMetrics`; ``backend_choices``
     is given to each of several worker processes, so that they serve one backend per model.
+    ``loader`` builds each served version (default: from its package; a front end of the
+    shared engine process builds clients of that process's engines: ``service/topology``).
     ``grpc_port``: the lifespan serves the gRPC API on it too, from the models' load to the
     engines' stop (``python -m service`` passes the port it holds; None: HTTP only).
     """
     settings = settings or ServiceSettings()
     metrics = metrics or ServiceMetrics()
-    state = AppState(settings, metrics, build_registry(settings, metrics, backend_choices))
+    state = AppState(settings, metrics, build_registry(settings, metrics, backend_choices, loader))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.models:
             log.warning("no model packages configured (ANYTIME_MODELS); serving no models")
         # Loading and warm-up are heavy: a worker thread keeps the event loop free meanwhile.
-        await anyio.to_thread.run_sync(_start, state.registry, models_list(settings))
+        await anyio.to_thread.run_sync(start_models, state.registry, models_list(settings))
         freeze_startup_heap()
         grpc_server = None
         if grpc_port is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -122,6 +122,23 @@ class TorchSettings(_Part):
     )
 
 
+class SimulatedDeviceSettings(_Part):
+    """A simulated accelerator for measuring topologies on a CPU machine (never for production):
+    each stage run sleeps ``launch + per_image x batch`` on one device all processes share
+    (service/engine/simulated.py); the defaults are derived from GPU figures (docs/topology.md)."""
+
+    enabled: bool = Field(False, description="serve on the simulated device instead of a backend")
+    launch_ms: float = Field(5.3, ge=0, description="fixed milliseconds of one stage run")
+    per_image_us: float = Field(3.3, ge=0, description="microseconds each image adds to a stage run")
+    lock_file: Path = Field(
+        Path("/tmp/anytime-simulated-device"),
+        description="the file whose lock is the device (every process naming it shares it)",
+    )
+
+
+EngineTopology = Literal["per-worker", "shared", "auto"]
+
+
 class ServiceSettings(BaseSettings):
     """Every setting of the service; ``python -m service --help`` lists them all."""
 
@@ -151,19 +168,24 @@ class ServiceSettings(BaseSettings):
         description="gRPC port on the same host (0 = any free port); every "
         "worker process listens on it (SO_REUSEPORT: the kernel spreads connections)",
     )
-    workers: int = Field(
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
         1,
-        ge=1,
-        le=64,
-        description="server processes, each loading its own model and engine (memory x N); "
-        "one process is serialised on its GIL: on 2 CPU cores 2 serve 1.52x (budget 1.0) and "
-        "1.57x (budget 0.5) the images/s of 1 (docs/deployment.md); /metrics sums all of them",
+        description="server processes, each loading its own model and engine (memory x N), or "
+        "auto: one per usable core, at most 8; one process is serialised on its GIL: on 2 CPU "
+        "cores 2 serve 1.52x (budget 1.0) and 1.57x (budget 0.5) the images/s of 1 "
+        "(docs/deployment.md); /metrics sums all of them",
     )
     pin_workers: bool = Field(
         True,
         description="with workers > 1, bind each process to its own share of the CPU cores: its "
         "threads then pass the interpreter lock on one core (on 2 cores, 2 workers served 5-19 % "
         "more images/s; docs/serving-performance.md); --no-pin-workers leaves them unbound",
+    )
+    engine_topology: EngineTopology = Field(
+        "per-worker",
+        description="per-worker: each server process has its own engines; shared: the server "
+        "processes are front ends (HTTP, decoding) handing tensors through shared memory to one "
+        "engine process per device; auto: shared on CUDA, per-worker on a CPU (docs/topology.md)",
     )
     backend: Backend = Field("auto", description="torch | onnxruntime | auto (faster one measured)")
     device: Device = Field("auto", description="auto = CUDA when it really works, else CPU")
@@ -196,6 +218,7 @@ class ServiceSettings(BaseSettings):
     torch: TorchSettings = Field(default_factory=TorchSettings)
     slo: SloSettings = Field(default_factory=SloSettings)
     guard: GuardSettings = Field(default_factory=GuardSettings)
+    simulated_device: SimulatedDeviceSettings = Field(default_factory=SimulatedDeviceSettings)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     json_logs: bool = Field(False, description="log one JSON object per line")
 

@@ -43,10 +43,12 @@ from service.engine.choices import BackendChoices
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.settings import ServiceSettings
+from service.topology.process import EngineProcess, EngineStartError
 
 ARGV_ENV = "SERVICE_WORKER_ARGV"
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CHOICES_DIR_ENV = "SERVICE_WORKER_BACKENDS"
+ENGINE_ADDRESS_ENV = "SERVICE_ENGINE_ADDRESS"
 WORKER_APP = "service.workers:create_worker_app"
 log = logging.getLogger("anytime.workers")
 
@@ -57,11 +59,19 @@ def create_worker_app() -> FastAPI:
     configure_logging(settings.log_level, settings.json_logs)
     metrics_dir = os.environ.get(METRICS_DIR_ENV)
     choices_dir = os.environ.get(CHOICES_DIR_ENV)
+    engine_address = os.environ.get(ENGINE_ADDRESS_ENV)
+    grpc_port = settings.grpc_port if settings.grpc else None  # the port the parent holds
+    if engine_address:  # a front end of the shared engine process (service/topology)
+        from service.topology.client import front_end_loader
+
+        metrics = ServiceMetrics(Path(metrics_dir) if metrics_dir else None)
+        loader = front_end_loader(engine_address, settings, metrics)
+        return create_app(settings, metrics, loader=loader, grpc_port=grpc_port)
     return create_app(
         settings,
         ServiceMetrics(Path(metrics_dir) if metrics_dir else None),
         BackendChoices(Path(choices_dir)) if choices_dir else None,
-        grpc_port=settings.grpc_port if settings.grpc else None,
+        grpc_port=grpc_port,
     )
 
 
@@ -85,10 +95,15 @@ class _Supervisor(Multiprocess):
     ``pin``, binds each worker to its own share of the cores (again after every replacement)."""
 
     def __init__(
-        self, config: uvicorn.Config, sockets: list[socket.socket], metrics_dir: Path, pin: bool
+        self,
+        config: uvicorn.Config,
+        sockets: list[socket.socket],
+        metrics_dir: Path,
+        pin: bool,
+        engine: EngineProcess | None = None,
     ) -> None:
         super().__init__(config, sockets)
-        self.metrics_dir = metrics_dir
+        self.metrics_dir, self.engine = metrics_dir, engine
         self.pids: set[int] = set()
         self.cores = sorted(os.sched_getaffinity(0)) if pin and hasattr(os, "sched_getaffinity") else []
         self.placed: dict[int, tuple[int, ...]] = {}
@@ -102,7 +117,9 @@ class _Supervisor(Multiprocess):
         self._forget_exited()
         self._place()
 
-    def keep_subprocess_alive(self) -> None:  # replaces dead workers
+    def keep_subprocess_alive(self) -> None:  # replaces dead workers (and the engine process)
+        if self.engine is not None and (dead := self.engine.keep_alive()) is not None:
+            mark_process_dead(dead, str(self.metrics_dir))
         super().keep_subprocess_alive()
         self._forget_exited()
         self._place()
@@ -133,35 +150,55 @@ class _Supervisor(Multiprocess):
 
 
 def serve_workers(
-    settings: ServiceSettings, argv: list[str], sock: socket.socket, options: dict[str, Any]
+    settings: ServiceSettings,
+    argv: list[str],
+    sock: socket.socket,
+    options: dict[str, Any],
+    workers: int,
+    shared_engine: bool = False,
 ) -> int:
-    """Run ``settings.workers`` server processes on ``sock`` until SIGTERM or SIGINT.
+    """Run ``workers`` server processes on ``sock`` until SIGTERM or SIGINT.
 
     Args:
         settings: the settings parsed from ``argv`` and the environment.
         argv: the command line the workers parse again.
         sock: the bound listening socket, shared by every worker.
         options: further ``uvicorn.Config`` arguments.
+        workers: how many (``settings.workers`` resolved: ``service.topology.resolve_workers``).
+        shared_engine: the workers are front ends of one engine process, started first and
+            stopped after they have drained (``--engine-topology shared``, service/topology).
 
     Returns:
         The exit status: 0 after a drain, 3 when a worker failed to start.
     """
     metrics_dir = Path(tempfile.mkdtemp(prefix="anytime-metrics-"))
     choices_dir = Path(tempfile.mkdtemp(prefix="anytime-backends-"))
-    saved = {name: os.environ.get(name) for name in (ARGV_ENV, METRICS_DIR_ENV, CHOICES_DIR_ENV)}
+    names = (ARGV_ENV, METRICS_DIR_ENV, CHOICES_DIR_ENV, ENGINE_ADDRESS_ENV)
+    saved = {name: os.environ.get(name) for name in names}
     os.environ[ARGV_ENV] = json.dumps(argv)
     os.environ[METRICS_DIR_ENV] = str(metrics_dir)
     os.environ[CHOICES_DIR_ENV] = str(choices_dir)
+    engine: EngineProcess | None = None
     try:
+        if shared_engine:
+            engine = EngineProcess(argv, choices_dir, metrics_dir)  # its socket: a private dir
+            try:
+                engine.start()
+            except EngineStartError as e:
+                log.error("%s", e)
+                return 3
+            os.environ[ENGINE_ADDRESS_ENV] = engine.address
         config = uvicorn.Config(
             WORKER_APP,
             factory=True,
-            workers=settings.workers,
+            workers=workers,
             **options,
         )
-        supervisor = _Supervisor(config, [sock], metrics_dir, settings.pin_workers)
+        supervisor = _Supervisor(config, [sock], metrics_dir, settings.pin_workers, engine)
         supervisor.run()
     finally:
+        if engine is not None:  # after the front ends drained: it answers what they waited for
+            engine.stop()
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)

@@ -176,6 +176,9 @@ def load_model(
     config = engine_config(settings, device)
 
     def start(backend: str, precision: Precision) -> tuple[ModelEngine, Served]:
+        if settings.simulated_device.enabled:  # a measuring tool: the real backend is not built
+            served = Served(pkg, simulated_backend(pkg, settings), "fp32")
+            return build_engine(pkg, served.backend, config, metrics, warmup=settings.warmup), served
         served = choose_backend(
             pkg,
             precision,
@@ -220,6 +223,15 @@ def load_model(
         served.precision,
     )
     return LoadedModel(served.package, engine, served.precision)
+
+
+def simulated_backend(pkg: ModelPackage, settings: ServiceSettings) -> StageBackend:
+    """The simulated device's backend for ``pkg`` (``service/engine/simulated.py``)."""
+    from service.engine.simulated import SimulatedBackend, SimulatedDevice
+
+    sim = settings.simulated_device
+    device = SimulatedDevice(sim.lock_file)
+    return SimulatedBackend(pkg.model, device, sim.launch_ms / 1e3, sim.per_image_us / 1e6)
 
 
 def freeze_startup_heap() -> None:

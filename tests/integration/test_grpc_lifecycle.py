@@ -1,5 +1,6 @@
 """gRPC over a server's life: the client's deadline drops the request's queued work, SIGTERM
-answers the RPCs in flight, and several worker processes share the gRPC port."""
+answers the RPCs in flight, several worker processes share the gRPC port, and the front ends
+of the shared engine process serve it too."""
 
 from __future__ import annotations
 
@@ -92,5 +93,19 @@ def test_two_workers_share_the_grpc_port(
         assert sum(per_worker.values()) == 24 and len(per_worker) == 2, per_worker
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(60) == 0
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow  # an engine process and two front ends start
+def test_front_ends_of_the_shared_engine_serve_grpc(
+    calibrated_package: Path, images: list[bytes], tmp_path: Path
+) -> None:
+    args = ("--engine-topology", "shared", "--workers", "2")
+    server = wait_ready(launch(calibrated_package, tmp_path, "shared", *args))
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda b: infer(server, b), images[:8]))
+        assert [a.get_response().model_name for a in answers] == [NAME] * 8
     finally:
         server.stop()
