@@ -7,105 +7,76 @@ build many apps, and uvicorn reports start-up failures), and shut down with a dr
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import anyio
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from opentelemetry.sdk.trace import TracerProvider
 
 import service
-from models.package import PackageError
 from service.contract import build_openapi
 from service.engine.choices import BackendChoices
 from service.engine.factory import freeze_startup_heap
 from service.metrics import ServiceMetrics
-from service.middleware import RequestMetricsMiddleware
-from service.repository import Desired, ModelRegistry
-from service.repository.loading import fingerprint, load_version, package_identity
+from service.middleware import RequestIdMiddleware, RequestMetricsMiddleware
 from service.repository.registry import Loader
-from service.routes import health, v1, v2
+from service.repository.startup import ModelLoadError, build_registry, start_control, stop_control
+from service.routes import health, repository, v1, v2
 from service.routes.handlers import install_handlers
 from service.settings import ServiceSettings
 from service.state import AppState
+from service.tracing import tracer_provider_from_env
 
 log = logging.getLogger("service")
 
-
-class ModelLoadError(RuntimeError):
-    """A configured package could not be served (the message names it and why)."""
-
-
-def models_list(settings: ServiceSettings) -> Desired:
-    """The ``models`` list as a repository: each package is one version of its own name."""
-    desired: Desired = {}
-    for path in settings.models:
-        try:
-            name, version = package_identity(path)
-        except PackageError as e:
-            raise ModelLoadError(f"cannot serve model package {path}: {e}") from e
-        if name in desired:
-            raise ModelLoadError(f"two packages are named {name!r}; names must be unique")
-        desired[name] = {version: path}
-    return desired
-
-
-def build_registry(
-    settings: ServiceSettings,
-    metrics: ServiceMetrics,
-    choices: BackendChoices | None,
-    loader: Loader | None = None,
-) -> ModelRegistry:
-    """A registry whose versions load as ``settings`` say (or as ``loader`` does), failures
-    counted on ``metrics``."""
-
-    def failed(name: str, version: int, reason: str) -> None:
-        metrics.load_failures.labels(name, str(version)).inc()
-
-    return ModelRegistry(
-        loader or partial(load_version, settings=settings, metrics=metrics, choices=choices),
-        fingerprint=fingerprint,
-        drain_timeout_s=settings.request_timeout_s + 5,
-        on_failure=failed,
-    )
-
-
-def start_models(registry: ModelRegistry, desired: Desired) -> None:
-    """Load the start-up models; any failure stops start-up with one message."""
-    report = registry.apply(desired)
-    if report.failed:
-        registry.close()
-        (name, version), reason = next(iter(report.failed.items()))
-        raise ModelLoadError(f"cannot serve model package {desired[name][version]}: {reason}")
+__all__ = ["ModelLoadError", "create_app"]
 
 
 def create_app(
     settings: ServiceSettings | None = None,
     metrics: ServiceMetrics | None = None,
     backend_choices: BackendChoices | None = None,
+    control_dir: Path | None = None,
+    tracer_provider: TracerProvider | None = None,
     loader: Loader | None = None,
     grpc_port: int | None = None,
 ) -> FastAPI:
     """Build the FastAPI app for ``settings`` (default: from the environment).
 
     ``metrics`` defaults to a fresh single-process :class:`ServiceMetrics`; ``backend_choices``
-    is given to each of several worker processes, so that they serve one backend per model.
-    ``loader`` builds each served version (default: from its package; a front end of the
-    shared engine process builds clients of that process's engines: ``service/topology``).
+    and ``control_dir`` are given to each of several worker processes, so that they serve one
+    backend per model and agree on what is served (service/repository/shared.py).
+    ``tracer_provider``: where traces go (default: as the ``OTEL_*`` environment says, usually
+    nowhere: service/tracing.py). ``loader`` builds each served version (default: from its
+    package; a front end of the shared engine process builds clients of that process's engines:
+    ``service/topology``).
     ``grpc_port``: the lifespan serves the gRPC API on it too, from the models' load to the
     engines' stop (``python -m service`` passes the port it holds; None: HTTP only).
     """
     settings = settings or ServiceSettings()
     metrics = metrics or ServiceMetrics()
-    state = AppState(settings, metrics, build_registry(settings, metrics, backend_choices, loader))
+    own_provider = tracer_provider is None
+    provider = tracer_provider_from_env(os.environ) if own_provider else tracer_provider
+    registry = build_registry(
+        settings, metrics, backend_choices, tracing=provider is not None, loader=loader
+    )
+    state = AppState(settings, metrics, registry)
+    if provider is not None:
+        state.tracer = provider.get_tracer("anytime")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not settings.models:
+        if not settings.models and settings.model_repository is None:
             log.warning("no model packages configured (ANYTIME_MODELS); serving no models")
         # Loading and warm-up are heavy: a worker thread keeps the event loop free meanwhile.
-        await anyio.to_thread.run_sync(start_models, state.registry, models_list(settings))
+        state.control = await anyio.to_thread.run_sync(
+            start_control, settings, state.registry, control_dir
+        )
         freeze_startup_heap()
         grpc_server = None
         if grpc_port is not None:
@@ -123,7 +94,9 @@ def create_app(
                 await grpc_server.stop(settings.request_timeout_s)
             state.ready = False
             log.info("shutting down: draining the engines' queues")
-            await anyio.to_thread.run_sync(state.registry.close)
+            await anyio.to_thread.run_sync(stop_control, state.control)
+            if provider is not None and own_provider:
+                await anyio.to_thread.run_sync(provider.shutdown)  # exports what is left
 
     app = FastAPI(
         title="anytime",
@@ -135,7 +108,7 @@ def create_app(
     app.state.anytime = state
     app.openapi = partial(build_openapi, app)  # type: ignore[method-assign]
     install_handlers(app)
-    routers = [health.router, v1.router, v2.health, v2.router]
+    routers = [health.router, v1.router, v2.health, v2.router, repository.router]
     for router in routers:
         app.include_router(router)
     templates = [r.path for router in routers for r in router.routes if isinstance(r, APIRoute)]
@@ -145,4 +118,12 @@ def create_app(
         templates=templates,
         known=state.registry.known,
     )
+    app.add_middleware(RequestIdMiddleware, traced=provider is not None)
+    if provider is not None:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        # The server span of every API request (health and metrics scrapes left out).
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics"
+        )
     return app

@@ -41,7 +41,11 @@ STATUSES: dict[int, ErrorStatus] = {
         True,
     ),
     401: ErrorStatus("API keys are configured and the request carries none of them.", False),
-    404: ErrorStatus("No model of that name is served here; the message lists the served ones.", False),
+    404: ErrorStatus(
+        "No model of that name (or no such version of it) is served here; the message lists the "
+        "served ones.",
+        False,
+    ),
     413: ErrorStatus("Too many bytes, pixels or images for the service's limits.", True),
     415: ErrorStatus("A body in a media type the route does not read.", False),
     422: ErrorStatus(
@@ -53,7 +57,9 @@ STATUSES: dict[int, ErrorStatus] = {
     429: ErrorStatus("The model's queue is full; retry after Retry-After seconds.", False),
     503: ErrorStatus("The model is still loading, or the service is shutting down.", False),
     504: ErrorStatus(
-        "No answer within the request's deadline (deadline_ms, else the service's).", False
+        "No answer within the request's deadline (deadline_ms, else the service's); for a "
+        "repository load or unload, a worker process that did not finish in time.",
+        False,
     ),
 }
 

@@ -45,6 +45,14 @@ class ModelNotFoundError(ServiceError, status=404, code="model_not_found"):
     """No served model has the requested name."""
 
 
+class ModelLoadFailedError(ServiceError, status=400, code="load_failed"):
+    """A load request whose version failed (validation, backend, parity); the old one serves."""
+
+
+class ModelControlDisabledError(ServiceError, status=400, code="model_control_disabled"):
+    """A load or unload request while the control mode is not ``explicit`` (as Triton)."""
+
+
 class PayloadTooLargeError(ServiceError, status=413, code="payload_too_large"):
     """Too many bytes, pixels or images."""
 
@@ -78,6 +86,10 @@ class EngineStoppedError(ServiceError, status=503, code="shutting_down"):
 
 class DeadlineExceededError(ServiceError, status=504, code="deadline_exceeded"):
     """No answer within the request's deadline (the service's timeout or the client's)."""
+
+
+class ControlTimeoutError(ServiceError, status=504, code="control_timeout"):
+    """A load or unload that some worker processes did not finish in time (they are named)."""
 
 
 def validation_problems(errors: Sequence[Any]) -> tuple[str, list[dict[str, str]]]:

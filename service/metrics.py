@@ -1,6 +1,8 @@
 """Prometheus metrics on a registry owned by the app (never module globals: tests build many apps).
 
-The names and labels are a contract with the Grafana dashboard and the alert rules.
+The names and labels are a contract with the Grafana dashboard and the alert rules. Every series
+that names a model also names its ``version`` (the repository's), so two versions served side by
+side, or one replacing the other, never share a series.
 
 With several server processes (``workers`` > 1) every process writes its values to files in
 ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode, chosen when it is imported)
@@ -35,7 +37,7 @@ class ServiceMetrics:
         self.request_duration = Histogram(
             "anytime_request_duration_seconds",
             "HTTP request latency by route template, model and status code.",
-            ["route", "model", "status"],
+            ["route", "model", "version", "status"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -49,58 +51,63 @@ class ServiceMetrics:
         self.queue_wait = Histogram(
             "anytime_queue_wait_seconds",
             "Time an image waits in the queue before its first stage runs.",
-            ["model"],
+            ["model", "version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.queue_depth = Gauge(
             "anytime_queue_depth",
             "Images waiting for their first stage.",
-            ["model"],
+            ["model", "version"],
             registry=r,
             multiprocess_mode="livesum",  # images of all processes' queues
         )
         self.batch_size = Histogram(
             "anytime_batch_size",
             "Images in each stage run (the batch shrinks at each exit).",
-            ["model", "stage"],
+            ["model", "version", "stage"],
             buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.exit_images = Counter(
-            "anytime_exit_images", "Images answered at each exit.", ["model", "exit"], registry=r
+            "anytime_exit_images",
+            "Images answered at each exit.",
+            ["model", "version", "exit"],
+            registry=r,
         )
         self.compute_fraction = Histogram(
             "anytime_image_compute_fraction",
             "FLOPs an image used over the full network's.",
-            ["model"],
+            ["model", "version"],
             buckets=FRACTION_BUCKETS,
             registry=r,
         )
-        self.flops = Counter("anytime_flops", "FLOPs spent on answered images.", ["model"], registry=r)
+        self.flops = Counter(
+            "anytime_flops", "FLOPs spent on answered images.", ["model", "version"], registry=r
+        )
         self.flops_saved = Counter(
             "anytime_flops_saved",
             "Full-network FLOPs minus FLOPs spent, over answered images.",
-            ["model"],
+            ["model", "version"],
             registry=r,
         )
         self.rejections = Counter(
             "anytime_rejections",
             "Requests or images refused or dropped, by reason.",
-            ["model", "reason"],
+            ["model", "version", "reason"],
             registry=r,
         )
         # Anytime deadlines, the SLO controller and the accuracy guard.
         self.deadline_exits = Counter(
             "anytime_deadline_exits",
             "Images answered at an earlier exit because the next stage would miss their deadline.",
-            ["model"],
+            ["model", "version"],
             registry=r,
         )
         self.effective_budget = Gauge(
             "anytime_effective_budget",
             "Budget given to requests that pin none (the SLO controller lowers it under load).",
-            ["model"],
+            ["model", "version"],
             registry=r,
             # each process has its own SLO controller; the dashboard's max across instances
             multiprocess_mode="livemax",
@@ -108,7 +115,7 @@ class ServiceMetrics:
         self.exit_threshold = Gauge(
             "anytime_exit_threshold",
             "Confidence threshold of each exit at the effective budget (guard tightening included).",
-            ["model", "exit"],
+            ["model", "version", "exit"],
             registry=r,
             # the guard only raises thresholds: the tightest process's
             multiprocess_mode="livemax",
@@ -116,7 +123,7 @@ class ServiceMetrics:
         self.exit_agreement = Gauge(
             "anytime_exit_agreement_ratio",
             "Share of audited early answers that agree with the final exit (sliding window).",
-            ["model", "exit"],
+            ["model", "version", "exit"],
             registry=r,
             # the worst process's agreement, as the dashboard's min across instances
             multiprocess_mode="livemin",
@@ -139,7 +146,7 @@ class ServiceMetrics:
         self.budget_latency = Gauge(
             "anytime_budget_expected_latency_seconds",
             "Expected compute of one image sent alone at each budget-table row.",
-            ["model", "budget"],
+            ["model", "version", "budget"],
             registry=r,
             # each process measures its own; the slowest, as the dashboard's max
             multiprocess_mode="livemax",
@@ -147,7 +154,7 @@ class ServiceMetrics:
         self.budget_throughput = Gauge(
             "anytime_budget_expected_images_per_second",
             "Expected images/s of one engine worker in full batches at each budget-table row.",
-            ["model", "budget"],
+            ["model", "version", "budget"],
             registry=r,
             # per engine worker, not a sum: as the dashboard's max
             multiprocess_mode="livemax",

@@ -1,17 +1,75 @@
-"""ASGI middleware: request latency and in-flight gauges labelled by route *template*.
+"""ASGI middleware: request IDs; request latency and in-flight gauges labelled by route *template*.
 
 Pure ASGI (not BaseHTTPMiddleware) so that streaming and disconnect detection are untouched.
 """
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 from collections.abc import Callable
 
+from opentelemetry.trace import get_current_span
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.logs import request_id
 from service.metrics import ServiceMetrics
+
+HEADER = b"x-request-id"
+# What a client's ID may hold: IDs of tracing systems, UUIDs; never spaces or control
+# characters, which would let a client forge log lines.
+_VALID_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def valid_request_id(candidate: str | None) -> str | None:
+    return candidate if candidate and _VALID_ID.fullmatch(candidate) else None
+
+
+def adopt_request_id(scope_state: dict[str, object], candidate: str | None) -> None:
+    """Use ``candidate`` (the v2 body's ``id``) as the request's ID, unless the client sent an
+    ``X-Request-ID`` or it is not a valid ID."""
+    rid = valid_request_id(candidate)
+    if rid and not scope_state.get("request_id_given"):
+        scope_state["request_id"] = rid
+        request_id.set(rid)
+        get_current_span().set_attribute("anytime.request_id", rid)  # a no-op untraced
+
+
+class RequestIdMiddleware:
+    """The request's ID: the client's ``X-Request-ID`` when valid, else a new one; returned in
+    the response's ``X-Request-ID``, set for every log line (service/logs.py), and on the
+    request's server span when tracing is on."""
+
+    def __init__(self, app: ASGIApp, traced: bool = False) -> None:
+        self.app = app
+        self.traced = traced
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == HEADER), None)
+        rid = valid_request_id(given.decode("latin-1")) if given is not None else None
+        state = scope.setdefault("state", {})
+        state["request_id_given"] = rid is not None
+        state["request_id"] = rid = rid or uuid.uuid4().hex
+        token = request_id.set(rid)
+        if self.traced:
+            get_current_span().set_attribute("anytime.request_id", rid)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((HEADER, str(state["request_id"]).encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id.reset(token)
 
 
 class RequestMetricsMiddleware:
@@ -39,7 +97,8 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.monotonic()
-        scope.setdefault("state", {})["arrived"] = start
+        state = scope.setdefault("state", {})
+        state["arrived"] = start
         route, model = self._template(scope["path"])
         status = 500
 
@@ -55,6 +114,8 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             gauge.dec()
-            self.metrics.request_duration.labels(route, model, str(status)).observe(
+            # The version that answered (set by the route once it resolved one; else none).
+            version = state.get("model_version", "")
+            self.metrics.request_duration.labels(route, model, version, str(status)).observe(
                 time.monotonic() - start
             )

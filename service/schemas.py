@@ -128,6 +128,7 @@ class Prediction(BaseModel):
 
 class ClassifyResponse(BaseModel):
     model: str
+    version: str = Field(description="the model version that answered")
     budget: float | None = Field(description="budget used; null when a threshold overrode it")
     predictions: list[Prediction]
 
@@ -210,6 +211,29 @@ class V2Live(BaseModel):
 
 class V2Ready(BaseModel):
     ready: bool
+
+
+class V2RepositoryIndexRequest(_Request):
+    ready: bool = Field(False, description="only the versions ready for inference")
+
+
+class V2RepositoryModel(BaseModel):
+    name: str
+    version: str | None = Field(None, description="absent: an error of the model's directory")
+    state: Literal["READY", "LOADING", "UNLOADING", "UNAVAILABLE"]
+    reason: str = Field("", description="why it is unavailable (a failed load, a bad directory)")
+
+
+class V2RepositoryLoadRequest(_Request):
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description="'config': a JSON model config whose version_policy replaces the model's "
+        '(Triton\'s: {"version_policy": {"specific": {"versions": [2]}}}); others are ignored',
+    )
+
+
+class V2RepositoryUnloadRequest(_Request):
+    parameters: dict[str, Any] | None = Field(None, description="ignored (unload_dependents)")
 
 
 # -- health ------------------------------------------------------------------------------------------

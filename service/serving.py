@@ -8,16 +8,19 @@ the results into their protocol's answer. Everything between happens here, once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
+from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 from torch import Tensor
 
 from service.engine import ImageResult, LoadedModel, ModelEngine, RequestWork
+from service.engine.tracing import RequestTrace
 from service.errors import (
     BadRequestError,
     ClientDisconnectedError,
@@ -32,6 +35,7 @@ from service.schemas import InferenceOptions
 from service.settings import ServiceSettings
 
 Options = TypeVar("Options", bound=InferenceOptions)
+log = logging.getLogger("service.serving")
 
 
 def parse_options(raw: dict[str, Any], model: type[Options], strict: bool = False) -> Options:
@@ -55,12 +59,15 @@ class RequestContext:
         arrived: ``time.monotonic()`` when the request reached the service: the one clock of its
             queue wait, the SLO controller and its deadline.
         disconnected: returns once the client has gone away.
+        tracer: when tracing is on, the tracer of the request's spans (decode, queue wait,
+            stages, exits; ``service/engine/tracing.py``).
         timeout_s: the protocol's own deadline in seconds from arrival (gRPC's), if any: it
             bounds the service's ``request_timeout_s`` and the request's ``deadline_ms``.
     """
 
     arrived: float
     disconnected: Callable[[], Awaitable[None]]
+    tracer: Tracer | None = None
     timeout_s: float | None = None
 
 
@@ -93,14 +100,45 @@ async def serve(
     # Options first: a request the model cannot serve is refused before any image is decoded.
     # The engine's plan: its default budget (the SLO controller's) and its guard's shift.
     plan = loaded.engine.plan(options.budget, options.threshold, options.max_exit)
-    batch = await to_batch(images, loaded, settings)
     timeout = settings.request_timeout_s
     if options.deadline_ms is not None:
         timeout = min(timeout, options.deadline_ms / 1000.0)
     if context.timeout_s is not None:
         timeout = min(timeout, context.timeout_s)
+    if context.tracer is not None:
+        return await _serve_traced(context.tracer, loaded, images, plan, context, settings, timeout)
+    batch = await to_batch(images, loaded, settings)
+    log.debug("%d images under budget %s", batch.shape[0], plan.budget)
     results = await _await_answers(loaded.engine, batch, plan, context, timeout)
+    log.debug("answered at exits %s", [r.exit for r in results])
     return Served(plan, results)
+
+
+async def _serve_traced(
+    tracer: Tracer,
+    loaded: LoadedModel,
+    images: Sequence[bytes] | Tensor,
+    plan: ExitPlan,
+    context: RequestContext,
+    settings: ServiceSettings,
+    timeout: float,
+) -> Served:
+    """:func:`serve` under an ``inference`` span: ``decode``, then the engine's spans."""
+    attributes: dict[str, str | float] = {
+        "anytime.model": loaded.name,
+        "anytime.version": loaded.package.manifest.version,
+    }
+    if plan.budget is not None:
+        attributes["anytime.budget"] = plan.budget
+    with tracer.start_as_current_span("inference", attributes=attributes):
+        with tracer.start_as_current_span("decode"):
+            batch = await to_batch(images, loaded, settings)
+        log.debug("%d images under budget %s", batch.shape[0], plan.budget)
+        trace = RequestTrace(tracer)
+        results = await _await_answers(loaded.engine, batch, plan, context, timeout, trace)
+        trace.emit(results)
+        log.debug("answered at exits %s", [r.exit for r in results])
+        return Served(plan, results)
 
 
 def check_image_count(n: int, settings: ServiceSettings) -> None:
@@ -133,7 +171,12 @@ async def to_batch(
 
 
 async def _await_answers(
-    engine: ModelEngine, batch: Tensor, plan: ExitPlan, context: RequestContext, timeout: float
+    engine: ModelEngine,
+    batch: Tensor,
+    plan: ExitPlan,
+    context: RequestContext,
+    timeout: float,
+    trace: RequestTrace | None = None,
 ) -> list[ImageResult]:
     """Submit ``batch`` and race its answers against the deadline and the client's leaving.
 
@@ -142,7 +185,7 @@ async def _await_answers(
     the request a 504.
     """
     deadline = context.arrived + timeout
-    work: RequestWork = engine.submit(batch, plan, deadline, context.arrived)
+    work: RequestWork = engine.submit(batch, plan, deadline, context.arrived, trace)
     answer: asyncio.Future[list[ImageResult]] = asyncio.wrap_future(work.future)
     gone: asyncio.Future[None] = asyncio.ensure_future(context.disconnected())
     pending: list[asyncio.Future[Any]] = [answer, gone]

@@ -155,6 +155,20 @@ class ServiceSettings(BaseSettings):
     models: list[str] = Field(
         default_factory=list, description="model package paths (directories or .tar) to serve"
     )
+    model_repository: Path | None = Field(
+        None,
+        description="model repository to serve (Triton's layout: DIR/<name>/<version>/, each a model "
+        "package; docs/service.md), beside the models list",
+    )
+    model_control_mode: Literal["none", "poll", "explicit"] = Field(
+        "none",
+        description="none: load the repository once at start; poll: rescan it every "
+        "repository_poll_secs; explicit: change only on /v2/repository load and unload requests",
+    )
+    repository_poll_secs: float = Field(15.0, gt=0, description="rescan period in poll mode")
+    model_load_timeout_s: float = Field(
+        300.0, gt=0, description="longest a load or unload request waits for every worker process"
+    )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (0 = any free port)")
     grpc: bool = Field(

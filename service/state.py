@@ -7,9 +7,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from fastapi import Request
+from opentelemetry.trace import Tracer
 
 from service.metrics import ServiceMetrics
 from service.repository import ModelRegistry, ServedVersion
+from service.repository.control import RepositoryControl
 from service.settings import ServiceSettings
 
 
@@ -20,6 +22,8 @@ class AppState:
     settings: ServiceSettings
     metrics: ServiceMetrics
     registry: ModelRegistry
+    control: RepositoryControl | None = None  # set by the lifespan
+    tracer: Tracer | None = None  # tracing on (service/tracing.py)
     ready: bool = False
 
 

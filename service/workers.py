@@ -49,6 +49,7 @@ ARGV_ENV = "SERVICE_WORKER_ARGV"
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CHOICES_DIR_ENV = "SERVICE_WORKER_BACKENDS"
 ENGINE_ADDRESS_ENV = "SERVICE_ENGINE_ADDRESS"
+CONTROL_DIR_ENV = "SERVICE_WORKER_CONTROL"  # what every worker serves (service/repository/shared.py)
 WORKER_APP = "service.workers:create_worker_app"
 log = logging.getLogger("anytime.workers")
 
@@ -59,18 +60,21 @@ def create_worker_app() -> FastAPI:
     configure_logging(settings.log_level, settings.json_logs)
     metrics_dir = os.environ.get(METRICS_DIR_ENV)
     choices_dir = os.environ.get(CHOICES_DIR_ENV)
+    control_dir = os.environ.get(CONTROL_DIR_ENV)
+    metrics = ServiceMetrics(Path(metrics_dir) if metrics_dir else None)
+    loader = None
     engine_address = os.environ.get(ENGINE_ADDRESS_ENV)
     grpc_port = settings.grpc_port if settings.grpc else None  # the port the parent holds
     if engine_address:  # a front end of the shared engine process (service/topology)
         from service.topology.client import front_end_loader
 
-        metrics = ServiceMetrics(Path(metrics_dir) if metrics_dir else None)
         loader = front_end_loader(engine_address, settings, metrics)
-        return create_app(settings, metrics, loader=loader, grpc_port=grpc_port)
     return create_app(
         settings,
-        ServiceMetrics(Path(metrics_dir) if metrics_dir else None),
+        metrics,
         BackendChoices(Path(choices_dir)) if choices_dir else None,
+        Path(control_dir) if control_dir else None,
+        loader=loader,
         grpc_port=grpc_port,
     )
 
@@ -173,11 +177,13 @@ def serve_workers(
     """
     metrics_dir = Path(tempfile.mkdtemp(prefix="anytime-metrics-"))
     choices_dir = Path(tempfile.mkdtemp(prefix="anytime-backends-"))
-    names = (ARGV_ENV, METRICS_DIR_ENV, CHOICES_DIR_ENV, ENGINE_ADDRESS_ENV)
+    control_dir = Path(tempfile.mkdtemp(prefix="anytime-control-"))
+    names = (ARGV_ENV, METRICS_DIR_ENV, CHOICES_DIR_ENV, CONTROL_DIR_ENV, ENGINE_ADDRESS_ENV)
     saved = {name: os.environ.get(name) for name in names}
     os.environ[ARGV_ENV] = json.dumps(argv)
     os.environ[METRICS_DIR_ENV] = str(metrics_dir)
     os.environ[CHOICES_DIR_ENV] = str(choices_dir)
+    os.environ[CONTROL_DIR_ENV] = str(control_dir)
     engine: EngineProcess | None = None
     try:
         if shared_engine:
@@ -206,5 +212,6 @@ def serve_workers(
                 os.environ[name] = value
         shutil.rmtree(metrics_dir, ignore_errors=True)
         shutil.rmtree(choices_dir, ignore_errors=True)
+        shutil.rmtree(control_dir, ignore_errors=True)
     # uvicorn's supervisor stops every worker when one fails to start (bad package, say).
     return 3 if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes) else 0

@@ -95,10 +95,19 @@ def worker_clocks(engine: ModelEngine) -> list[int]:
 
 def stage_stats(engine: ModelEngine, answered: int) -> tuple[list[float], float]:
     """Mean batch size per stage and FLOPs per answered image, from the stage-run metrics."""
-    reg, flops, sizes, spent = engine.metrics.registry, [0, *engine.flops], [], 0.0
+    flops, sizes, spent = [0, *engine.flops], [], 0.0
+    # Summed over the other labels (a version label, in checkouts that have one).
+    sums: dict[tuple[str, str], float] = {}
+    for family in engine.metrics.registry.collect():
+        for sample in family.samples:
+            if (
+                sample.name.startswith("anytime_batch_size_")
+                and sample.labels.get("model") == engine.name
+            ):
+                key = (sample.name, sample.labels.get("stage", ""))
+                sums[key] = sums.get(key, 0.0) + sample.value
     for k in range(engine.num_exits):
-        labels = {"model": engine.name, "stage": str(k)}
-        total = reg.get_sample_value("anytime_batch_size_sum", labels) or 0.0
-        sizes.append(total / (reg.get_sample_value("anytime_batch_size_count", labels) or 1.0))
+        total = sums.get(("anytime_batch_size_sum", str(k)), 0.0)
+        sizes.append(total / (sums.get(("anytime_batch_size_count", str(k)), 0.0) or 1.0))
         spent += total * (flops[k + 1] - flops[k])
     return sizes, spent / max(answered, 1)

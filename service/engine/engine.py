@@ -32,6 +32,7 @@ from service.engine.queues import StageQueues
 from service.engine.runner import StageRunner
 from service.engine.scheduler import SchedulePolicy, Scheduler
 from service.engine.stage import Answers, StageRules, deadline_answers, run_stage, still_wanted
+from service.engine.tracing import RequestTrace, record_stage_run
 from service.engine.work import Pending, RequestWork, StageBatch
 from service.errors import EngineStoppedError, InvalidOptionError, QueueFullError
 from service.metrics import ServiceMetrics
@@ -84,6 +85,7 @@ class ModelEngine:
             rows = [(b.budget, b.accuracy) for b in manifest.budgets]
             self.controller = SloController(rows, default, config.controller)
         self.ready = False
+        self.tracing = False  # record stage runs for traced requests (service/engine/tracing.py)
         self._publish_budget()
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -150,21 +152,27 @@ class ModelEngine:
         self.meters.default_plan(plan.budget, plan.thresholds)
 
     def submit(
-        self, images: Tensor, plan: ExitPlan, deadline: float, arrived: float | None = None
+        self,
+        images: Tensor,
+        plan: ExitPlan,
+        deadline: float,
+        arrived: float | None = None,
+        trace: RequestTrace | None = None,
     ) -> RequestWork:
         """Queue ``images [N, 3, H, W]`` under ``plan`` (from :meth:`plan`); the returned work's
         future gets the answers.
 
         ``deadline`` and ``arrived`` are ``time.monotonic()`` instants; ``arrived`` (when the
         request reached the service, default now) is the one clock of the queue-wait metric, the
-        SLO controller and the deadline.
+        SLO controller and the deadline. ``trace``: where the stage runs of a traced request are
+        recorded (with ``tracing`` on).
 
         Raises:
             QueueFullError: the queue cannot take ``N`` more images (429).
             EngineStoppedError: the engine is shutting down (503).
         """
         n = images.shape[0]
-        work = RequestWork(n=n, deadline=deadline)
+        work = RequestWork(n=n, deadline=deadline, trace=trace)
         if arrived is not None:
             work.arrived = arrived
         # A request larger than a batch is split so that no batch exceeds max_batch_size.
@@ -255,7 +263,10 @@ class ModelEngine:
         )
         t0 = time.perf_counter()
         outcome = run_stage(self.runner, k, batch, self.num_exits, rules)
-        self.costs.observe(k, len(batch), time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self.costs.observe(k, len(batch), seconds)
+        if self.tracing:
+            record_stage_run(self.name, k, batch.owners, len(batch), seconds)
         if outcome.survivors is not None:
             with self._cond:
                 outcome.survivors.enqueued = time.monotonic()

@@ -211,7 +211,7 @@ def load_model(
         engine, served = start(settings.backend, settings.precision)
     backend = engine.backend
     metrics.model_info.labels(m.name, m.version, backend.name, backend.device, str(m.num_exits)).set(1)
-    metrics.queue_depth.labels(m.name).set(0)
+    metrics.queue_depth.labels(m.name, m.version).set(0)
     log.info(
         "loaded model %s v%s from %s: %d exits, backend %s on %s, %s",
         m.name,

@@ -36,15 +36,16 @@ class EngineMeters:
     lock and a dict lookup per call)."""
 
     def __init__(self, metrics: ServiceMetrics, name: str, manifest: Manifest) -> None:
-        m, k = metrics, manifest.num_exits
-        self.metrics, self.name = metrics, name
+        m, k, v = metrics, manifest.num_exits, manifest.version
+        self.metrics, self.name, self.version = metrics, name, v
         self.fractions = [e.compute_fraction for e in manifest.exits]
         self.flops = [e.flops for e in manifest.exits]
-        self.exit_images = [m.exit_images.labels(name, str(i)) for i in range(k)]
-        self.batch_size = [m.batch_size.labels(name, str(i)) for i in range(k)]
-        self.spent, self.saved = m.flops.labels(name), m.flops_saved.labels(name)
-        self.fraction, self.queue_wait = m.compute_fraction.labels(name), m.queue_wait.labels(name)
-        self.late, self.queue_depth = m.deadline_exits.labels(name), m.queue_depth.labels(name)
+        self.exit_images = [m.exit_images.labels(name, v, str(i)) for i in range(k)]
+        self.batch_size = [m.batch_size.labels(name, v, str(i)) for i in range(k)]
+        self.spent, self.saved = m.flops.labels(name, v), m.flops_saved.labels(name, v)
+        self.fraction = m.compute_fraction.labels(name, v)
+        self.queue_wait = m.queue_wait.labels(name, v)
+        self.late, self.queue_depth = m.deadline_exits.labels(name, v), m.queue_depth.labels(name, v)
 
     def answered(self, k: int, m: int, late: int) -> None:
         """``m`` images answered at exit ``k``, ``late`` of them deadline exits."""
@@ -64,13 +65,13 @@ class EngineMeters:
             observe_many(self.queue_wait, now - w.arrived, count)
 
     def rejected(self, reason: str) -> None:
-        self.metrics.rejections.labels(self.name, reason).inc()
+        self.metrics.rejections.labels(self.name, self.version, reason).inc()
 
     def default_plan(self, budget: float, thresholds: tuple[float, ...]) -> None:
         """The budget and thresholds of a request that gives no options (they move under load)."""
-        self.metrics.effective_budget.labels(self.name).set(budget)
+        self.metrics.effective_budget.labels(self.name, self.version).set(budget)
         for k, t in enumerate(thresholds):
-            self.metrics.exit_threshold.labels(self.name, str(k)).set(min(t, 1e9))
+            self.metrics.exit_threshold.labels(self.name, self.version, str(k)).set(min(t, 1e9))
 
     def agreement(self, k: int, ratio: float) -> None:
-        self.metrics.exit_agreement.labels(self.name, str(k)).set(ratio)
+        self.metrics.exit_agreement.labels(self.name, self.version, str(k)).set(ratio)

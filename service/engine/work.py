@@ -14,13 +14,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from models.multi_exit import State
+
+if TYPE_CHECKING:
+    from service.engine.tracing import RequestTrace
 
 
 class ImageResult(NamedTuple):
@@ -48,6 +51,7 @@ class RequestWork:
     future: cf.Future[list[ImageResult]] = field(default_factory=cf.Future)
     arrived: float = field(default_factory=time.monotonic)
     cancel_reason: str | None = None
+    trace: RequestTrace | None = None  # recorded by the engine when tracing is on
     remaining: int = field(init=False)
     _parts: list[tuple[np.ndarray, np.ndarray, int, float, np.ndarray]] = field(
         default_factory=list, repr=False

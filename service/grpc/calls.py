@@ -1,8 +1,13 @@
-"""What every RPC shares with the HTTP routes: the API key check, the request metrics, the
-request's arrival and deadline, and the error envelope (a gRPC status with ``/v2``'s message).
+"""What every RPC shares with the HTTP routes: the API key check, the request ID, the request
+metrics, the request's arrival, deadline and tracer, and the error envelope (a gRPC status with
+``/v2``'s message).
 
-Metrics: the HTTP series themselves, ``anytime_request_duration_seconds{route, model, status}``
-and ``anytime_requests_in_flight{route}``, with the RPC's path as the route
+Request ID: metadata ``x-request-id`` when valid, else ``ModelInfer``'s ``id``, else a new one;
+in every log line of the RPC and returned as trailing metadata ``x-request-id``.
+
+Metrics: the HTTP series themselves,
+``anytime_request_duration_seconds{route, model, version, status}`` and
+``anytime_requests_in_flight{route}``, with the RPC's path as the route
 (``/inference.GRPCInferenceService/ModelInfer``) and the HTTP status of the outcome (200, or the
 error's status in service/errors.py): one set of dashboards and alerts covers both protocols.
 """
@@ -13,17 +18,23 @@ import asyncio
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
 from service.auth import check_api_key
 from service.errors import ServiceError
 from service.grpc.status import grpc_code
+from service.logs import request_id
+from service.middleware import valid_request_id
 from service.serving import RequestContext
 from service.state import AppState
 
 SERVICE = "inference.GRPCInferenceService"
 log = logging.getLogger("service")
+# The model version that answers the RPC, once resolved (its metrics' ``version`` label).
+answering_version: ContextVar[str] = ContextVar("answering_version", default="")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -53,17 +64,22 @@ def rpc(protected: bool = True) -> Callable[[Method[S, Req, Resp]], Handler[S, R
             arrived = time.monotonic()
             metrics = self.state.metrics
             model = _model_label(self.state, request)
+            metadata = dict(context.invocation_metadata() or ())
+            rid = _request_id(metadata, request)
+            request_id.set(rid)  # this RPC's task only: every log line of the request
+            answering_version.set("")
             status, error = 500, ServiceError("internal error; the server log has the details")
             gauge = metrics.requests_in_flight.labels(route)
             gauge.inc()
             try:
                 if protected:
-                    metadata = dict(context.invocation_metadata() or ())
                     check_api_key(
                         self.state.settings, metadata.get("x-api-key"), metadata.get("authorization", "")
                     )
-                response = await method(self, request, _request_context(arrived, context))
+                ctx = _request_context(arrived, context, self.state)
+                response = await method(self, request, ctx)
                 status = 200
+                context.set_trailing_metadata((("x-request-id", rid),))
                 return response
             except ServiceError as e:
                 status, error = e.status, e
@@ -74,11 +90,12 @@ def rpc(protected: bool = True) -> Callable[[Method[S, Req, Resp]], Handler[S, R
                 log.error("unexpected error in %s: %r", route, e, exc_info=e)
             finally:
                 gauge.dec()
-                metrics.request_duration.labels(route, model, str(status)).observe(
-                    time.monotonic() - arrived
-                )
-            if error.headers:  # e.g. a 429's Retry-After, as trailing metadata
-                context.set_trailing_metadata(tuple((k.lower(), v) for k, v in error.headers.items()))
+                metrics.request_duration.labels(
+                    route, model, answering_version.get(), str(status)
+                ).observe(time.monotonic() - arrived)
+            # e.g. a 429's Retry-After, as trailing metadata beside the request ID
+            headers = [(k.lower(), v) for k, v in error.headers.items()]
+            context.set_trailing_metadata((("x-request-id", rid), *headers))
             await context.abort(grpc_code(error.status), error.message)
             raise AssertionError("abort raises")  # unreachable: context.abort always raises
 
@@ -87,8 +104,15 @@ def rpc(protected: bool = True) -> Callable[[Method[S, Req, Resp]], Handler[S, R
     return wrap
 
 
-def _request_context(arrived: float, context: Any) -> RequestContext:
-    """The request's arrival, its client's leaving and the gRPC deadline (None without one)."""
+def _request_id(metadata: dict[str, str], request: object) -> str:
+    """The client's ``x-request-id`` when valid, else the request's ``id`` when valid, else new."""
+    given = valid_request_id(metadata.get("x-request-id"))
+    return given or valid_request_id(getattr(request, "id", None)) or uuid.uuid4().hex
+
+
+def _request_context(arrived: float, context: Any, state: AppState) -> RequestContext:
+    """The request's arrival, its client's leaving, the gRPC deadline (None without one) and the
+    tracer (None untraced)."""
     left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def done(_: object) -> None:
@@ -101,7 +125,7 @@ def _request_context(arrived: float, context: Any) -> RequestContext:
         await left
 
     remaining = context.time_remaining()
-    return RequestContext(arrived, disconnected, remaining)
+    return RequestContext(arrived, disconnected, tracer=state.tracer, timeout_s=remaining)
 
 
 def _model_label(state: AppState, request: object) -> str:

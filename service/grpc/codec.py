@@ -17,6 +17,7 @@ from torch import Tensor
 from models.package import Manifest
 from service.errors import BadRequestError, validation_problems
 from service.grpc import grpc_service_pb2 as pb
+from service.repository.scan import ConfigError, ModelConfig, config_from_json
 from service.routes.v2_codec import (
     DEADLINE_OUTPUT,
     OUTPUTS,
@@ -107,3 +108,17 @@ def metadata_response(m: Manifest, versions: list[str]) -> pb.ModelMetadataRespo
         inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in inputs],
         outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in outputs],
     )
+
+
+def load_config(params: Mapping[str, pb.ModelRepositoryParameter]) -> ModelConfig | None:
+    """A load request's ``config`` parameter (Triton's JSON model config, e.g. a
+    ``version_policy``), as ``/v2/repository``'s load reads it; other parameters are ignored."""
+    if "config" not in params:
+        return None
+    p = params["config"]
+    if p.WhichOneof("parameter_choice") != "string_param":
+        raise BadRequestError("load parameter 'config' must be a JSON string")
+    try:
+        return config_from_json(p.string_param)
+    except ConfigError as e:
+        raise BadRequestError(str(e)) from None

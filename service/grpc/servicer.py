@@ -8,12 +8,17 @@ errors and messages, as gRPC status codes (service/grpc/status.py).
 
 from __future__ import annotations
 
+import anyio
+
 import service
-from service.errors import ModelNotFoundError, NotReadyError
+from service.errors import NotReadyError
 from service.grpc import codec
 from service.grpc import grpc_service_pb2 as pb
-from service.grpc.calls import rpc
+from service.grpc.calls import answering_version, rpc
 from service.grpc.grpc_service_pb2_grpc import GRPCInferenceServiceServicer
+from service.repository import ModelState
+from service.repository.control import RepositoryControl
+from service.routes.v2 import parse_version
 from service.routes.v2_codec import PARAMETERS, output_arrays, output_names
 from service.schemas import InferenceOptions
 from service.serving import RequestContext, parse_options, serve
@@ -52,7 +57,9 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, ctx: RequestContext
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="anytime", version=service.__version__, extensions=[])
+        return pb.ServerMetadataResponse(
+            name="anytime", version=service.__version__, extensions=["model_repository"]
+        )
 
     @rpc()
     async def ModelMetadata(
@@ -77,6 +84,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         images = codec.request_images(request)
         # Held until answered: an unload of this version drains the request first.
         with self.state.registry.lease(request.model_name, version) as served:
+            answering_version.set(str(served.version))
             answers = await serve(served.loaded, images, options, ctx, self.state.settings)
         # deadline_exit comes unasked when the request had a deadline: deadline_ms or gRPC's own
         with_deadline = options.deadline_ms is not None or ctx.timeout_s is not None
@@ -88,11 +96,46 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             output_names(requested, with_deadline),
         )
 
+    @rpc()
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, ctx: RequestContext
+    ) -> pb.RepositoryIndexResponse:
+        entries = await anyio.to_thread.run_sync(self._control().index)
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[
+                index(
+                    name=e.name,
+                    version="" if e.version is None else str(e.version),
+                    state=e.state.value,
+                    reason=e.reason,
+                )
+                for e in entries
+                if not request.ready or e.state is ModelState.READY
+            ]
+        )
+
+    @rpc()
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, ctx: RequestContext
+    ) -> pb.RepositoryModelLoadResponse:
+        config = codec.load_config(request.parameters)
+        await anyio.to_thread.run_sync(self._control().load, request.model_name, config)
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc()
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, ctx: RequestContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        await anyio.to_thread.run_sync(self._control().unload, request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _control(self) -> RepositoryControl:
+        if self.state.control is None:
+            raise NotReadyError("the model repository is still loading")
+        return self.state.control
+
 
 def _version(version: str) -> int | None:
     """A request's model version: empty for the newest ready one; not a positive integer: 404."""
-    if not version:
-        return None
-    if not version.isdecimal() or int(version) < 1:
-        raise ModelNotFoundError(f"no version {version!r}: versions are positive integers")
-    return int(version)
+    return parse_version(version or None)

@@ -98,9 +98,10 @@ def time_budgets(loaded: LoadedModel, metrics: ServiceMetrics) -> dict[float, Bu
     times = budget_times(
         loaded.package.manifest.budgets, loaded.engine.costs, loaded.engine.config.max_batch_size
     )
+    version = loaded.package.manifest.version
     for budget, t in times.items():
-        metrics.budget_latency.labels(loaded.name, str(budget)).set(t.ms_per_image / 1000.0)
-        metrics.budget_throughput.labels(loaded.name, str(budget)).set(t.images_per_s)
+        metrics.budget_latency.labels(loaded.name, version, str(budget)).set(t.ms_per_image / 1000.0)
+        metrics.budget_throughput.labels(loaded.name, version, str(budget)).set(t.images_per_s)
     return times
 
 
@@ -111,8 +112,10 @@ def load_version(
     settings: ServiceSettings,
     metrics: ServiceMetrics,
     choices: BackendChoices | None = None,
+    tracing: bool = False,
 ) -> ServedVersion:
-    """Load, check and warm up ``path`` as ``name`` version ``version`` (not yet serving).
+    """Load, check and warm up ``path`` as ``name`` version ``version`` (not yet serving);
+    ``tracing``: its engine records stage runs for traced requests.
 
     Raises:
         PackageError, BackendError, ParityError: the message says what is wrong.
@@ -123,4 +126,5 @@ def load_version(
     except Exception:
         loaded.engine.stop()
         raise
+    loaded.engine.tracing = tracing
     return ServedVersion(name, version, loaded, path, time_budgets(loaded, metrics))

@@ -15,17 +15,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from service.budget_times import BudgetTime
-from service.engine import LoadedModel
 from service.errors import ModelNotFoundError, NotReadyError
+from service.repository.served import ServedVersion
 
 log = logging.getLogger("service.repository")
 
+UNREADABLE = "unreadable: "
 # name -> version -> package path
 Desired = dict[str, dict[int, str]]
 
@@ -46,44 +46,6 @@ class IndexEntry:
     version: int | None
     state: ModelState
     reason: str = ""
-
-
-class ServedVersion:
-    """A loaded version of a model: its engine, its budgets in time, and its in-flight requests."""
-
-    def __init__(
-        self,
-        name: str,
-        version: int,
-        loaded: LoadedModel,
-        path: str,
-        budget_times: dict[float, BudgetTime] | None = None,
-        fingerprint: str = "",
-    ) -> None:
-        self.name, self.version, self.loaded, self.path = name, version, loaded, path
-        self.budget_times = budget_times or {}
-        self.fingerprint = fingerprint  # what its files looked like when loaded (reload on change)
-        self._cond = threading.Condition()
-        self._in_flight = 0
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
-    def _acquire(self) -> None:
-        with self._cond:
-            self._in_flight += 1
-
-    def _release(self) -> None:
-        with self._cond:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._cond.notify_all()
-
-    def drain(self, timeout: float) -> bool:
-        """Wait until no request holds this version (True), or ``timeout`` seconds (False)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._in_flight == 0, timeout)
 
 
 # (name, version, path) -> the started version; raises with a message that says why it cannot
@@ -232,19 +194,27 @@ class ModelRegistry:
             served._release()
 
     # -- changing ----------------------------------------------------------------------------------
-    def apply(self, desired: Desired, retry_failed: bool = False) -> ApplyReport:
+    def stamp(self, path: str) -> str:
+        """The fingerprint of the package at ``path`` now (a note when it cannot be read)."""
+        try:
+            return self._fingerprint(path)
+        except OSError as e:
+            return f"{UNREADABLE}{e}"
+
+    def apply(self, desired: Desired, retry: Collection[str] = ()) -> ApplyReport:
         """Make this process serve exactly ``desired`` (name -> version -> package path).
 
         New or changed versions load first (their slot LOADING, no traffic), then take traffic
         at once. Versions no longer desired drain and stop; but a model keeps its serving version
         while none of its desired versions loaded (a failed new version never leaves a model with
-        nothing). ``retry_failed``: load versions that failed before even if unchanged.
+        nothing). ``retry``: models whose failed versions load again even if unchanged (a load
+        request; a poll does not retry an unchanged failure).
         """
         with self._apply_lock:
             report = ApplyReport()
             for name, versions in sorted(desired.items()):
                 for version, path in sorted(versions.items()):
-                    self._load_one(name, version, path, retry_failed, report)
+                    self._load_one(name, version, path, name in retry, report)
             gone: list[tuple[str, int, _Slot]] = []
             with self._lock:
                 for name, slots in self._slots.items():
@@ -274,10 +244,7 @@ class ModelRegistry:
     def _load_one(
         self, name: str, version: int, path: str, retry_failed: bool, report: ApplyReport
     ) -> None:
-        try:
-            fingerprint = self._fingerprint(path)
-        except OSError as e:
-            fingerprint = f"unreadable: {e}"
+        fingerprint = self.stamp(path)
         with self._lock:
             old = self._slots.get(name, {}).get(version)
             if old is not None and old.path == path and old.fingerprint == fingerprint:
@@ -287,6 +254,8 @@ class ModelRegistry:
                     return
             if old is not None and old.failed == fingerprint and not retry_failed:
                 return  # this very change failed to load before
+            if old is not None and old.state is ModelState.READY and fingerprint.startswith(UNREADABLE):
+                return  # its files are gone (an unmounted volume): keep serving what is loaded
             if old is None or old.state is not ModelState.READY:
                 self._slots.setdefault(name, {})[version] = _Slot(ModelState.LOADING, path)
         log.info("loading model %s version %d from %s", name, version, path)

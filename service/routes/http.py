@@ -55,4 +55,5 @@ def request_context(request: Request) -> RequestContext:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    return RequestContext(getattr(request.state, "arrived", time.monotonic()), disconnected)
+    arrived = getattr(request.state, "arrived", time.monotonic())
+    return RequestContext(arrived, disconnected, app_state(request).tracer)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service.auth import require_api_key
 from service.contract import (
@@ -30,6 +30,7 @@ from service.state import app_state, get_model, lease_model
 router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)])
 
 _OPTIONS = tuple(InferenceOptions.model_fields)
+VERSION = Query(None, ge=1, description="the model version (default: the newest ready one)")
 _BINARY = {"type": "string", "format": "binary"}
 _CLASSIFY_BODY = {
     "required": True,
@@ -86,10 +87,12 @@ async def list_models(request: Request) -> ModelList:
 
 
 @router.get(
-    "/models/{name}", response_model=ModelInfo, responses=error_responses(V1_ERRORS, 401, 404, 503)
+    "/models/{name}",
+    response_model=ModelInfo,
+    responses=error_responses(V1_ERRORS, 401, 404, 422, 503),
 )
-async def get_model_info(name: str, request: Request) -> ModelInfo:
-    return model_info(get_model(request, name))
+async def get_model_info(name: str, request: Request, version: int | None = VERSION) -> ModelInfo:
+    return model_info(get_model(request, name, version))
 
 
 @router.post(
@@ -98,16 +101,18 @@ async def get_model_info(name: str, request: Request) -> ModelInfo:
     responses=error_responses(V1_ERRORS, 400, 401, 404, 413, 415, 422, 429, 503, 504),
     openapi_extra={"parameters": query_parameters(*_OPTIONS), "requestBody": _CLASSIFY_BODY},
 )
-async def classify(name: str, request: Request) -> Response:
+async def classify(name: str, request: Request, version: int | None = VERSION) -> Response:
     """Classify images; each leaves at the first exit confident enough for its budget."""
+    get_model(request, name, version)  # an unknown model is a 404 before the body is read
     settings = app_state(request).settings
     blobs, options = await read_classify_body(request, settings.limits.max_images_per_request)
-    with lease_model(request, name) as version:
-        loaded = version.loaded
+    with lease_model(request, name, version) as served_by:
+        loaded = served_by.loaded
         served = await serve(loaded, blobs, options, request_context(request), settings)
     classes = loaded.package.manifest.classes
     body = ClassifyResponse(
         model=name,
+        version=str(served_by.version),
         budget=served.plan.budget,
         predictions=[to_prediction(r, classes, options.top_k) for r in served.results],
     )

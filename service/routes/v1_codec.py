@@ -37,7 +37,7 @@ def _replay(body: bytes) -> Receive:
 
 async def read_classify_body(request: Request, limit: int) -> tuple[list[bytes], InferenceOptions]:
     """The images and options of a classify request; at most ``limit`` multipart files."""
-    query = dict(request.query_params)
+    query = {k: v for k, v in request.query_params.items() if k != "version"}  # the route's
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         options = parse_options(query, InferenceOptions)

@@ -23,7 +23,8 @@ from service.contract import (
     inline_schema,
     option_schemas,
 )
-from service.errors import InvalidOptionError, NotReadyError
+from service.errors import InvalidOptionError, ModelNotFoundError, NotReadyError
+from service.middleware import adopt_request_id
 from service.routes.http import read_body, request_context
 from service.routes.v2_codec import (
     HEADER,
@@ -120,21 +121,52 @@ async def ready(request: Request) -> JSONResponse:
 @router.get("", response_model=V2ServerMetadata, responses=error_responses(V2_ERRORS, 401))
 async def server_metadata() -> V2ServerMetadata:
     return V2ServerMetadata(
-        name="anytime", version=service.__version__, extensions=["binary_tensor_data"]
+        name="anytime",
+        version=service.__version__,
+        extensions=["binary_tensor_data", "model_repository"],
     )
 
 
-@router.get(
-    "/models/{name}",
-    response_model=V2ModelMetadata,
-    responses=error_responses(V2_ERRORS, 401, 404, 503),
-)
+def parse_version(version: str | None) -> int | None:
+    """A path's version (None: the newest ready one); not a positive integer: 404, no such one."""
+    if version is None:
+        return None
+    if not version.isdecimal() or int(version) < 1:
+        raise ModelNotFoundError(f"no version {version!r}: versions are positive integers")
+    return int(version)
+
+
+_METADATA = {
+    "response_model": V2ModelMetadata,
+    "responses": error_responses(V2_ERRORS, 401, 404, 503),
+}
+_READY = {
+    "response_model": V2ModelReady,
+    "responses": {
+        **error_responses(V2_ERRORS, 401, 404),
+        503: {"model": V2ModelReady, "description": "The model is still loading."},
+    },
+}
+_INFER = {"response_model": V2InferResponse, "responses": _INFER_RESPONSES}
+
+
+@router.get("/models/{name}", **_METADATA)  # type: ignore[arg-type]
 async def model_metadata(name: str, request: Request) -> V2ModelMetadata:
-    m = get_model(request, name).loaded.package.manifest
+    return _metadata(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}", **_METADATA)  # type: ignore[arg-type]
+async def model_version_metadata(name: str, version: str, request: Request) -> V2ModelMetadata:
+    return _metadata(request, name, parse_version(version))
+
+
+def _metadata(request: Request, name: str, version: int | None) -> V2ModelMetadata:
+    m = get_model(request, name, version).loaded.package.manifest
+    ready = [v.version for v in app_state(request).registry.ready_versions() if v.name == name]
     inputs, outputs = model_tensors(m)
     return V2ModelMetadata(
         name=m.name,
-        versions=[m.version],
+        versions=[str(v) for v in sorted(ready)],
         platform=PLATFORM,
         inputs=inputs,
         outputs=outputs,
@@ -146,31 +178,43 @@ async def model_metadata(name: str, request: Request) -> V2ModelMetadata:
     )
 
 
-@router.get(
-    "/models/{name}/ready",
-    response_model=V2ModelReady,
-    responses={
-        **error_responses(V2_ERRORS, 401, 404),
-        503: {"model": V2ModelReady, "description": "The model is still loading."},
-    },
-)
+@router.get("/models/{name}/ready", **_READY)  # type: ignore[arg-type]
 async def model_ready(name: str, request: Request) -> JSONResponse:
+    return _ready(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", **_READY)  # type: ignore[arg-type]
+async def model_version_ready(name: str, version: str, request: Request) -> JSONResponse:
+    return _ready(request, name, parse_version(version))
+
+
+def _ready(request: Request, name: str, version: int | None) -> JSONResponse:
     try:
-        get_model(request, name)
+        get_model(request, name, version)
     except NotReadyError:
         return JSONResponse({"name": name, "ready": False}, status_code=503)
     return JSONResponse({"name": name, "ready": True})
 
 
+@router.post("/models/{name}/infer", **_INFER, openapi_extra=_infer_openapi())  # type: ignore[arg-type]
+async def model_infer(name: str, request: Request) -> Response:
+    return await _infer(request, name, None)
+
+
 @router.post(
-    "/models/{name}/infer",
-    response_model=V2InferResponse,
-    responses=_INFER_RESPONSES,
+    "/models/{name}/versions/{version}/infer",
+    **_INFER,  # type: ignore[arg-type]
     openapi_extra=_infer_openapi(),
 )
-async def model_infer(name: str, request: Request) -> Response:
+async def model_version_infer(name: str, version: str, request: Request) -> Response:
+    return await _infer(request, name, parse_version(version))
+
+
+async def _infer(request: Request, name: str, version: int | None) -> Response:
+    get_model(request, name, version)  # an unknown model is a 404 before the body is read
     settings = app_state(request).settings
     req, binary = parse_infer_body(await read_body(request), request.headers.get(HEADER))
+    adopt_request_id(request.scope.setdefault("state", {}), req.id)
     params = req.parameters or {}
     options = parse_options({k: params[k] for k in PARAMETERS if k in params}, InferenceOptions, True)
     binary_all = params.get(_BINARY_OUTPUT, False)
@@ -179,14 +223,13 @@ async def model_infer(name: str, request: Request) -> Response:
     t = req.inputs[0]  # the request model holds exactly one
     raw = split_binary(req.inputs, binary)[0]
     images = decode_bytes_tensor(t, raw) if t.datatype == "BYTES" else decode_fp32_tensor(t, raw)
-    with lease_model(request, name) as version:
-        loaded = version.loaded
-        served = await serve(loaded, images, options, request_context(request), settings)
+    with lease_model(request, name, version) as served_by:
+        served = await serve(served_by.loaded, images, options, request_context(request), settings)
     wanted, binary_out = _requested_outputs(req.outputs, binary_all, options.deadline_ms is not None)
     arrays = output_arrays(served.results)
     tensors, blob = encode_outputs([(n, *arrays[n]) for n in wanted], binary_out)
     resp = V2InferResponse(
-        model_name=name, model_version=loaded.package.manifest.version, id=req.id, outputs=tensors
+        model_name=name, model_version=str(served_by.version), id=req.id, outputs=tensors
     )
     head = resp.model_dump_json(exclude_none=True).encode()
     if not blob:

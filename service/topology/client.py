@@ -264,10 +264,16 @@ class EngineClient:
         )
 
     def submit(
-        self, images: Tensor, plan: ExitPlan, deadline: float, arrived: float | None = None
+        self,
+        images: Tensor,
+        plan: ExitPlan,
+        deadline: float,
+        arrived: float | None = None,
+        trace: object | None = None,
     ) -> RequestWork:
         """``ModelEngine.submit``; 429 and 503 arrive through the work's future, or at once when
-        this front end cannot hand the images over."""
+        this front end cannot hand the images over. ``trace`` is not carried to the engine
+        process: a front end's trace holds decode and the wait for the answer, not stage runs."""
         if self._stopped:
             raise EngineStoppedError(f"model {self.name!r} is shutting down")
         now = time.monotonic() if arrived is None else arrived

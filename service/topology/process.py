@@ -32,17 +32,19 @@ def engine_main(argv: list[str], address: str, metrics_dir: str, control: Connec
     """The engine process: load the models, serve front ends on ``address`` until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from service.app import build_registry, models_list, start_models  # heavy: torch, models
     from service.engine.factory import freeze_startup_heap
     from service.logs import configure_logging
     from service.metrics import ServiceMetrics
+    from service.repository.startup import build_registry, start_control, stop_control
     from service.settings import ServiceSettings
     from service.topology.host import EngineHost
 
     settings = ServiceSettings(_cli_parse_args=argv)
     configure_logging(settings.log_level, settings.json_logs)
     registry = build_registry(settings, ServiceMetrics(Path(metrics_dir)), None)
-    start_models(registry, models_list(settings))
+    # The engine process follows the models list and the repository as one server would; the
+    # front ends' registries hold clients of its versions.
+    repository = start_control(settings, registry, None)
     with Listener(address, family="AF_UNIX") as listener:
         host = EngineHost(registry, listener)
         threading.Thread(target=host.accept_forever, name="accept", daemon=True).start()
@@ -55,7 +57,7 @@ def engine_main(argv: list[str], address: str, metrics_dir: str, control: Connec
         except EOFError:
             log.warning("engine process: the server's parent process is gone; stopping")
         log.info("engine process: draining the engines' queues")
-        registry.close()
+        stop_control(repository)
 
 
 class EngineProcess:

@@ -22,25 +22,26 @@ PROMETHEUS_CONFIG = DOCKER / "prometheus" / "prometheus.yml"
 NGINX_CONFIG = DOCKER / "nginx" / "nginx.conf"
 
 CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
-    "anytime_request_duration_seconds": ("histogram", ("route", "model", "status")),
+    "anytime_request_duration_seconds": ("histogram", ("route", "model", "version", "status")),
     "anytime_requests_in_flight": ("gauge", ("route",)),
-    "anytime_queue_wait_seconds": ("histogram", ("model",)),
-    "anytime_queue_depth": ("gauge", ("model",)),
-    "anytime_batch_size": ("histogram", ("model", "stage")),
-    "anytime_exit_images_total": ("counter", ("model", "exit")),
-    "anytime_image_compute_fraction": ("histogram", ("model",)),
-    "anytime_flops_total": ("counter", ("model",)),
-    "anytime_flops_saved_total": ("counter", ("model",)),
-    "anytime_rejections_total": ("counter", ("model", "reason")),
+    "anytime_queue_wait_seconds": ("histogram", ("model", "version")),
+    "anytime_queue_depth": ("gauge", ("model", "version")),
+    "anytime_batch_size": ("histogram", ("model", "version", "stage")),
+    "anytime_exit_images_total": ("counter", ("model", "version", "exit")),
+    "anytime_image_compute_fraction": ("histogram", ("model", "version")),
+    "anytime_flops_total": ("counter", ("model", "version")),
+    "anytime_flops_saved_total": ("counter", ("model", "version")),
+    "anytime_rejections_total": ("counter", ("model", "version", "reason")),
     "anytime_model_info": ("gauge", ("model", "version", "backend", "device", "num_exits")),
     # Deadline exits, the SLO controller and the accuracy guard.
-    "anytime_deadline_exits_total": ("counter", ("model",)),
-    "anytime_effective_budget": ("gauge", ("model",)),
-    "anytime_exit_threshold": ("gauge", ("model", "exit")),
-    "anytime_exit_agreement_ratio": ("gauge", ("model", "exit")),
+    "anytime_deadline_exits_total": ("counter", ("model", "version")),
+    "anytime_effective_budget": ("gauge", ("model", "version")),
+    "anytime_exit_threshold": ("gauge", ("model", "version", "exit")),
+    "anytime_exit_agreement_ratio": ("gauge", ("model", "version", "exit")),
     # Each budget row in time, measured at start-up.
-    "anytime_budget_expected_latency_seconds": ("gauge", ("model", "budget")),
-    "anytime_budget_expected_images_per_second": ("gauge", ("model", "budget")),
+    "anytime_budget_expected_latency_seconds": ("gauge", ("model", "version", "budget")),
+    "anytime_budget_expected_images_per_second": ("gauge", ("model", "version", "budget")),
+    "anytime_model_load_failures_total": ("counter", ("model", "version")),
 }
 # Series Prometheus adds to every scrape target, and the labels it attaches.
 PROMETHEUS_SERIES = {"up"}

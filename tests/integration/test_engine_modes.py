@@ -64,7 +64,9 @@ def test_rebatch_server_answers_like_the_model_alone(
         m = rebatch_server.metrics()
     answered = sum(v for (name, _), v in m.items() if name == "anytime_exit_images_total")
     assert answered == 60  # none lost, none twice
-    assert m[("anytime_effective_budget", (("model", NAME),))] == 0.6  # the package's default
+    assert (
+        m[("anytime_effective_budget", (("model", NAME), ("version", "1")))] == 0.6
+    )  # the package's default
     # The guard audited early answers against exit 2 (fraction 1.0).
     assert any(name == "anytime_exit_agreement_ratio" for name, _ in m)
 

@@ -219,15 +219,36 @@ def test_rpcs_are_counted_in_the_http_request_metrics(
 ) -> None:
     server = servers["torch"]
 
-    def count(model: str, status: str) -> float:
-        labels = (("model", model), ("route", f"{RPC}/ModelInfer"), ("status", status))
+    def count(model: str, version: str, status: str) -> float:
+        labels = (
+            ("model", model),
+            ("route", f"{RPC}/ModelInfer"),
+            ("status", status),
+            ("version", version),
+        )
         return server.metrics().get(("anytime_request_duration_seconds_count", labels), 0.0)
 
-    ok, missing = count(NAME, "200"), count("unknown", "404")
+    ok, missing = count(NAME, "1", "200"), count("unknown", "", "404")
     client.infer(NAME, [_image_input(images[:1])])
     with pytest.raises(InferenceServerException):
         client.infer("nope", [_image_input(images[:1])])
-    assert (count(NAME, "200"), count("unknown", "404")) == (ok + 1, missing + 1)
+    assert (count(NAME, "1", "200"), count("unknown", "", "404")) == (ok + 1, missing + 1)
+
+
+def test_request_ids_come_back_as_metadata(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, images: list[bytes]
+) -> None:
+    request = pb.ModelInferRequest(model_name=NAME, id="from-the-body")
+    request.inputs.add(name="image", datatype="BYTES", shape=[1]).contents.bytes_contents.append(
+        images[0]
+    )
+    _, call = stub.ModelInfer.with_call(request)
+    assert ("x-request-id", "from-the-body") in tuple(call.trailing_metadata())
+    _, call = stub.ModelInfer.with_call(request, metadata=[("x-request-id", "from-metadata")])
+    assert ("x-request-id", "from-metadata") in tuple(call.trailing_metadata())
+    with pytest.raises(grpc.RpcError) as e:
+        stub.ModelInfer(pb.ModelInferRequest(model_name="nope"), metadata=[("x-request-id", "err-1")])
+    assert ("x-request-id", "err-1") in tuple(e.value.trailing_metadata())
 
 
 def _bytes_tensor(blobs: list[bytes]) -> bytes:

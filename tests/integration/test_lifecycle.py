@@ -26,8 +26,19 @@ def test_disconnect_drops_work_and_sigterm_drains(
             c.post(URL, content=images[0], headers={"content-type": "image/png"})
         time.sleep(1.2)  # past the batching delay: the dropped image would have run by now
         m = server.metrics()
-        assert m[("anytime_rejections_total", (("model", NAME), ("reason", "disconnected")))] == 1
-        assert m.get(("anytime_batch_size_count", (("model", NAME), ("stage", "0"))), 0.0) == 0
+        assert (
+            m[
+                (
+                    "anytime_rejections_total",
+                    (("model", NAME), ("reason", "disconnected"), ("version", "1")),
+                )
+            ]
+            == 1
+        )
+        assert (
+            m.get(("anytime_batch_size_count", (("model", NAME), ("stage", "0"), ("version", "1"))), 0.0)
+            == 0
+        )
 
         def one(blob: bytes) -> httpx.Response:
             with server.client() as c:

@@ -27,7 +27,7 @@ def batch_stats(server: Server, headers: dict[str, str] | None = None) -> dict[s
     m = server.metrics(headers)
     out = {}
     for stage in ("0", "1", "2"):
-        labels = (("model", NAME), ("stage", stage))
+        labels = (("model", NAME), ("stage", stage), ("version", "1"))
         out[stage] = (
             m.get(("anytime_batch_size_count", labels), 0.0),
             m.get(("anytime_batch_size_sum", labels), 0.0),
@@ -135,7 +135,7 @@ def test_a_full_queue_answers_429_with_retry_after(
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
         assert r.json()["error"]["code"] == "queue_full"
         assert c.post(URL, json={"images": [blob] * 4}).status_code == 200
-    labels = (("model", NAME), ("reason", "queue_full"))
+    labels = (("model", NAME), ("reason", "queue_full"), ("version", "1"))
     assert server.metrics(KEY)[("anytime_rejections_total", labels)] >= 1
 
 
@@ -156,7 +156,12 @@ def test_a_missed_deadline_answers_504(servers: dict[str, Server], images: list[
     with server.client() as c:
         r = post_png(c, images[0])
     assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
-    assert server.metrics()[("anytime_rejections_total", (("model", NAME), ("reason", "deadline")))] >= 1
+    assert (
+        server.metrics()[
+            ("anytime_rejections_total", (("model", NAME), ("reason", "deadline"), ("version", "1")))
+        ]
+        >= 1
+    )
 
 
 def test_api_keys_over_http(servers: dict[str, Server], images: list[bytes]) -> None:

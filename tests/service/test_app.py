@@ -43,7 +43,7 @@ def test_metrics_exposition(client: TestClient, images: list[bytes]) -> None:
     info = f'backend="torch",device="cpu",model="{NAME}",num_exits="3",version="1"'
     assert f"anytime_model_info{{{info}}} 1.0" in text
     assert 'route="/v1/models/{name}/classify",status="200"' in text
-    assert 'model="unknown",route="/v1/models/{name}/classify",status="404"' in text
+    assert 'model="unknown",route="/v1/models/{name}/classify",status="404",version=""' in text
     promtool = require_binary("promtool", "prometheus")
     check = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True)
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
@@ -149,8 +149,8 @@ def test_several_models_each_with_its_own_engine(
         assert (
             'anytime_model_info{backend="torch",device="cpu",model="tiny-resnet",num_exits="4"' in text
         )
-        assert 'anytime_queue_depth{model="tiny-resnet"} 0.0' in text
-        assert f'anytime_queue_depth{{model="{NAME}"}} 0.0' in text
+        assert 'anytime_queue_depth{model="tiny-resnet",version="1"} 0.0' in text
+        assert f'anytime_queue_depth{{model="{NAME}",version="1"}} 0.0' in text
     dup = make_settings(calibrated_package, models=[str(calibrated_package)] * 2)
     with pytest.raises(ModelLoadError, match="named"), TestClient(create_app(dup)):
         pass

@@ -50,7 +50,8 @@ def test_models_list_and_gauges_show_each_budget_in_time(client: TestClient) -> 
     metrics = client.get("/metrics").text
     for budget, row in rows.items():
         assert row["expected_ms_per_image"] > 0 and row["expected_images_per_s"] > 0
-        gauge = f'anytime_budget_expected_latency_seconds{{budget="{budget}",model="{model["name"]}"}}'
+        labels = f'budget="{budget}",model="{model["name"]}",version="1"'
+        gauge = f"anytime_budget_expected_latency_seconds{{{labels}}}"
         line = next(x for x in metrics.splitlines() if x.startswith(gauge))
         assert float(line.split()[-1]) == pytest.approx(row["expected_ms_per_image"] / 1000)
     # Budget 1.0 runs every stage for every image; 0.6 lets three quarters skip the last one.

@@ -37,7 +37,7 @@ def test_the_committed_schemathesis_config_is_generated_from_the_openapi(openapi
     ("method", "path", "statuses"),
     [
         ("post", "/v1/models/{name}/classify", [400, 401, 404, 413, 415, 422, 429, 503, 504]),
-        ("get", "/v1/models/{name}", [401, 404, 503]),
+        ("get", "/v1/models/{name}", [401, 404, 422, 503]),
         ("get", "/v1/models", [401]),
         ("post", "/v2/models/{name}/infer", [400, 401, 404, 413, 422, 429, 503, 504]),
         ("get", "/v2/models/{name}", [401, 404, 503]),

@@ -28,7 +28,9 @@ def make_engine(pkg: ModelPackage, backend: StageBackend | None = None, **cfg: o
 
 
 def sample(engine: ModelEngine, name: str, **labels: str) -> float:
-    value = engine.metrics.registry.get_sample_value(name, {"model": engine.name, **labels})
+    value = engine.metrics.registry.get_sample_value(
+        name, {"model": engine.name, "version": engine.manifest.version, **labels}
+    )
     return value or 0.0
 
 

@@ -52,7 +52,7 @@ def test_deadline_exits_over_v1_and_v2(calibrated_package: Path, images: list[by
         r4 = client.post(URL, params={"budget": 1.0}, files=_files(images[:1]))
         assert [(p["exit"], p["deadline_exit"]) for p in r4.json()["predictions"]] == [(2, False)]
         metrics = client.get("/metrics").text
-    assert f'anytime_deadline_exits_total{{model="{NAME}"}} 5.0' in metrics
+    assert f'anytime_deadline_exits_total{{model="{NAME}",version="1"}} 5.0' in metrics
 
 
 def test_bad_deadline_is_422(client: TestClient, images: list[bytes]) -> None:
@@ -86,8 +86,8 @@ def test_controller_and_guard_gauges_are_exported(calibrated_package: Path, imag
             if audited >= {str(e) for e in exits if e < 2} or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-    assert f'anytime_effective_budget{{model="{NAME}"}} 0.6' in metrics
-    assert f'anytime_exit_threshold{{exit="0",model="{NAME}"}}' in metrics
+    assert f'anytime_effective_budget{{model="{NAME}",version="1"}} 0.6' in metrics
+    assert f'anytime_exit_threshold{{exit="0",model="{NAME}",version="1"}}' in metrics
     # Every early answer was audited against exit 2 (guard fraction 1.0).
     for k in {e for e in exits if e < 2}:
         line = next(

@@ -80,7 +80,7 @@ def test_a_failed_version_is_reported_and_the_serving_one_stays() -> None:
         reg.resolve("m", 2)
     reg.apply({"m": {2: "bad2"}})  # unchanged: not retried on every poll
     assert len(loads.calls) == 2
-    reg.apply({"m": {2: "bad2"}}, retry_failed=True)  # an explicit load request retries
+    reg.apply({"m": {2: "bad2"}}, retry={"m"})  # an explicit load request retries
     assert len(loads.calls) == 3 and reg.readiness() == {"m": True}
     reg.apply({"m": {3: "p3"}})  # a good version replaces both
     assert [(e.version, e.state) for e in reg.index()] == [(3, ModelState.READY)]
