@@ -7,7 +7,7 @@ PACKAGE ?= packages/default
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install test test-slow lint serve bench bench-tools peers bench-peers train-default clean
+.PHONY: install test test-slow lint proto serve bench bench-tools peers bench-peers train-default clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+
+# The gRPC API's Python code, generated from its .proto and committed (docs/service.md, "gRPC"):
+# run after editing service/grpc/grpc_service.proto; tests/service/test_grpc_proto.py checks it.
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. \
+	  service/grpc/grpc_service.proto
 
 serve: $(STAMP)
 	@test -e "$(PACKAGE)" || { \

@@ -44,6 +44,7 @@ def create_app(
     control_dir: Path | None = None,
     tracer_provider: TracerProvider | None = None,
     loader: Loader | None = None,
+    grpc_port: int | None = None,
 ) -> FastAPI:
     """Build the FastAPI app for ``settings`` (default: from the environment).
 
@@ -54,6 +55,8 @@ def create_app(
     nowhere: service/tracing.py). ``loader`` builds each served version (default: from its
     package; a front end of the shared engine process builds clients of that process's engines:
     ``service/topology``).
+    ``grpc_port``: the lifespan serves the gRPC API on it too, from the models' load to the
+    engines' stop (``python -m service`` passes the port it holds; None: HTTP only).
     """
     settings = settings or ServiceSettings()
     metrics = metrics or ServiceMetrics()
@@ -75,11 +78,20 @@ def create_app(
             start_control, settings, state.registry, control_dir
         )
         freeze_startup_heap()
+        grpc_server = None
+        if grpc_port is not None:
+            # Imported here: its messages take protobuf's global names (service/grpc/__init__.py).
+            from service.grpc.server import start_grpc_server
+
+            grpc_server = await start_grpc_server(state, settings.host, grpc_port)
+            log.info("gRPC on %s:%d", settings.host, grpc_port)
         state.ready = True
         log.info("ready: %s", ", ".join(state.registry.names()) or "no models")
         try:
             yield
         finally:
+            if grpc_server is not None:  # refuse new RPCs, answer those in flight
+                await grpc_server.stop(settings.request_timeout_s)
             state.ready = False
             log.info("shutting down: draining the engines' queues")
             await anyio.to_thread.run_sync(stop_control, state.control)

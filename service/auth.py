@@ -1,4 +1,4 @@
-"""Optional API keys: ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``."""
+"""Optional API keys: ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (HTTP or gRPC metadata)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import hmac
 from fastapi import Request
 
 from service.errors import UnauthorizedError
+from service.settings import ServiceSettings
 from service.state import app_state
 
 
@@ -23,12 +24,23 @@ def require_api_key(request: Request) -> None:
 
     The API routers' dependency; ``/metrics`` calls it when its setting protects it.
     """
-    keys = [k.get_secret_value() for k in app_state(request).settings.auth.api_keys]
+    check_api_key(
+        app_state(request).settings,
+        request.headers.get("x-api-key"),
+        request.headers.get("authorization", ""),
+    )
+
+
+def check_api_key(settings: ServiceSettings, x_api_key: str | None, authorization: str) -> None:
+    """Raise 401 unless ``X-API-Key`` or ``Authorization: Bearer`` holds a configured key.
+
+    Every protocol's check: HTTP headers, gRPC metadata (``x-api-key``, ``authorization``).
+    """
+    keys = [k.get_secret_value() for k in settings.auth.api_keys]
     if not keys:
         return
-    given = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization", "")
-    if given is None and auth[:7].lower() == "bearer ":
-        given = auth[7:].strip()
+    given = x_api_key
+    if given is None and authorization[:7].lower() == "bearer ":
+        given = authorization[7:].strip()
     if given is None or not _key_matches(given, keys):
         raise UnauthorizedError()

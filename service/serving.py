@@ -61,11 +61,14 @@ class RequestContext:
         disconnected: returns once the client has gone away.
         tracer: when tracing is on, the tracer of the request's spans (decode, queue wait,
             stages, exits; ``service/engine/tracing.py``).
+        timeout_s: the protocol's own deadline in seconds from arrival (gRPC's), if any: it
+            bounds the service's ``request_timeout_s`` and the request's ``deadline_ms``.
     """
 
     arrived: float
     disconnected: Callable[[], Awaitable[None]]
     tracer: Tracer | None = None
+    timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,8 @@ async def serve(
     timeout = settings.request_timeout_s
     if options.deadline_ms is not None:
         timeout = min(timeout, options.deadline_ms / 1000.0)
+    if context.timeout_s is not None:
+        timeout = min(timeout, context.timeout_s)
     if context.tracer is not None:
         return await _serve_traced(context.tracer, loaded, images, plan, context, settings, timeout)
     batch = await to_batch(images, loaded, settings)
@@ -188,6 +193,10 @@ async def _await_answers(
         done, _ = await asyncio.wait(
             pending, timeout=max(0.0, deadline - time.monotonic()), return_when="FIRST_COMPLETED"
         )
+    except asyncio.CancelledError:  # the request's task was cancelled (a gRPC client left)
+        engine.cancel(work, "disconnected")
+        answer.cancel()
+        raise
     finally:
         gone.cancel()
     if answer in done:

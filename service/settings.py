@@ -171,6 +171,17 @@ class ServiceSettings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (0 = any free port)")
+    grpc: bool = Field(
+        True,
+        description="serve the Open Inference Protocol over gRPC too, on grpc_port (--no-grpc: off)",
+    )
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="gRPC port on the same host (0 = any free port); every "
+        "worker process listens on it (SO_REUSEPORT: the kernel spreads connections)",
+    )
     workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
         1,
         description="server processes, each loading its own model and engine (memory x N), or "

@@ -64,6 +64,7 @@ def create_worker_app() -> FastAPI:
     metrics = ServiceMetrics(Path(metrics_dir) if metrics_dir else None)
     loader = None
     engine_address = os.environ.get(ENGINE_ADDRESS_ENV)
+    grpc_port = settings.grpc_port if settings.grpc else None  # the port the parent holds
     if engine_address:  # a front end of the shared engine process (service/topology)
         from service.topology.client import front_end_loader
 
@@ -74,6 +75,7 @@ def create_worker_app() -> FastAPI:
         BackendChoices(Path(choices_dir)) if choices_dir else None,
         Path(control_dir) if control_dir else None,
         loader=loader,
+        grpc_port=grpc_port,
     )
 
 

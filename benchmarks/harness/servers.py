@@ -61,7 +61,7 @@ def service_spec(package: Path, backend: str = "torch", extra: list[str] | None 
     """``python -m service`` on ``package`` on the CPU, on a free port."""
     port = free_port_block(1)
     cmd = [
-        sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+        sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0",
         "--device", "cpu", "--backend", backend, "--log-level", "warning", *(extra or []),
     ]  # fmt: skip
     return ServerSpec("anytime", cmd, "/readyz", port, {"ANYTIME_MODELS": json.dumps([str(package)])})

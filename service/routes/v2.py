@@ -9,9 +9,8 @@ Inputs: exactly one tensor, either ``BYTES [N]`` (encoded images) or ``FP32 [N, 
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -24,15 +23,19 @@ from service.contract import (
     inline_schema,
     option_schemas,
 )
-from service.engine import ImageResult
 from service.errors import InvalidOptionError, ModelNotFoundError, NotReadyError
 from service.middleware import adopt_request_id
 from service.routes.http import read_body, request_context
 from service.routes.v2_codec import (
     HEADER,
+    PARAMETERS,
+    PLATFORM,
     decode_bytes_tensor,
     decode_fp32_tensor,
     encode_outputs,
+    model_tensors,
+    output_arrays,
+    output_names,
     parse_infer_body,
     split_binary,
 )
@@ -43,11 +46,9 @@ from service.schemas import (
     V2Live,
     V2ModelMetadata,
     V2ModelReady,
-    V2Output,
     V2Ready,
     V2RequestedOutput,
     V2ServerMetadata,
-    V2TensorMetadata,
 )
 from service.serving import parse_options, serve
 from service.state import app_state, get_model, lease_model
@@ -55,11 +56,6 @@ from service.state import app_state, get_model, lease_model
 health = APIRouter(prefix="/v2", tags=["v2"])
 router = APIRouter(prefix="/v2", tags=["v2"], dependencies=[Depends(require_api_key)])
 
-# Every output but deadline_exit, which is sent on request or when the request has a deadline_ms.
-DEADLINE_OUTPUT = "deadline_exit"
-OUTPUTS = tuple(n for n in get_args(V2Output) if n != DEADLINE_OUTPUT)
-# The options a request's ``parameters`` may set (top_k is v1's: v2 returns every probability).
-PARAMETERS = ("budget", "max_exit", "threshold", "deadline_ms")
 _BINARY_OUTPUT = "binary_data_output"
 
 
@@ -167,24 +163,13 @@ async def model_version_metadata(name: str, version: str, request: Request) -> V
 def _metadata(request: Request, name: str, version: int | None) -> V2ModelMetadata:
     m = get_model(request, name, version).loaded.package.manifest
     ready = [v.version for v in app_state(request).registry.ready_versions() if v.name == name]
-    h, w = m.preprocessing.input_size
-    c = len(m.classes)
+    inputs, outputs = model_tensors(m)
     return V2ModelMetadata(
         name=m.name,
         versions=[str(v) for v in sorted(ready)],
-        platform="anytime_early_exit",
-        inputs=[
-            V2TensorMetadata(name="image", datatype="BYTES", shape=[-1]),
-            V2TensorMetadata(name="input", datatype="FP32", shape=[-1, 3, h, w]),
-        ],
-        outputs=[
-            V2TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, c]),
-            V2TensorMetadata(name="class_index", datatype="INT64", shape=[-1]),
-            V2TensorMetadata(name="exit", datatype="INT64", shape=[-1]),
-            V2TensorMetadata(name="confidence", datatype="FP32", shape=[-1]),
-            V2TensorMetadata(name="compute_fraction", datatype="FP32", shape=[-1]),
-            V2TensorMetadata(name=DEADLINE_OUTPUT, datatype="BOOL", shape=[-1]),
-        ],
+        platform=PLATFORM,
+        inputs=inputs,
+        outputs=outputs,
         parameters={
             "note": "send exactly one input: 'image' (encoded images) or 'input' (preprocessed)",
             "request_parameters": sorted([*PARAMETERS, _BINARY_OUTPUT]),
@@ -241,7 +226,7 @@ async def _infer(request: Request, name: str, version: int | None) -> Response:
     with lease_model(request, name, version) as served_by:
         served = await serve(served_by.loaded, images, options, request_context(request), settings)
     wanted, binary_out = _requested_outputs(req.outputs, binary_all, options.deadline_ms is not None)
-    arrays = _output_arrays(served.results)
+    arrays = output_arrays(served.results)
     tensors, blob = encode_outputs([(n, *arrays[n]) for n in wanted], binary_out)
     resp = V2InferResponse(
         model_name=name, model_version=str(served_by.version), id=req.id, outputs=tensors
@@ -256,21 +241,8 @@ def _requested_outputs(
     outputs: list[V2RequestedOutput] | None, all_binary: bool, with_deadline: bool
 ) -> tuple[list[str], set[str]]:
     """The outputs to send, in order, and those to send as binary data."""
+    names = output_names([o.name for o in outputs or []], with_deadline)
     if not outputs:
-        names = [*OUTPUTS, DEADLINE_OUTPUT] if with_deadline else list(OUTPUTS)
         return names, set(names) if all_binary else set()
-    names = [o.name for o in outputs]
     binary: set[str] = {o.name for o in outputs if (o.parameters or {}).get("binary_data", all_binary)}
     return names, binary
-
-
-def _output_arrays(results: list[ImageResult]) -> dict[str, tuple[str, np.ndarray]]:
-    probs = np.stack([r.probs for r in results]).astype(np.float32)
-    return {
-        "probabilities": ("FP32", probs),
-        "class_index": ("INT64", probs.argmax(axis=1).astype(np.int64)),
-        "exit": ("INT64", np.array([r.exit for r in results], dtype=np.int64)),
-        "confidence": ("FP32", probs.max(axis=1).astype(np.float32)),
-        "compute_fraction": ("FP32", np.array([r.compute_fraction for r in results], dtype=np.float32)),
-        DEADLINE_OUTPUT: ("BOOL", np.array([r.deadline_exit for r in results], dtype=np.bool_)),
-    }

@@ -1,4 +1,8 @@
-"""KServe v2 tensors: JSON data and the binary tensor data extension, both directions.
+"""KServe v2 tensors: the model's tensor contract, JSON data and the binary tensor data extension.
+
+The contract (which inputs and outputs a model has, which request parameters set the options,
+each output's values) is the protocol's, shared by its two transports: ``/v2`` over HTTP
+(service/routes/v2.py) and gRPC (service/grpc/).
 
 Binary extension (Triton's ``binary_tensor_data``, which KServe v2 clients speak): the body is a
 JSON header of ``Inference-Header-Content-Length`` bytes followed by the raw tensors in input
@@ -12,18 +16,76 @@ import base64
 import binascii
 import math
 import struct
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 from pydantic import ValidationError
 from torch import Tensor
 
+from models.package import Manifest
+from service.engine import ImageResult
 from service.errors import BadRequestError, validation_problems
 from service.routes.http import parse_json
-from service.schemas import V2InferRequest, V2InputTensor, V2OutputTensor
+from service.schemas import (
+    V2InferRequest,
+    V2InputTensor,
+    V2Output,
+    V2OutputTensor,
+    V2TensorMetadata,
+)
 
 HEADER = "inference-header-content-length"
+PLATFORM = "anytime_early_exit"
+# Every output but deadline_exit, which is sent on request or when the request has a deadline.
+DEADLINE_OUTPUT = "deadline_exit"
+OUTPUTS = tuple(n for n in get_args(V2Output) if n != DEADLINE_OUTPUT)
+# The options a request's ``parameters`` may set (top_k is v1's: v2 returns every probability).
+PARAMETERS = ("budget", "max_exit", "threshold", "deadline_ms")
+
+
+def model_tensors(m: Manifest) -> tuple[list[V2TensorMetadata], list[V2TensorMetadata]]:
+    """``(inputs, outputs)`` of a model: a request sends exactly one of the two inputs."""
+    h, w = m.preprocessing.input_size
+    inputs = [
+        V2TensorMetadata(name="image", datatype="BYTES", shape=[-1]),
+        V2TensorMetadata(name="input", datatype="FP32", shape=[-1, 3, h, w]),
+    ]
+    outputs = [
+        V2TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, len(m.classes)]),
+        V2TensorMetadata(name="class_index", datatype="INT64", shape=[-1]),
+        V2TensorMetadata(name="exit", datatype="INT64", shape=[-1]),
+        V2TensorMetadata(name="confidence", datatype="FP32", shape=[-1]),
+        V2TensorMetadata(name="compute_fraction", datatype="FP32", shape=[-1]),
+        V2TensorMetadata(name=DEADLINE_OUTPUT, datatype="BOOL", shape=[-1]),
+    ]
+    return inputs, outputs
+
+
+def output_names(requested: list[str], with_deadline: bool) -> list[str]:
+    """The outputs to send, in order: those requested, else every one (``deadline_exit`` only
+    when the request had a deadline)."""
+    if requested:
+        return requested
+    return [*OUTPUTS, DEADLINE_OUTPUT] if with_deadline else list(OUTPUTS)
+
+
+def output_arrays(results: list[ImageResult]) -> dict[str, tuple[str, np.ndarray]]:
+    """Each output's ``(datatype, array)``: ``probabilities [N, C]``, the others ``[N]``."""
+    probs = np.stack([r.probs for r in results]).astype(np.float32)
+    return {
+        "probabilities": ("FP32", probs),
+        "class_index": ("INT64", probs.argmax(axis=1).astype(np.int64)),
+        "exit": ("INT64", np.array([r.exit for r in results], dtype=np.int64)),
+        "confidence": ("FP32", probs.max(axis=1).astype(np.float32)),
+        "compute_fraction": ("FP32", np.array([r.compute_fraction for r in results], dtype=np.float32)),
+        DEADLINE_OUTPUT: ("BOOL", np.array([r.deadline_exit for r in results], dtype=np.bool_)),
+    }
+
+
+def raw_bytes(arr: np.ndarray) -> bytes:
+    """A tensor's raw layout: little-endian, row-major (BOOL: one byte per element)."""
+    return np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
 def parse_infer_body(body: bytes, header_length: str | None) -> tuple[V2InferRequest, bytes]:
@@ -150,7 +212,7 @@ def encode_outputs(
     for name, datatype, arr in outputs:
         shape = list(arr.shape)
         if name in binary:
-            blob = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+            blob = raw_bytes(arr)
             blobs.append(blob)
             tensors.append(
                 V2OutputTensor(

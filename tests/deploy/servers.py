@@ -96,7 +96,7 @@ def run_service(
 ) -> Iterator[Service]:
     """``python -m service`` on a free loopback port, ready (``/readyz`` 200) when yielded.
 
-    ``env`` replaces the test defaults below (host and port always stay loopback and free).
+    ``env`` replaces the test defaults below (host and ports always stay loopback and free).
     """
     log = workdir / f"{name}.log"
     settings = {
@@ -107,7 +107,13 @@ def run_service(
     }
     if env is not None:
         settings = env
-    full_env = {**os.environ, **settings, "ANYTIME_HOST": LOOPBACK, "ANYTIME_PORT": "0"}
+    full_env = {
+        **os.environ,
+        **settings,
+        "ANYTIME_HOST": LOOPBACK,
+        "ANYTIME_PORT": "0",
+        "ANYTIME_GRPC_PORT": "0",
+    }
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "service"],

@@ -1,7 +1,7 @@
 """Real servers for the integration tests: ``python -m service`` in subprocesses, real HTTP.
 
-Each server listens on a free port (``--port 0``; the process prints the real address) and is
-ready when ``/readyz`` says so. Servers start in parallel, once per test session.
+Each server listens on free ports (``--port 0``, ``--grpc-port 0``; the process prints the real
+addresses) and is ready when ``/readyz`` says so. Servers start in parallel, once per test session.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class Server:
     url: str
     proc: subprocess.Popen[str]
     log: IO[str]
+    grpc: str | None = None  # host:port of its gRPC API (None with --no-grpc)
 
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)  # type: ignore[arg-type]
@@ -71,7 +72,7 @@ def launch(
     environ = {**os.environ, "ANYTIME_MODELS": json.dumps([str(package)]), **env}
     log = open(log_dir / f"{name}.log", "w")  # noqa: SIM115 (closed by Server.stop)
     proc = subprocess.Popen(
-        [sys.executable, "-m", module, "--port", "0", "--device", "cpu", *args],
+        [sys.executable, "-m", module, "--port", "0", "--grpc-port", "0", "--device", "cpu", *args],
         cwd=ROOT,
         env=environ,
         stdout=subprocess.PIPE,
@@ -90,7 +91,10 @@ def wait_ready(proc: subprocess.Popen[str], timeout: float = 120.0) -> Server:
         proc.wait(10)
         raise RuntimeError(f"server did not start: {line!r}\n{Path(log.name).read_text()}")
     url = line.split("http://", 1)[1].split()[0]
-    server = Server(f"http://{url}", proc, log)
+    grpc = None
+    if "--no-grpc" not in proc.args:  # type: ignore[operator]
+        grpc = proc.stdout.readline().split("gRPC on ", 1)[-1].strip()
+    server = Server(f"http://{url}", proc, log, grpc)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

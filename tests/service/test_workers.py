@@ -118,7 +118,7 @@ def test_the_cli_hands_n_workers_to_uvicorns_supervisor(
         seen.append((self.config, os.environ[workers.ARGV_ENV], metrics_dir))
 
     monkeypatch.setattr(workers._Supervisor, "run", run)
-    argv = ["--port", "0", "--workers", "3"]
+    argv = ["--port", "0", "--grpc-port", "0", "--workers", "3"]
     handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}  # the supervisor takes them over
     try:
         assert cli.main(argv) == 0
@@ -126,7 +126,9 @@ def test_the_cli_hands_n_workers_to_uvicorns_supervisor(
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     ((config, passed, _),) = seen
-    assert json.loads(passed) == argv
+    # The workers get the gRPC port the parent holds, not 0 (each would pick its own).
+    *given, flag, port = json.loads(passed)
+    assert given == argv and flag == "--grpc-port" and int(port) > 0
     assert (config.app, config.factory, config.workers) == (workers.WORKER_APP, True, 3)
     assert (config.loop, config.http) == ("uvloop", "httptools")
     # the parent leaves nothing behind: no metrics or choices directory, no variables
