@@ -136,15 +136,19 @@ class ModelEngine:
         Raises:
             InvalidOptionError: an option this model does not offer (422).
         """
-        default = self.config.default_budget if self.controller is None else self.controller.budget
         return resolve_plan(
             self.manifest,
             budget=budget,
             threshold=threshold,
             max_exit=max_exit,
-            default_budget=default,
+            default_budget=self.default_budget(),
             shift=self.guard.shift,
         )
+
+    def default_budget(self) -> float | None:
+        """The budget a request without one gets before the package's fallback: the SLO
+        controller's current one, else the service's setting (``policy.fallback_budget``)."""
+        return self.config.default_budget if self.controller is None else self.controller.budget
 
     def _publish_budget(self) -> None:
         plan = self.plan()  # what a request without options runs under

@@ -39,8 +39,7 @@ log = logging.getLogger("service.topology")
 def plan_inputs(engine: ModelEngine) -> tuple[float | None, tuple[float, ...]]:
     """What the plan of a request without options depends on now: the default budget (the SLO
     controller's, else the service's) and the accuracy guard's shifts (``ModelEngine.plan``)."""
-    default = engine.config.default_budget if engine.controller is None else engine.controller.budget
-    return default, engine.guard.shift
+    return engine.default_budget(), engine.guard.shift
 
 
 def model_info(loaded: LoadedModel) -> ModelInfo:
