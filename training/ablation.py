@@ -87,10 +87,12 @@ def row_overrides(row: AblationRow) -> list[str]:
 
 def row_command(plan: AblationPlan, name: str) -> list[str]:
     """The ``training train`` command line of row ``name`` (resumes when it has a checkpoint)."""
+    from training.checkpoint import LAST  # torch: only when a plan runs
+
     run_dir = plan.runs_dir / name
     cmd = [sys.executable, "-m", "training", "train", "--config", str(plan.base_config)]
     cmd += ["--run-dir", str(run_dir)]
-    if (run_dir / "last.pt").is_file():
+    if (run_dir / LAST).is_file():
         cmd.append("--resume")
     for item in row_overrides(plan.rows[name]):
         cmd += ["--set", item]
@@ -115,7 +117,9 @@ def run_plan(plan: AblationPlan, only: list[str] | None = None) -> int:
 
 def read_row(run_dir: Path) -> tuple[int, list[float], float] | None:
     """(epochs logged, last validation accuracy per exit in %, summed epoch seconds), or None."""
-    log = run_dir / "log.jsonl"
+    from training.trainer import LOG  # torch: only when a report is read
+
+    log = run_dir / LOG
     if not log.is_file():
         return None
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
