@@ -30,17 +30,28 @@ def pick_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
 
 
 def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
-    # Measured (python -m training.speed): on an H200, batch 256 / 1024 bf16 steps ran 1.7x / 2.2x
-    # faster with NHWC weights; on this CPU they ran at 58% of the default layout's speed.
-    return cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+    # Measured (python -m training.speed): NHWC weights pay where the step runs in bf16. On an
+    # H200, batch 256 / 1024 bf16 steps ran 1.7x / 2.2x faster; on a 2-core Xeon with AMX the
+    # teacher's bf16 step ran 1.9x faster. In fp32 on an AVX2 EPYC it ran at 58% of the default
+    # layout's speed, so "auto" follows the autocast choice.
+    if cfg.channels_last != "auto":
+        return cfg.channels_last == "on"
+    return device.type == "cuda" or _auto_amp(device) == "bf16"
+
+
+def _auto_amp(device: torch.device) -> str:
+    # bf16 on CUDA and on a CPU that computes it natively (AVX-512 BF16 / AMX): there the
+    # teacher's step ran 3.6x faster than fp32 (2-core Xeon, python -m training.speed). Elsewhere
+    # oneDNN refuses bf16 convolutions and PyTorch runs its reference loops: 13x slower than fp32
+    # on a 2-core AVX2 EPYC (docs/training.md), so such a CPU trains in fp32.
+    if device.type == "cuda" or cpu_has_native_bf16():
+        return "bf16"
+    return "none"
 
 
 def pick_amp(cfg: TrainConfig, device: torch.device) -> str:
-    # "auto" keeps fp32 on the CPU: bf16 is opt-in there. It pays only where the CPU computes in
-    # bf16 natively (AVX-512 BF16 / AMX); elsewhere oneDNN refuses bf16 convolutions and PyTorch
-    # runs its reference loops: 13x slower than fp32 on a 2-core AVX2 EPYC (docs/training.md).
     if cfg.amp == "auto":
-        return "bf16" if device.type == "cuda" else "none"
+        return _auto_amp(device)
     if cfg.amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         warnings.warn(
             "amp bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), where bf16 convolutions "
