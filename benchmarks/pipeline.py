@@ -35,11 +35,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--only", choices=["peers"], help="peers: only the side by side (make peers first)")
     add(
         "--precision",
-        choices=["fp32", "int8"],
-        default=os.environ.get("ANYTIME_PRECISION", "fp32"),
-        help="--only peers: what the service and the peers run (default $ANYTIME_PRECISION, else fp32)",
+        choices=["auto", "fp32", "int8"],
+        default=os.environ.get("ANYTIME_PRECISION", "auto"),
+        help="--only peers: auto = the service at make serve's defaults, or what the service and "
+        "the peers run (default $ANYTIME_PRECISION, else auto)",
     )
-    add("--no-profile", action="store_true", help="--only peers: skip the request-cost profile (fp32)")
+    add("--no-profile", action="store_true", help="--only peers: skip the request-cost profile (auto)")
     add("--no-grid", action="store_true", help="skip the backend x batching x mode grid")
     add("--concurrency", type=int, help="closed-loop clients (default 16, quick 8)")
     add("--requests", type=int, help="requests per configuration (default 2000, quick 150)")
@@ -109,7 +110,7 @@ def bench_peers(args: argparse.Namespace, out: Path) -> int:
     code = side_by_side.main([*common, "--out", peers, "--seconds", str(seconds),
                               "--repeats", "1" if args.quick else "3",
                               "--precision", args.precision])  # fmt: skip
-    if code == 0 and not args.no_profile and args.precision == "fp32":  # the profile is fp32's
+    if code == 0 and not args.no_profile and args.precision == "auto":  # the headline's profile
         prof_out = str(out / "profile_components.json")
         code = profile.main([*common, "--out", prof_out, "--seconds", str(2 * seconds)])
     if code == 0 and (out / "results.json").is_file():

@@ -1,7 +1,7 @@
 """``BENCHMARKS.md`` and its plot from the JSON results of the suites: the serving figures of
-``python -m benchmarks``, the side by side with the peers (``peers.json``, ``peers_int8.json``,
-``profile_components.json``), and the sections the IMTA factorial and the engine-modes benchmark
-write (``imta.md``, ``engine_modes.md``)."""
+``python -m benchmarks``, the side by side with the peers (``peers.json``, ``peers_fp32.json``,
+``peers_int8.json``, ``profile_components.json``), and the sections the IMTA factorial and the
+engine-modes benchmark write (``imta.md``, ``engine_modes.md``)."""
 
 from __future__ import annotations
 
@@ -166,11 +166,11 @@ def peers_section(peers: dict[str, Any], profile: dict[str, Any] | None = None) 
     meta, s, rows = peers["meta"], peers["settings"], peers["rows"]
     busy = max(meta.get("loadavg_1m", [0.0])) > 1.5
     precision = s.get("precision", "fp32")
-    make = (
-        "make bench-peers" if precision == "fp32" else f"ANYTIME_PRECISION={precision} make bench-peers"
-    )
+    mode = s.get("mode", precision)  # auto: make serve's defaults
+    make = "make bench-peers" if mode == "auto" else f"ANYTIME_PRECISION={mode} make bench-peers"
     lines = [
-        f"## Side by side: this service, Triton and LitServe ({precision})", "",
+        "## Side by side: this service, Triton and LitServe ("
+        + ("make serve's defaults, " if mode == "auto" else "") + f"{precision})", "",
         f"- command: `{meta['command']}` (`{make}`); {meta['date']} UTC, commit "
         f"`{meta['commit']}`; {meta['machine']}",
         f"- load on the machine: `{meta['uptime_before']}` before, `{meta['uptime_after']}` after"
@@ -254,7 +254,7 @@ def render(results: dict[str, Any], out_dir: Path) -> str:
         lines += [*target_lines(results["serving"]["headline"]), ""]
     for precision, name in PEER_FILES.items():  # `python -m benchmarks --only peers [--precision]`
         if peers := _read(out_dir / name):
-            prof = _read(out_dir / "profile_components.json") if precision == "fp32" else None
+            prof = _read(out_dir / "profile_components.json") if precision == "auto" else None
             lines += [*peers_section(peers, prof), ""]
     if ENGINE_MODES.is_file():
         lines += [

@@ -183,10 +183,10 @@ class ServiceSettings(BaseSettings):
         "worker process listens on it (SO_REUSEPORT: the kernel spreads connections)",
     )
     workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
-        1,
-        description="server processes, each loading its own model and engine (memory x N), or "
-        "auto: one per usable core, at most 8; one process is serialised on its GIL: on 2 CPU "
-        "cores 2 serve 1.52x (budget 1.0) and 1.57x (budget 0.5) the images/s of 1 "
+        "auto",
+        description="server processes (per-worker topology: each loads its own model and engine, "
+        "memory x N); auto: one per usable core, at most 8. One process is serialised on its GIL: "
+        "on 2 CPU cores 2 serve 1.52x (budget 1.0) and 1.57x (budget 0.5) the images/s of 1 "
         "(docs/deployment.md); /metrics sums all of them",
     )
     pin_workers: bool = Field(
@@ -196,7 +196,7 @@ class ServiceSettings(BaseSettings):
         "more images/s; docs/serving-performance.md); --no-pin-workers leaves them unbound",
     )
     engine_topology: EngineTopology = Field(
-        "per-worker",
+        "auto",
         description="per-worker: each server process has its own engines; shared: the server "
         "processes are front ends (HTTP, decoding) handing tensors through shared memory to one "
         "engine process per device; auto: shared on CUDA, per-worker on a CPU (docs/topology.md)",

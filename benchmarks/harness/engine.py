@@ -62,6 +62,14 @@ def make_engine(
     return engine
 
 
+def service_workers() -> int:
+    """The worker processes ``python -m service`` starts with its default settings."""
+    from service.settings import ServiceSettings
+    from service.topology import resolve_workers
+
+    return resolve_workers(ServiceSettings())
+
+
 def at_precision(pkg: Any, precision: str) -> Any:
     """The package as the service serves it at ``precision``: itself (fp32), or its int8 graphs
     and int8 budget table (``int8``, onnxruntime)."""

@@ -57,27 +57,39 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def service_spec(package: Path, backend: str = "torch", extra: list[str] | None = None) -> ServerSpec:
-    """``python -m service`` on ``package`` on the CPU, on a free port."""
+def service_spec(
+    package: Path, backend: str | None = "torch", extra: list[str] | None = None
+) -> ServerSpec:
+    """``python -m service`` on ``package`` on a free port: on the CPU with ``backend`` in one
+    process (unless ``extra`` names ``--workers``), or, ``backend`` None, with every other setting
+    at the service's defaults (``make serve``'s: backend, precision and workers ``auto``)."""
+    extra = extra or []
+    pinned = [] if backend is None else [
+        "--device", "cpu", "--backend", backend, *([] if "--workers" in extra else ["--workers", "1"])
+    ]  # fmt: skip
     port = free_port_block(1)
     cmd = [
         sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0",
-        "--device", "cpu", "--backend", backend, "--log-level", "warning", *(extra or []),
+        "--log-level", "warning", *pinned, *extra,
     ]  # fmt: skip
     return ServerSpec("anytime", cmd, "/readyz", port, {"ANYTIME_MODELS": json.dumps([str(package)])})
 
 
-def peer_spec(peer: str, package: Path, name: str, threads: int, graphs: str = "torch") -> ServerSpec:
+def peer_spec(
+    peer: str, package: Path, name: str, threads: int, graphs: str = "torch", instances: int = 1
+) -> ServerSpec:
     """Triton (``triton``) or LitServe (``litserve``) on the package's full network, from its
     venv under ``.peers`` (``make peers``): the torch model, or the package's ``fp32`` / ``int8``
-    ONNX stage graphs on ONNX Runtime (``graphs``)."""
+    ONNX stage graphs on ONNX Runtime (``graphs``), in ``instances`` model instances (Triton) or
+    inference worker processes (LitServe)."""
     python = PEER_VENVS / peer / "bin" / "python"
     if not python.is_file():
         raise LaunchError(f"{python} is missing: `make peers` creates the peers' venvs")
     port = free_port_block(3)  # Triton: http, grpc, metrics
     ready = f"/v2/models/{name}/ready" if peer == "triton" else "/health"
     cmd = [str(python), "-m", f"benchmarks.peers.{peer}_server", "--package", str(package),
-           "--port", str(port), "--threads", str(threads), "--graphs", graphs]  # fmt: skip
+           "--port", str(port), "--threads", str(threads), "--graphs", graphs,
+           "--instances", str(instances)]  # fmt: skip
     return ServerSpec(peer, cmd, ready, port)
 
 

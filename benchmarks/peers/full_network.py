@@ -75,7 +75,7 @@ def onnx_stages(pkg: ModelPackage, graphs: str, threads: int) -> list[tuple[Any,
 
 
 def peer_parser(doc: str, port: int, port_help: str | None = None) -> argparse.ArgumentParser:
-    """The options both peers take: package, port, threads, graphs and batch size."""
+    """The options both peers take: package, port, threads, graphs, batch size and instances."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--package", type=Path, required=True)
     p.add_argument("--port", type=int, default=port, help=port_help)
@@ -85,4 +85,8 @@ def peer_parser(doc: str, port: int, port_help: str | None = None) -> argparse.A
         help="the torch model, or the package's fp32 or int8 ONNX graphs on ONNX Runtime",
     )  # fmt: skip
     p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument(
+        "--instances", type=int, default=1,
+        help="copies of the network serving at once (Triton model instances, LitServe workers)",
+    )  # fmt: skip
     return p

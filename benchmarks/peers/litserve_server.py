@@ -50,7 +50,7 @@ def main() -> None:
         args.package, args.threads, args.graphs, max_batch_size=args.max_batch_size,
         batch_timeout=args.batch_timeout_s,
     )  # fmt: skip
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1)
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=args.instances)
     print(f"litserve serving on http://127.0.0.1:{args.port}", flush=True)
     server.run(host="127.0.0.1", port=args.port, generate_client_file=False, log_level="warning")
 

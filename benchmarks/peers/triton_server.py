@@ -11,6 +11,8 @@ Python 3.11 its Python-backend stub does not start.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -23,13 +25,17 @@ def main() -> None:
     p = peer_parser(__doc__ or "", 8100, "HTTP; gRPC and metrics take the next two")
     p.add_argument("--max-delay-us", type=int, default=1000, help="dynamic batcher queue delay")
     args = p.parse_args()
-    net = FullNetwork(args.package, args.threads, args.graphs)
+    nets = [FullNetwork(args.package, args.threads, args.graphs) for _ in range(args.instances)]
+    net = nets[0]
 
-    @batch
-    def infer(image: np.ndarray) -> dict[str, np.ndarray]:
-        # image: [B, 1] of encoded images (bytes)
-        classes = net.classify([bytes(row[0]) for row in image])
-        return {"class_index": np.array(classes, dtype=np.int64).reshape(-1, 1)}
+    def infer_with(net: FullNetwork) -> Callable[..., dict[str, np.ndarray]]:
+        @batch
+        def infer(image: np.ndarray) -> dict[str, np.ndarray]:
+            # image: [B, 1] of encoded images (bytes)
+            classes = net.classify([bytes(row[0]) for row in image])
+            return {"class_index": np.array(classes, dtype=np.int64).reshape(-1, 1)}
+
+        return infer
 
     config = TritonConfig(
         http_address="127.0.0.1", http_port=args.port, grpc_address="127.0.0.1",
@@ -38,7 +44,7 @@ def main() -> None:
     with Triton(config=config) as triton:
         triton.bind(
             model_name=net.name,
-            infer_func=infer,
+            infer_func=[infer_with(n) for n in nets],  # one per model instance
             inputs=[Tensor(name="image", dtype=np.bytes_, shape=(1,))],
             outputs=[Tensor(name="class_index", dtype=np.int64, shape=(1,))],
             config=ModelConfig(

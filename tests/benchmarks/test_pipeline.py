@@ -65,13 +65,17 @@ def test_the_recorded_command_reproduces_the_run(monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.parametrize(
     ("precision", "results", "profiled"),
-    [("fp32", "peers.json", True), ("int8", "peers_int8.json", False)],
+    [
+        ("auto", "peers.json", True),
+        ("fp32", "peers_fp32.json", False),
+        ("int8", "peers_int8.json", False),
+    ],
 )
 def test_bench_peers_hands_its_precision_to_the_side_by_side(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str, results: str, profiled: bool
 ) -> None:
     """``ANYTIME_PRECISION=int8 make bench-peers``: the side by side runs at int8 into its own
-    results file; the request-cost profile (the fp32 service's) runs only at fp32."""
+    results file; the request-cost profile (of the service at its defaults) runs only at auto."""
     calls: dict[str, list[str]] = {}
 
     def record(name: str) -> Any:

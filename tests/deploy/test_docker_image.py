@@ -95,10 +95,11 @@ def test_cpu_image_serves_like_make_serve(container: tuple[str, str, str], tmp_p
         assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-4), path.name
         print(f"{path.name}: {a['class_name']} at exit {a['exit']} ({a['confidence']:.3f})")
 
-    # Both of the image's worker processes are up (ANYTIME_WORKERS=2): a scrape counts both, and
-    # each gauge is one value for the server (the info gauge is 1, not one per worker).
-    workers = int(docker(cli, "inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", name)
-                  .split("ANYTIME_WORKERS=")[1].split()[0])  # fmt: skip
+    # Every worker process of the image is up (workers auto: one per core the container may use,
+    # at most 8): a scrape counts all, and each gauge is one value for the server (the info gauge
+    # is 1, not one per worker).
+    cores = docker(cli, "exec", name, "python", "-c", "import os; print(len(os.sched_getaffinity(0)))")
+    workers = min(int(cores.strip()), 8)
     wait_until(lambda: logs(cli, name).count('"message": "ready: ') >= workers, 120, "workers ready")
     metrics = httpx.get(f"{url}/metrics", timeout=10).text
     assert _metric(metrics, "anytime_exit_images_total", model=model) == len(IMAGES)

@@ -73,12 +73,13 @@ def test_dockerfile_rules(dockerfile: Path) -> None:
         # onnxruntime-gpu comes from pyproject.toml; only the CPU image swaps it out.
         assert "onnxruntime-gpu" in (ROOT / "pyproject.toml").read_text()
         assert "uninstall" not in text
-        assert "ANYTIME_WORKERS" not in env, "one CUDA context per GPU: one server process"
+        # The default: auto = shared topology on CUDA, front ends of one engine process.
+        assert "ANYTIME_WORKERS" not in env and "ANYTIME_ENGINE_TOPOLOGY" not in env
     else:
         assert "whl/cpu" in text, "torch's CPU build"
         assert re.search(r"ARG PYTHON_IMAGE=python:\$\{PYTHON_VERSION\}-slim", text)
         assert "pip uninstall --yes onnxruntime-gpu" in text
-        assert "ANYTIME_WORKERS=2" in env, "two server processes on a 2-core host"
+        assert "ANYTIME_WORKERS" not in env, "the default, auto: one server process per core"
 
 
 def test_hadolint_passes() -> None:

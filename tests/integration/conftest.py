@@ -70,9 +70,23 @@ def launch(
     """Start a server process (``python -m module``, not yet ready); its stderr goes to
     ``log_dir/name.log``."""
     environ = {**os.environ, "ANYTIME_MODELS": json.dumps([str(package)]), **env}
+    # One process unless the test asks for more: the default (auto) starts one per core.
+    workers = () if "--workers" in args or "ANYTIME_WORKERS" in env else ("--workers", "1")
     log = open(log_dir / f"{name}.log", "w")  # noqa: SIM115 (closed by Server.stop)
     proc = subprocess.Popen(
-        [sys.executable, "-m", module, "--port", "0", "--grpc-port", "0", "--device", "cpu", *args],
+        [
+            sys.executable,
+            "-m",
+            module,
+            "--port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--device",
+            "cpu",
+            *workers,
+            *args,
+        ],
         cwd=ROOT,
         env=environ,
         stdout=subprocess.PIPE,

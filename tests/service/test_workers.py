@@ -88,8 +88,10 @@ def test_the_cli_module_is_light_at_import() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_one_worker_by_default() -> None:
-    assert ServiceSettings().workers == 1
+def test_the_defaults_use_the_machine() -> None:
+    """``make serve`` with no options: one worker per core, the topology measured for the device."""
+    s = ServiceSettings()
+    assert (s.workers, s.engine_topology) == ("auto", "auto")
 
 
 def test_the_cli_hands_n_workers_to_uvicorns_supervisor(
