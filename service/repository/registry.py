@@ -199,11 +199,10 @@ class ModelRegistry:
                 for version, path in sorted(versions.items()):
                     self._load_one(name, version, path, name in retry, report)
             with self._lock:
-                leaving = bool(self._leaving(desired))
-            if before_unload is not None and not before_unload(leaving):
+                gone = self._leaving(desired)  # only this apply changes slots: still so below
+            if before_unload is not None and not before_unload(bool(gone)):
                 return report
             with self._lock:
-                gone = self._leaving(desired)
                 for _, _, slot in gone:
                     if slot.state is ModelState.READY:
                         slot.state = ModelState.UNLOADING

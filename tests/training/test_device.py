@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.training.helpers import tiny_config
 from training import device as device_mod
 from training.config import validate_config
-from tests.training.helpers import tiny_config
 
 CPU = torch.device("cpu")
 
