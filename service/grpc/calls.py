@@ -25,11 +25,12 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
 from opentelemetry.propagate import extract
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, get_current_span
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, get_current_span
 
 from service.auth import check_api_key
 from service.errors import ServiceError
@@ -125,7 +126,7 @@ def rpc(protected: bool = True) -> Callable[[Method[S, Req, Resp]], Handler[S, R
     return wrap
 
 
-def _server_span(tracer: Tracer, method: str, context: Any) -> Any:
+def _server_span(tracer: Tracer, method: str, context: Any) -> AbstractContextManager[Span]:
     """The RPC's server span, current while it runs (the client's ``traceparent`` its parent)."""
     carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
     return tracer.start_as_current_span(

@@ -114,15 +114,14 @@ class RepositoryControl:
 
     # -- the reconciler ----------------------------------------------------------------------------
     def _apply(self, state: DesiredState) -> ApplyReport:
-        generation, ordering = state.generation, self.ordering
-        if ordering.wait_for_engine is not None:
-            ordering.wait_for_engine(generation, self.config.timeout_s)
+        generation, loaded = state.generation, self.ordering.loaded
+        if self.ordering.wait_for_engine is not None:
+            self.ordering.wait_for_engine(generation, self.config.timeout_s)
         before_unload = None
-        if ordering.loaded is not None:
+        if loaded is not None:
 
             def before_unload(leaving: bool) -> bool:
-                assert ordering.loaded is not None
-                ordering.loaded(generation)
+                loaded(generation)
                 return not leaving or self._front_ends_moved_on(generation)
 
         report = self.registry.apply(state.models, set(state.retry), before_unload)
