@@ -24,6 +24,7 @@ from service.engine.choices import BackendChoices
 from service.engine.factory import freeze_startup_heap
 from service.metrics import ServiceMetrics
 from service.middleware import RequestIdMiddleware, RequestMetricsMiddleware
+from service.repository.control import Ordering
 from service.repository.registry import Loader
 from service.repository.startup import ModelLoadError, build_registry, start_control, stop_control
 from service.routes import health, repository, v1, v2
@@ -45,6 +46,7 @@ def create_app(
     tracer_provider: TracerProvider | None = None,
     loader: Loader | None = None,
     grpc_port: int | None = None,
+    ordering: Ordering | None = None,
 ) -> FastAPI:
     """Build the FastAPI app for ``settings`` (default: from the environment).
 
@@ -54,7 +56,8 @@ def create_app(
     ``tracer_provider``: where traces go (default: as the ``OTEL_*`` environment says, usually
     nowhere: service/tracing.py). ``loader`` builds each served version (default: from its
     package; a front end of the shared engine process builds clients of that process's engines:
-    ``service/topology``).
+    ``service/topology``), and ``ordering`` orders its repository changes with that process's
+    (service/repository/control.py).
     ``grpc_port``: the lifespan serves the gRPC API on it too, from the models' load to the
     engines' stop (``python -m service`` passes the port it holds; None: HTTP only).
     """
@@ -75,7 +78,7 @@ def create_app(
             log.warning("no model packages configured (ANYTIME_MODELS); serving no models")
         # Loading and warm-up are heavy: a worker thread keeps the event loop free meanwhile.
         state.control = await anyio.to_thread.run_sync(
-            start_control, settings, state.registry, control_dir
+            start_control, settings, state.registry, control_dir, ordering
         )
         freeze_startup_heap()
         grpc_server = None

@@ -62,13 +62,14 @@ def create_worker_app() -> FastAPI:
     choices_dir = os.environ.get(CHOICES_DIR_ENV)
     control_dir = os.environ.get(CONTROL_DIR_ENV)
     metrics = ServiceMetrics(Path(metrics_dir) if metrics_dir else None)
-    loader = None
+    loader, ordering = None, None
     engine_address = os.environ.get(ENGINE_ADDRESS_ENV)
     grpc_port = settings.grpc_port if settings.grpc else None  # the port the parent holds
     if engine_address:  # a front end of the shared engine process (service/topology)
-        from service.topology.client import front_end_loader
+        from service.topology.front_end import FrontEnd
 
-        loader = front_end_loader(engine_address, settings, metrics)
+        front_end = FrontEnd(engine_address, settings, metrics)
+        loader, ordering = front_end.load, front_end.ordering()
     return create_app(
         settings,
         metrics,
@@ -76,6 +77,7 @@ def create_worker_app() -> FastAPI:
         Path(control_dir) if control_dir else None,
         loader=loader,
         grpc_port=grpc_port,
+        ordering=ordering,
     )
 
 
@@ -187,7 +189,8 @@ def serve_workers(
     engine: EngineProcess | None = None
     try:
         if shared_engine:
-            engine = EngineProcess(argv, choices_dir, metrics_dir)  # its socket: a private dir
+            # Its socket goes in a private directory; it follows the repository as a worker does.
+            engine = EngineProcess(argv, choices_dir, metrics_dir, control_dir)
             try:
                 engine.start()
             except EngineStartError as e:

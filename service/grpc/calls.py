@@ -5,6 +5,11 @@ metrics, the request's arrival, deadline and tracer, and the error envelope (a g
 Request ID: metadata ``x-request-id`` when valid, else ``ModelInfer``'s ``id``, else a new one;
 in every log line of the RPC and returned as trailing metadata ``x-request-id``.
 
+Traces (when on: service/tracing.py): a server span per RPC, named as gRPC's semantic conventions
+say (``inference.GRPCInferenceService/ModelInfer``), a child of the client's ``traceparent``
+metadata when it sends one, carrying the request ID; the serving layer's spans (inference,
+decode, queue wait, stage runs, exits) go under it, as under an HTTP request's.
+
 Metrics: the HTTP series themselves,
 ``anytime_request_duration_seconds{route, model, version, status}`` and
 ``anytime_requests_in_flight{route}``, with the RPC's path as the route
@@ -20,8 +25,12 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
+
+from opentelemetry.propagate import extract
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, get_current_span
 
 from service.auth import check_api_key
 from service.errors import ServiceError
@@ -61,12 +70,21 @@ def rpc(protected: bool = True) -> Callable[[Method[S, Req, Resp]], Handler[S, R
 
         @functools.wraps(method)
         async def handler(self: S, request: Req, context: Any) -> Resp:
+            tracer = self.state.tracer
+            if tracer is None:
+                return await answer(self, request, context)
+            with _server_span(tracer, method.__name__, context):
+                return await answer(self, request, context)
+
+        async def answer(self: S, request: Req, context: Any) -> Resp:
             arrived = time.monotonic()
             metrics = self.state.metrics
             model = _model_label(self.state, request)
             metadata = dict(context.invocation_metadata() or ())
             rid = _request_id(metadata, request)
             request_id.set(rid)  # this RPC's task only: every log line of the request
+            span = get_current_span()  # the RPC's server span; untraced: a no-op one
+            span.set_attribute("anytime.request_id", rid)
             answering_version.set("")
             status, error = 500, ServiceError("internal error; the server log has the details")
             gauge = metrics.requests_in_flight.labels(route)
@@ -80,6 +98,7 @@ def rpc(protected: bool = True) -> Callable[[Method[S, Req, Resp]], Handler[S, R
                 response = await method(self, request, ctx)
                 status = 200
                 context.set_trailing_metadata((("x-request-id", rid),))
+                span.set_attribute("rpc.grpc.status_code", 0)
                 return response
             except ServiceError as e:
                 status, error = e.status, e
@@ -96,12 +115,29 @@ def rpc(protected: bool = True) -> Callable[[Method[S, Req, Resp]], Handler[S, R
             # e.g. a 429's Retry-After, as trailing metadata beside the request ID
             headers = [(k.lower(), v) for k, v in error.headers.items()]
             context.set_trailing_metadata((("x-request-id", rid), *headers))
-            await context.abort(grpc_code(error.status), error.message)
+            code = grpc_code(error.status)
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            span.set_status(Status(StatusCode.ERROR, error.message))
+            await context.abort(code, error.message)
             raise AssertionError("abort raises")  # unreachable: context.abort always raises
 
         return handler
 
     return wrap
+
+
+def _server_span(tracer: Tracer, method: str, context: Any) -> AbstractContextManager[Span]:
+    """The RPC's server span, current while it runs (the client's ``traceparent`` its parent)."""
+    carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    return tracer.start_as_current_span(
+        f"{SERVICE}/{method}",
+        context=extract(carrier),
+        kind=SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method},
+        # its status is set above; the abort that ends a failed RPC is no error of the server's
+        record_exception=False,
+        set_status_on_exception=False,
+    )
 
 
 def _request_id(metadata: dict[str, str], request: object) -> str:

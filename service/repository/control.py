@@ -8,17 +8,19 @@
 
 Every process runs a reconciler thread that applies each new generation of ``desired.json`` to
 its own registry and reports its index (``shared.py``). A load or unload request answers once
-every live worker reports the generation it wrote.
+every live worker reports the generation it wrote. Where one engine process serves front ends
+(``--engine-topology shared``), it is one of these workers, and :class:`Ordering` puts its loads
+before the front ends' and its unloads after them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 from service.errors import (
     ControlTimeoutError,
@@ -26,46 +28,36 @@ from service.errors import (
     ModelLoadFailedError,
     ModelNotFoundError,
 )
-from service.repository.registry import ApplyReport, Desired, IndexEntry, ModelRegistry, ModelState
-from service.repository.scan import ModelConfig, Scan, scan_repository
-from service.repository.shared import ControlDirectory, DesiredState
+from service.repository.desired import ControlConfig, Mode, scanned_state
+from service.repository.registry import ModelRegistry
+from service.repository.scan import ModelConfig
+from service.repository.shared import ControlDirectory, DesiredState, merge_indexes
+from service.repository.states import ApplyReport, IndexEntry, ModelState
+
+__all__ = ["ControlConfig", "Mode", "Ordering", "RepositoryControl"]
 
 log = logging.getLogger("service.repository")
 
-Mode = Literal["none", "poll", "explicit"]
 RECONCILE_S = 0.1  # how often a worker looks for a new generation (one stat call)
-# Worst state first: a version is READY in the merged index only when READY in every worker.
-_SEVERITY = [ModelState.UNAVAILABLE, ModelState.LOADING, ModelState.UNLOADING, ModelState.READY]
 
 
 @dataclass(frozen=True)
-class ControlConfig:
-    mode: Mode
-    repository: Path | None
-    models: Desired  # the ``models`` list, each package one version of its name
-    poll_secs: float
-    timeout_s: float
+class Ordering:
+    """How a process's apply of each generation is ordered with the others' where one engine
+    process serves front ends (``--engine-topology shared``, service/topology): a front end
+    routes to a version only once the engine process has loaded it, and the engine process
+    unloads a version only once no front end routes to it. None elsewhere: every worker loads
+    its own engines.
 
+    Attributes:
+        wait_for_engine: a front end's: ``(generation, timeout_s)``, returns once the engine
+            process has done that generation's loads (or could not say within the timeout).
+        loaded: the engine process's: it has done ``generation``'s loads (front ends waiting
+            for them go on).
+    """
 
-def merge_indexes(indexes: list[list[IndexEntry]], desired: Desired) -> list[IndexEntry]:
-    """One index from every worker's: the worst state of each version; a version one worker does
-    not have yet is LOADING there if desired, else UNLOADING."""
-    keys = sorted({(e.name, e.version) for idx in indexes for e in idx}, key=lambda k: (k[0], k[1] or 0))
-    out = []
-    for name, version in keys:
-        states, reasons = [], []
-        for idx in indexes:
-            entry = next((e for e in idx if e.name == name and e.version == version), None)
-            if entry is None:
-                wanted = version is not None and version in desired.get(name, {})
-                states.append(ModelState.LOADING if wanted else ModelState.UNLOADING)
-                continue
-            states.append(entry.state)
-            if entry.reason and entry.reason not in reasons:
-                reasons.append(entry.reason)
-        worst = min(states, key=_SEVERITY.index)
-        out.append(IndexEntry(name, version, worst, "; ".join(reasons)))
-    return out
+    wait_for_engine: Callable[[int, float], None] | None = None
+    loaded: Callable[[int], None] | None = None
 
 
 class RepositoryControl:
@@ -77,9 +69,11 @@ class RepositoryControl:
         config: ControlConfig,
         directory: ControlDirectory,
         private: bool = False,
+        ordering: Ordering | None = None,
     ) -> None:
         self.registry, self.config, self.directory = registry, config, directory
         self.private = private  # the directory is this process's own (removed at stop)
+        self.ordering = ordering or Ordering()
         self.generation = -1
         self._seen_stamp = -1
         self._stop = threading.Event()
@@ -108,49 +102,10 @@ class RepositoryControl:
         self.directory.close()
 
     # -- what is desired ---------------------------------------------------------------------------
-    def _scan(self) -> Scan | None:
-        return scan_repository(self.config.repository) if self.config.repository else None
-
     def _scanned(
         self, base: DesiredState, only: str | None = None, override: ModelConfig | None = None
     ) -> DesiredState:
-        """``base`` updated from the list and a fresh scan: every model, or ``only`` that one.
-
-        What cannot be read now keeps what ``base`` had, stamps included (no reload): a model
-        whose directory is unreadable, or every model when the repository itself is (the
-        serving versions stay)."""
-        scan = self._scan()
-        found: Desired = dict(self.config.models)
-        kept: set[str] = set()
-        errors: dict[str, str] = {}
-        if scan is not None:
-            errors = scan.errors()
-            overrides = {only: override} if only and override else None
-            for name, versions in scan.desired(overrides).items():
-                if name in self.config.models:
-                    errors[name] = f"{name!r} is both in the models list and the repository"
-                else:
-                    found[name] = versions
-            unreadable = {n for n, m in scan.models.items() if not m.versions and m.errors}
-            if scan.error:
-                unreadable = set(base.models) - set(self.config.models)
-            kept = {n for n in unreadable if n in base.models}
-            found.update({n: base.models[n] for n in kept})
-        models = found
-        if only is not None:  # a load request changes that model only
-            models = {n: v for n, v in base.models.items() if n != only}
-            if only in found:
-                models[only] = found[only]
-            errors = {
-                **{n: e for n, e in base.errors.items() if n != only},
-                **{n: e for n, e in errors.items() if n in (only, "")},
-            }
-        stamps = {
-            p: base.stamps.get(p, "") if n in kept else self.registry.stamp(p)
-            for n, vs in models.items()
-            for p in vs.values()
-        }
-        return DesiredState(base.generation, models, stamps, errors, [only] if only else [])
+        return scanned_state(self.config, base, self.registry.stamp, only, override)
 
     def _publish(self, change: DesiredState) -> int:
         change.generation += 1
@@ -159,10 +114,44 @@ class RepositoryControl:
 
     # -- the reconciler ----------------------------------------------------------------------------
     def _apply(self, state: DesiredState) -> ApplyReport:
-        report = self.registry.apply(state.models, retry=set(state.retry))
-        self.generation = state.generation
+        generation, loaded = state.generation, self.ordering.loaded
+        if self.ordering.wait_for_engine is not None:
+            self.ordering.wait_for_engine(generation, self.config.timeout_s)
+        before_unload = None
+        if loaded is not None:
+
+            def before_unload(leaving: bool) -> bool:
+                loaded(generation)
+                return not leaving or self._front_ends_moved_on(generation)
+
+        report = self.registry.apply(state.models, set(state.retry), before_unload)
+        self.generation = generation
         self.directory.write_status(self.generation, self.registry.index())
         return report
+
+    def _front_ends_moved_on(self, generation: int) -> bool:
+        """The engine process's: whether the versions ``generation`` drops may stop now, i.e.
+        every front end has applied it (none routes to them any more). False when a newer
+        generation is out: the front ends wait for this process to load that one first, and its
+        apply drops these versions too. Past ``timeout_s``: True, with a warning."""
+        deadline = time.monotonic() + self.config.timeout_s
+        while True:
+            behind = [
+                s.pid
+                for s in self.directory.statuses()
+                if s.pid != os.getpid() and s.generation < generation
+            ]
+            if not behind:
+                return True
+            newest = self.directory.read_desired()
+            if newest is not None and newest.generation > generation:
+                return False
+            if self._stop.is_set() or time.monotonic() > deadline:
+                log.warning(
+                    "front ends %s did not apply generation %d; unloading anyway", behind, generation
+                )
+                return True
+            time.sleep(RECONCILE_S / 2)
 
     def _run(self) -> None:
         while not self._stop.wait(RECONCILE_S):
@@ -240,9 +229,7 @@ class RepositoryControl:
             generation = self._publish(fresh)
         self._wait(generation)
         failed = [
-            e
-            for e in self.index()
-            if e.name == name and e.version in fresh.models[name] and e.state is ModelState.UNAVAILABLE
+            e for e in self.index() if e.name == name and e.version in fresh.models[name] and e.failed
         ]
         if failed:
             reasons = "; ".join(f"version {e.version}: {e.reason}" for e in failed)

@@ -7,6 +7,7 @@ own PyTorch model on a fixed input (a graph that loads but computes something el
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tarfile
@@ -57,16 +58,25 @@ def package_identity(path: str) -> tuple[str, int]:
     return name, int(version) if version.isdecimal() and int(version) > 0 else 1
 
 
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def fingerprint(path: str) -> str:
-    """A change stamp of a package: sizes and modification times of its manifest and directory
-    (a tar: the file's). Copying a new package over an old one changes it."""
+    """A change stamp of a package: a digest of the path, size and modification time of every
+    entry in it (a tar: of the file). Any file written, replaced, added or removed changes it, as
+    Triton's poll reloads a model whose files changed (its weights rewritten in place, say).
+    Names starting with ``.`` are left out, as the scan leaves them: a file being written under
+    such a name and then renamed into place changes the stamp once, when it is whole."""
     src = Path(path)
-    parts = [src, src / MANIFEST] if src.is_dir() else [src]
-    stamps = []
-    for p in parts:
+    entries = [src]
+    if src.is_dir():
+        entries += sorted(p for p in src.rglob("*") if not _hidden(p.relative_to(src)))
+    digest = hashlib.sha256()
+    for p in entries:
         st = os.stat(p)
-        stamps.append(f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
-    return "/".join(stamps)
+        digest.update(f"{p.relative_to(src)}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
 
 
 def check_parity(loaded: LoadedModel) -> None:

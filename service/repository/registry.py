@@ -17,36 +17,21 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 
 from service.errors import ModelNotFoundError, NotReadyError
 from service.repository.served import ServedVersion
+from service.repository.states import (
+    RELOAD_FAILED,
+    UNREADABLE,
+    ApplyReport,
+    Desired,
+    ForwardedLoadError,
+    IndexEntry,
+    ModelState,
+)
 
 log = logging.getLogger("service.repository")
-
-UNREADABLE = "unreadable: "
-# name -> version -> package path
-Desired = dict[str, dict[int, str]]
-
-
-class ModelState(StrEnum):
-    READY = "READY"
-    LOADING = "LOADING"
-    UNLOADING = "UNLOADING"
-    UNAVAILABLE = "UNAVAILABLE"
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    """One row of the repository index (the Open Inference Protocol's repository extension);
-    ``version`` is None for a model directory whose error names no version."""
-
-    name: str
-    version: int | None
-    state: ModelState
-    reason: str = ""
-
 
 # (name, version, path) -> the started version; raises with a message that says why it cannot
 Loader = Callable[[str, int, str], ServedVersion]
@@ -62,15 +47,6 @@ class _Slot:
     reason: str = ""
     fingerprint: str = ""
     failed: str = ""  # the fingerprint whose load failed (not retried until it changes)
-
-
-@dataclass
-class ApplyReport:
-    """What one :meth:`ModelRegistry.apply` did."""
-
-    loaded: list[tuple[str, int]] = field(default_factory=list)
-    unloaded: list[tuple[str, int]] = field(default_factory=list)
-    failed: dict[tuple[str, int], str] = field(default_factory=dict)
 
 
 def _stop_engine(served: ServedVersion) -> None:
@@ -201,35 +177,35 @@ class ModelRegistry:
         except OSError as e:
             return f"{UNREADABLE}{e}"
 
-    def apply(self, desired: Desired, retry: Collection[str] = ()) -> ApplyReport:
+    def apply(
+        self,
+        desired: Desired,
+        retry: Collection[str] = (),
+        before_unload: Callable[[bool], bool] | None = None,
+    ) -> ApplyReport:
         """Make this process serve exactly ``desired`` (name -> version -> package path).
 
         New or changed versions load first (their slot LOADING, no traffic), then take traffic
         at once. Versions no longer desired drain and stop; but a model keeps its serving version
         while none of its desired versions loaded (a failed new version never leaves a model with
         nothing). ``retry``: models whose failed versions load again even if unchanged (a load
-        request; a poll does not retry an unchanged failure).
+        request; a poll does not retry an unchanged failure). ``before_unload(leaving)``: called
+        once the loads are done, with whether some version is about to leave; False keeps those
+        versions for a later apply (the engine process waits for its front ends: control.py).
         """
         with self._apply_lock:
             report = ApplyReport()
             for name, versions in sorted(desired.items()):
                 for version, path in sorted(versions.items()):
                     self._load_one(name, version, path, name in retry, report)
-            gone: list[tuple[str, int, _Slot]] = []
             with self._lock:
-                for name, slots in self._slots.items():
-                    wanted = desired.get(name, {})
-                    keep_old = bool(wanted) and not any(
-                        slots[v].state is ModelState.READY for v in wanted if v in slots
-                    )
-                    for version, slot in slots.items():
-                        if version in wanted:
-                            continue
-                        if keep_old and slot.state is ModelState.READY:
-                            continue  # the serving version stays until a desired one is ready
-                        gone.append((name, version, slot))
-                        if slot.state is ModelState.READY:
-                            slot.state = ModelState.UNLOADING
+                gone = self._leaving(desired)  # only this apply changes slots: still so below
+            if before_unload is not None and not before_unload(bool(gone)):
+                return report
+            with self._lock:
+                for _, _, slot in gone:
+                    if slot.state is ModelState.READY:
+                        slot.state = ModelState.UNLOADING
             for name, version, slot in gone:
                 if slot.served is not None:
                     self._release(slot.served)
@@ -241,6 +217,22 @@ class ModelRegistry:
                             del self._slots[name]
             return report
 
+    def _leaving(self, desired: Desired) -> list[tuple[str, int, _Slot]]:
+        """The slots ``desired`` no longer wants (call under the lock)."""
+        gone = []
+        for name, slots in self._slots.items():
+            wanted = desired.get(name, {})
+            keep_old = bool(wanted) and not any(
+                slots[v].state is ModelState.READY for v in wanted if v in slots
+            )
+            for version, slot in slots.items():
+                if version in wanted:
+                    continue
+                if keep_old and slot.state is ModelState.READY:
+                    continue  # the serving version stays until a desired one is ready
+                gone.append((name, version, slot))
+        return gone
+
     def _load_one(
         self, name: str, version: int, path: str, retry_failed: bool, report: ApplyReport
     ) -> None:
@@ -249,6 +241,7 @@ class ModelRegistry:
             old = self._slots.get(name, {}).get(version)
             if old is not None and old.path == path and old.fingerprint == fingerprint:
                 if old.state is ModelState.READY:
+                    old.reason = old.failed = ""  # its files are back as served
                     return  # already served as it is: loading again is a no-op
                 if old.state is ModelState.UNAVAILABLE and not retry_failed:
                     return
@@ -264,14 +257,17 @@ class ModelRegistry:
             served = self._loader(name, version, path)
         except Exception as e:  # PackageError, BackendError, parity, ...: recorded, never raised
             reason = str(e) or type(e).__name__
-            log.error("model %s version %d failed to load from %s: %s", name, version, path, reason)
             report.failed[(name, version)] = reason
-            if self._on_failure is not None:
-                self._on_failure(name, version, reason)
+            if isinstance(e, ForwardedLoadError):  # logged and counted where it failed
+                log.info("model %s version %d is not served: %s", name, version, reason)
+            else:
+                log.error("model %s version %d failed to load from %s: %s", name, version, path, reason)
+                if self._on_failure is not None:
+                    self._on_failure(name, version, reason)
             with self._lock:
                 slot = self._slots.get(name, {}).get(version)
                 if slot is not None and slot.state is ModelState.READY:  # a reload keeps the old
-                    slot.failed, slot.reason = fingerprint, f"reload failed: {reason}"
+                    slot.failed, slot.reason = fingerprint, f"{RELOAD_FAILED}{reason}"
                 else:
                     self._slots.setdefault(name, {})[version] = _Slot(
                         ModelState.UNAVAILABLE,

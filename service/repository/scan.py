@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.repository.registry import Desired
+from service.repository.states import Desired
 
 CONFIG_FILE = "config.yaml"
 

@@ -20,9 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from service.repository.registry import Desired, IndexEntry, ModelState
+from service.repository.states import Desired, IndexEntry, ModelState
 
 DESIRED = "desired.json"
+# Worst state first: a version is READY in the merged index only when READY in every worker.
+_SEVERITY = [ModelState.UNAVAILABLE, ModelState.LOADING, ModelState.UNLOADING, ModelState.READY]
 
 
 @dataclass
@@ -54,6 +56,27 @@ class WorkerStatus:
     pid: int
     generation: int
     index: list[IndexEntry]
+
+
+def merge_indexes(indexes: list[list[IndexEntry]], desired: Desired) -> list[IndexEntry]:
+    """One index from every worker's: the worst state of each version; a version one worker does
+    not have yet is LOADING there if desired, else UNLOADING."""
+    keys = sorted({(e.name, e.version) for idx in indexes for e in idx}, key=lambda k: (k[0], k[1] or 0))
+    out = []
+    for name, version in keys:
+        states, reasons = [], []
+        for idx in indexes:
+            entry = next((e for e in idx if e.name == name and e.version == version), None)
+            if entry is None:
+                wanted = version is not None and version in desired.get(name, {})
+                states.append(ModelState.LOADING if wanted else ModelState.UNLOADING)
+                continue
+            states.append(entry.state)
+            if entry.reason and entry.reason not in reasons:
+                reasons.append(entry.reason)
+        worst = min(states, key=_SEVERITY.index)
+        out.append(IndexEntry(name, version, worst, "; ".join(reasons)))
+    return out
 
 
 def _write_atomic(path: Path, data: Any) -> None:

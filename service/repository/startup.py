@@ -16,10 +16,11 @@ from pathlib import Path
 from models.package import PackageError
 from service.engine.choices import BackendChoices
 from service.metrics import ServiceMetrics
-from service.repository.control import ControlConfig, RepositoryControl
+from service.repository.control import ControlConfig, Ordering, RepositoryControl
 from service.repository.loading import fingerprint, load_version, package_identity
-from service.repository.registry import Desired, Loader, ModelRegistry
+from service.repository.registry import Loader, ModelRegistry
 from service.repository.shared import ControlDirectory
+from service.repository.states import Desired
 from service.settings import ServiceSettings
 
 
@@ -64,10 +65,14 @@ def build_registry(
 
 
 def start_control(
-    settings: ServiceSettings, registry: ModelRegistry, shared: Path | None
+    settings: ServiceSettings,
+    registry: ModelRegistry,
+    shared: Path | None,
+    ordering: Ordering | None = None,
 ) -> RepositoryControl:
     """Load what is desired at start and keep following it (``shared``: the control directory of
-    several worker processes; None: a private temporary one, removed at :func:`stop_control`)."""
+    several worker processes; None: a private temporary one, removed at :func:`stop_control`;
+    ``ordering``: the shared engine topology's, control.py)."""
     listed = models_list(settings)
     config = ControlConfig(
         mode=settings.model_control_mode,
@@ -77,7 +82,9 @@ def start_control(
         timeout_s=settings.model_load_timeout_s,
     )
     path = shared or Path(tempfile.mkdtemp(prefix="anytime-control-"))
-    control = RepositoryControl(registry, config, ControlDirectory(path), private=shared is None)
+    control = RepositoryControl(
+        registry, config, ControlDirectory(path), private=shared is None, ordering=ordering
+    )
     report = control.start()
     failed = {key: reason for key, reason in report.failed.items() if key[0] in listed}
     if failed:

@@ -21,22 +21,13 @@ import threading
 import time
 from dataclasses import replace
 from multiprocessing.connection import Client, Connection
-from pathlib import Path
-from typing import cast
 
 from torch import Tensor
 
-from models.multi_exit import MultiExitNet
-from models.package import ModelPackage
-from service.engine import ImageResult, LoadedModel, ModelEngine, RequestWork
+from service.engine import ImageResult, RequestWork
 from service.engine.costs import StageCosts
-from service.errors import EngineStoppedError, ModelNotFoundError, QueueFullError
-from service.metrics import ServiceMetrics
+from service.errors import EngineStoppedError, QueueFullError
 from service.policy import ExitPlan, resolve_plan
-from service.repository import ServedVersion
-from service.repository.loading import time_budgets
-from service.repository.registry import Loader
-from service.settings import ServiceSettings
 from service.topology.arena import Arena, ArenaFullError
 from service.topology.protocol import (
     ANSWER,
@@ -58,7 +49,9 @@ log = logging.getLogger("service.topology")
 RECONNECT_S = 0.2
 
 
-def _connect(address: str, timeout: float) -> Connection:
+def connect(address: str, timeout: float) -> Connection:
+    """A connection to the engine process at ``address``, waiting up to ``timeout`` s for it to
+    listen."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -94,7 +87,7 @@ class EngineLink:
     def connect(self, timeout: float = 600.0) -> dict[Key, ModelInfo]:
         """Connect (waiting up to ``timeout`` for the engine to listen), read its catalog, and
         start the reader thread."""
-        self._hello(_connect(self.address, timeout))
+        self._hello(connect(self.address, timeout))
         threading.Thread(target=self._read, name="engine-link", daemon=True).start()
         self.started = True
         return self.catalog
@@ -175,8 +168,9 @@ class EngineLink:
                         self._settle(msg[1], msg[2])
                     elif msg[0] == PLAN:
                         _, key, default, shift = msg
-                        info = self.catalog[key]
-                        self.catalog[key] = replace(info, default_budget=default, shift=shift)
+                        info = self.catalog.get(key)  # None: loaded since, not served here yet
+                        if info is not None:
+                            self.catalog[key] = replace(info, default_budget=default, shift=shift)
             except (EOFError, OSError):
                 pass
             self._lost()
@@ -199,14 +193,18 @@ class EngineLink:
     def _reconnect(self) -> None:
         while not self._closing:
             try:
-                self._hello(_connect(self.address, RECONNECT_S))
+                self._hello(connect(self.address, RECONNECT_S))
                 log.info("reconnected to the engine process")
                 return
             except (OSError, EOFError):
                 time.sleep(RECONNECT_S)
 
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
     def release(self) -> None:
-        """One client stopped; the last one closes the link."""
+        """One client stopped; the last one closes the link (a later load opens another)."""
         self.users -= 1
         if self.users <= 0:
             self.close()
@@ -282,6 +280,8 @@ class EngineClient:
     def cancel(self, work: RequestWork, reason: str) -> None:
         if work.cancel_reason is None and not work.future.done():
             work.cancel_reason = reason
+            # Cancelled here first: the engine's answer to the cancel must not settle it.
+            work.future.cancel()
             self.link.cancel(work, reason)  # the engine process counts the rejection
         work.future.cancel()
 
@@ -290,36 +290,3 @@ class EngineClient:
         if not self._stopped:
             self._stopped = True
             self.link.release()
-
-
-def remote_version(link: EngineLink, key: Key, metrics: ServiceMetrics) -> ServedVersion:
-    """The engine process's version ``key`` as this front end serves it: the package's manifest
-    (front ends hold no weights; serving reads only the manifest) and an :class:`EngineClient`.
-
-    Raises:
-        ModelNotFoundError: the engine process serves no such version (it failed to load there).
-    """
-    info = link.catalog.get(key)
-    if info is None:
-        served = sorted(f"{n} v{v}" for n, v in link.catalog)
-        raise ModelNotFoundError(f"the engine process does not serve {key[0]} v{key[1]}: {served}")
-    package = ModelPackage(Path(info.root), info.manifest, cast(MultiExitNet, None))
-    engine = cast(ModelEngine, EngineClient(link, key))  # the surface serving.py uses
-    loaded = LoadedModel(package, engine, info.precision)
-    return ServedVersion(key[0], key[1], loaded, info.root, time_budgets(loaded, metrics))
-
-
-def front_end_loader(address: str, settings: ServiceSettings, metrics: ServiceMetrics) -> Loader:
-    """The registry loader of a front end: versions are the engine process's at ``address``
-    (connected on first use; one link per front-end process)."""
-    # Room for a full engine queue and a largest request beyond it: the engine's bounded queue,
-    # not this arena, is what answers 429 in normal overload.
-    cells = 2 * settings.batching.queue_size + settings.limits.max_images_per_request
-    link = EngineLink(address, cells)
-
-    def load(name: str, version: int, path: str) -> ServedVersion:
-        if not link.started:
-            link.connect()
-        return remote_version(link, (name, version), metrics)
-
-    return load

@@ -26,6 +26,8 @@ from service.topology.protocol import (
     HELLO,
     PLAN,
     SUBMIT,
+    SYNC,
+    SYNCED,
     Key,
     Message,
     ModelInfo,
@@ -59,6 +61,25 @@ def model_info(loaded: LoadedModel) -> ModelInfo:
     )
 
 
+class LoadProgress:
+    """The newest generation of the model repository whose loads this engine process has done
+    (control.py's ``Ordering.loaded``); -1: none yet."""
+
+    def __init__(self, generation: int = -1) -> None:
+        self.generation = generation
+        self._cond = threading.Condition()
+
+    def advance(self, generation: int) -> None:
+        with self._cond:
+            self.generation = max(self.generation, generation)
+            self._cond.notify_all()
+
+    def wait(self, generation: int, timeout: float | None) -> bool:
+        """Until ``generation``'s loads are done (True) or ``timeout`` seconds passed (False)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.generation >= generation, timeout)
+
+
 class _FrontEnd:
     """One connected front end: its pipe (sends serialised by a lock), arena and open requests."""
 
@@ -78,10 +99,18 @@ class _FrontEnd:
 
 class EngineHost:
     """Accepts front ends on ``listener`` and serves them the READY versions of ``registry``
-    (this process's, the only one that loads engines)."""
+    (this process's, the only one that loads engines).
 
-    def __init__(self, registry: ModelRegistry, listener: Listener) -> None:
+    ``progress``: how far this process has loaded the repository's generations; a front end's
+    HELLO waits for the first (the catalog is complete then), a SYNC for the one it names.
+    Default: done (a registry filled before the host starts).
+    """
+
+    def __init__(
+        self, registry: ModelRegistry, listener: Listener, progress: LoadProgress | None = None
+    ) -> None:
         self.registry, self.listener = registry, listener
+        self.progress = progress or LoadProgress(0)
         self._front_ends: set[_FrontEnd] = set()
         self._lock = threading.Lock()
         self._published: dict[Key, tuple[float | None, tuple[float, ...]]] = {}
@@ -139,7 +168,12 @@ class EngineHost:
             if entry is not None:
                 entry[0].cancel(entry[1], reason)
         elif kind == HELLO:
+            self.progress.wait(0, None)
             fe.send((CATALOG, self.catalog()))
+        elif kind == SYNC:  # on a connection of its own: waiting here holds up no request
+            _, generation, timeout = msg
+            done = self.progress.wait(generation, timeout)
+            fe.send((SYNCED, done, self.catalog(), self.registry.index()))
         elif kind == ARENA:
             _, arena, cell_floats = msg
             fe.reader = ArenaReader(arena, cell_floats)

@@ -28,26 +28,34 @@ class EngineStartError(RuntimeError):
     """The engine process exited or did not report ready (the message says which)."""
 
 
-def engine_main(argv: list[str], address: str, metrics_dir: str, control: Connection) -> None:
-    """The engine process: load the models, serve front ends on ``address`` until told to stop."""
+def engine_main(
+    argv: list[str], address: str, metrics_dir: str, control_dir: str, control: Connection
+) -> None:
+    """The engine process: load the models, serve front ends on ``address`` until told to stop;
+    it follows the model repository as one of the workers of ``control_dir`` (the front ends
+    are the others), loading each generation before they serve it and unloading after."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from service.engine.factory import freeze_startup_heap
     from service.logs import configure_logging
     from service.metrics import ServiceMetrics
+    from service.repository.control import Ordering
     from service.repository.startup import build_registry, start_control, stop_control
     from service.settings import ServiceSettings
-    from service.topology.host import EngineHost
+    from service.topology.host import EngineHost, LoadProgress
 
     settings = ServiceSettings(_cli_parse_args=argv)
     configure_logging(settings.log_level, settings.json_logs)
     registry = build_registry(settings, ServiceMetrics(Path(metrics_dir)), None)
-    # The engine process follows the models list and the repository as one server would; the
-    # front ends' registries hold clients of its versions.
-    repository = start_control(settings, registry, None)
+    progress = LoadProgress()
     with Listener(address, family="AF_UNIX") as listener:
-        host = EngineHost(registry, listener)
+        # Listening before the loads: front ends that wait for a generation (a restarted engine
+        # process's) are answered once it is loaded; a HELLO once the first one is.
+        host = EngineHost(registry, listener, progress)
         threading.Thread(target=host.accept_forever, name="accept", daemon=True).start()
+        # The front ends' registries hold clients of this registry's versions.
+        ordering = Ordering(loaded=progress.advance)
+        repository = start_control(settings, registry, Path(control_dir), ordering)
         freeze_startup_heap()
         names = ", ".join(registry.names()) or "no models"
         log.info("engine process %d ready: %s", os.getpid(), names)
@@ -63,8 +71,8 @@ def engine_main(argv: list[str], address: str, metrics_dir: str, control: Connec
 class EngineProcess:
     """The parent's handle on the engine process (spawned: a fresh interpreter)."""
 
-    def __init__(self, argv: list[str], directory: Path, metrics_dir: Path) -> None:
-        self.argv, self.metrics_dir = argv, metrics_dir
+    def __init__(self, argv: list[str], directory: Path, metrics_dir: Path, control_dir: Path) -> None:
+        self.argv, self.metrics_dir, self.control_dir = argv, metrics_dir, control_dir
         self.address = str(directory / "engine.sock")
         self.process: BaseProcess | None = None
         self._control: Connection | None = None
@@ -82,7 +90,7 @@ class EngineProcess:
         ours, theirs = ctx.Pipe()
         self.process = ctx.Process(
             target=engine_main,
-            args=(self.argv, self.address, str(self.metrics_dir), theirs),
+            args=(self.argv, self.address, str(self.metrics_dir), str(self.control_dir), theirs),
             name="anytime-engine",
             daemon=True,
         )

@@ -11,6 +11,10 @@ message is a tuple whose first item is its kind. Front end -> engine:
   exactly one final message back: ``ANSWER`` or ``ERROR``. ``deadline`` and ``arrived`` are
   ``time.monotonic()`` instants: one clock for every process of the machine (CLOCK_MONOTONIC).
 - ``(CANCEL, request id, reason)``.
+- ``(SYNC, generation, timeout)``, on a connection of its own (it may wait): the answer is
+  ``(SYNCED, done, catalog, index)`` once the engine process has done that generation's loads of
+  the model repository (``done``), or after ``timeout`` seconds (not ``done``); ``index``: its
+  registry's rows (``IndexEntry``), which say why a version is not in the catalog.
 
 Engine -> front end: ``(ANSWER, request id, results)``, ``(ERROR, request id, RemoteError)``,
 ``(PLAN, (name, version), default budget, guard shift)`` whenever what a request without options runs
@@ -32,7 +36,7 @@ from service.errors import (
     ServiceError,
 )
 
-HELLO, CATALOG, ARENA, SUBMIT, CANCEL, ANSWER, ERROR, PLAN = range(8)
+HELLO, CATALOG, ARENA, SUBMIT, CANCEL, ANSWER, ERROR, PLAN, SYNC, SYNCED = range(10)
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,15 @@ def _compose_config(*args: str) -> dict[str, Any]:
     return data
 
 
+def _mount(volume: str | dict[str, Any]) -> tuple[str, str, bool]:
+    """(source, target, read-only) of a service's volume as ``config`` writes it: the short
+    syntax (Debian's docker-compose 1.x) or the long one (Compose v2)."""
+    if isinstance(volume, dict):
+        return volume["source"], volume["target"], bool(volume.get("read_only"))
+    source, target, *mode = volume.split(":")
+    return source, target, mode == ["ro"]
+
+
 def test_docker_compose_config_accepts_the_file() -> None:
     services = _compose_config()["services"]
     gpu = [s for s in services.values() if "gpu" in s.get("profiles", [])]
@@ -142,6 +151,15 @@ def test_docker_compose_config_accepts_the_file() -> None:
             assert devices[0]["capabilities"] == ["gpu"] and devices[0]["driver"] == "nvidia"
     for s in cpu:
         assert "deploy" not in s
+    # Every API replica polls the model repository volume, mounted read-only where the
+    # service looks for it (docs/repository.md).
+    for s in gpu + cpu:
+        if "build" in s:
+            env = s["environment"]
+            assert env["ANYTIME_MODEL_CONTROL_MODE"] == "poll"
+            mounts = [_mount(v) for v in s["volumes"]]
+            repository = [m for m in mounts if m[1] == env["ANYTIME_MODEL_REPOSITORY"]]
+            assert repository == [(str(ROOT / "model-repository"), "/opt/anytime/repository", True)]
     # Published ports only on the host's loopback.
     for name, s in services.items():
         for port in s.get("ports", []):

@@ -132,6 +132,28 @@ def reference_answers(pkg: ModelPackage, blobs: list[bytes], thresholds: list[fl
     return out
 
 
+def rewrite_weights(package: Path, favour: int) -> None:
+    """Retrain ``package`` in place, as a publisher would: every exit's bias pushes class
+    ``favour`` far ahead (every image answers it), written beside under a hidden name and renamed
+    into place, the manifest's checksum last."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from models.package import MANIFEST, sha256_file
+
+    weights = load_file(package / "weights.safetensors")
+    for name, tensor in weights.items():
+        if name.startswith("exits.") and name.endswith(".linear.bias"):
+            tensor[favour] += 100.0
+    save_file(weights, package / ".weights.safetensors")
+    (package / ".weights.safetensors").replace(package / "weights.safetensors")
+    manifest = json.loads((package / MANIFEST).read_text())
+    manifest["files"]["weights.safetensors"] = sha256_file(package / "weights.safetensors")
+    (package / f".{MANIFEST}").write_text(json.dumps(manifest))
+    (package / f".{MANIFEST}").replace(package / MANIFEST)
+
+
 def load(path: Path) -> ModelPackage:
     return load_package(path)
 

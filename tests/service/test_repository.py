@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from httpx import Response
 from service.app import create_app
 from service.repository.scan import scan_repository
 from service.settings import ServiceSettings
-from tests.service.fixtures import NAME
+from tests.service.fixtures import NAME, rewrite_weights
 from tests.service.v2_client import bytes_request
 
 PNG = {"content-type": "image/png"}
@@ -199,6 +201,66 @@ def test_poll_mode_follows_the_directory_and_survives_its_loss(
         shutil.rmtree(repo / NAME / "2")  # the rollback: back to version 1
         wait_for(c, {"1": "READY"})
         assert infer_version(c, images[0]) == "1"
+
+
+def class_indices(c: TestClient, images: list[bytes]) -> list[int]:
+    r = infer_many(c, images)
+    assert r.status_code == 200, r.text
+    return next(o["data"] for o in r.json()["outputs"] if o["name"] == "class_index")
+
+
+def infer_many(c: TestClient, images: list[bytes]) -> Response:
+    body, headers = bytes_request(images, binary=False, budget=1.0)
+    return c.post(f"/v2/models/{NAME}/infer", content=body, headers=headers)
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_poll_reloads_a_package_rewritten_in_place(
+    repo: Path, images: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Triton's poll: a version whose files changed is loaded again, beside the serving one
+    (checked first, no request fails); a rewrite that does not load leaves the old one serving,
+    reported in the index, the log and the failure counter."""
+    settings = repo_settings(repo, mode="poll", repository_poll_secs=0.2)
+    package = repo / NAME / "1"
+    with TestClient(create_app(settings)) as c:
+        before = class_indices(c, images[:8])
+        assert set(before) != {7}
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def hammer() -> None:  # requests all through the reload
+            while not stop.is_set():
+                statuses.append(infer_many(c, images[:2]).status_code)
+
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        try:
+            rewrite_weights(package, favour=7)
+            wait_until(lambda: class_indices(c, images[:8]) == [7] * 8)
+        finally:
+            stop.set()
+            thread.join()
+        assert statuses and set(statuses) == {200}
+        assert index(c) == [{"name": NAME, "version": "1", "state": "READY", "reason": ""}]
+        # A broken rewrite: weights the manifest's checksum does not match.
+        with caplog.at_level(logging.ERROR, logger="service.repository"):
+            (package / "weights.safetensors").write_bytes(b"half-written weights")
+            wait_until(lambda: bool(index(c)[0]["reason"]))
+        [entry] = index(c)
+        assert entry["state"] == "READY" and entry["reason"].startswith("reload failed: ")
+        assert "checksum mismatch for weights.safetensors" in entry["reason"]
+        assert class_indices(c, images[:8]) == [7] * 8  # the last good files still serve
+        failed = [r for r in caplog.records if "version 1 failed to load" in r.getMessage()]
+        assert len(failed) == 1, caplog.records  # not retried on every poll
+        metrics = c.get("/metrics").text
+        assert f'anytime_model_load_failures_total{{model="{NAME}",version="1"}} 1.0' in metrics
 
 
 def test_onnx_stages_that_disagree_with_the_weights_never_serve(

@@ -23,7 +23,7 @@ from service.images import images_to_batch
 from service.metrics import ServiceMetrics
 from service.repository.startup import build_registry, models_list
 from service.topology.arena import Arena, ArenaFullError, ArenaReader
-from service.topology.client import front_end_loader
+from service.topology.front_end import FrontEnd
 from service.topology.host import EngineHost
 from tests.service.conftest import make_settings
 from tests.service.fixtures import LIMITS, check_answers
@@ -105,7 +105,7 @@ def served(calibrated_package: Path) -> Iterator[tuple[LoadedModel, LoadedModel]
     address = str(Path(tempfile.mkdtemp(prefix="anytime-")) / "engine.sock")
     host = EngineHost(registry, Listener(address, family="AF_UNIX"))
     threading.Thread(target=host.accept_forever, daemon=True).start()
-    front = build_registry(settings, metrics, None, loader=front_end_loader(address, settings, metrics))
+    front = build_registry(settings, metrics, None, loader=FrontEnd(address, settings, metrics).load)
     assert not front.apply(models_list(settings)).failed
     [front_side] = front.ready_versions()
     assert (front_side.name, front_side.version) == (engine_side.name, engine_side.version)

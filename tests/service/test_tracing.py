@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -18,6 +18,7 @@ from service.logs import JsonFormatter, RequestIdFilter
 from service.tracing import TracingConfigError, tracer_provider_from_env
 from tests.service.conftest import make_settings
 from tests.service.fixtures import NAME
+from tests.service.traces import as_records, check_request_spans
 from tests.service.v2_client import bytes_request
 
 INFER = f"/v2/models/{NAME}/infer"
@@ -71,39 +72,16 @@ def test_one_request_traced_from_decode_to_its_exits(
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     app = create_app(make_settings(calibrated_package), tracer_provider=provider)
-    blobs = images[:8]
-    body, headers = bytes_request(blobs, binary=False, budget=0.6)
+    body, headers = bytes_request(images[:8], binary=False, budget=0.6)
     with TestClient(app) as c:
         r = c.post(INFER, content=body, headers={**headers, "X-Request-ID": "traced-1"})
     assert r.status_code == 200
     exits = next(o["data"] for o in r.json()["outputs"] if o["name"] == "exit")
     assert set(exits) == {0, 1, 2}  # budget 0.6 uses every exit on these images
-    spans = exporter.get_finished_spans()
-    by_id = {s.context.span_id: s for s in spans}
-
-    def children(parent: ReadableSpan) -> list[ReadableSpan]:
-        return [s for s in spans if s.parent is not None and s.parent.span_id == parent.context.span_id]
-
-    server = next(s for s in spans if s.name == f"POST {INFER.replace(NAME, '{name}')}")
-    assert server.attributes["anytime.request_id"] == "traced-1"
-    (inference,) = [s for s in spans if s.name == "inference"]
-    assert inference.context.trace_id == server.context.trace_id
-    names = [s.name for s in sorted(children(inference), key=lambda s: s.start_time or 0)]
-    assert names[:2] == ["decode", "queue_wait"]
-    stages = [s for s in children(inference) if s.name.startswith("stage ")]
-    assert sorted({s.name for s in stages}) == ["stage 0", "stage 1", "stage 2"]
-    for stage in stages:  # each stage run is linked to the batch span that carried it
-        (link,) = stage.links
-        batch = by_id[link.context.span_id]
-        assert batch.name == f"batch {stage.name}" and batch.parent is None
-        assert batch.attributes["anytime.batch_size"] == stage.attributes["anytime.batch_size"]
-        assert (batch.start_time, batch.end_time) == (stage.start_time, stage.end_time)
-    taken = {e.attributes["anytime.exit"]: e.attributes["anytime.images"] for e in inference.events}
-    assert taken == {k: exits.count(k) for k in set(exits)}
-    decode = next(s for s in children(inference) if s.name == "decode")
-    queue = next(s for s in children(inference) if s.name == "queue_wait")
-    first_stage = min(s.start_time or 0 for s in stages)
-    assert (decode.end_time or 0) <= (queue.start_time or 0) and queue.end_time == first_stage
+    spans = as_records(exporter.get_finished_spans())
+    server = next(s for s in spans if s["name"] == f"POST {INFER.replace(NAME, '{name}')}")
+    assert server["attributes"]["anytime.request_id"] == "traced-1"
+    check_request_spans(spans, server, exits)
 
 
 def test_tracing_is_off_unless_an_exporter_is_named() -> None:
