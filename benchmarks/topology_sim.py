@@ -31,7 +31,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.harness.cli import suite_parser
-from benchmarks.harness.data import write_held_set, write_image_set
+from benchmarks.harness.data import write_held_set
 from benchmarks.harness.engine import batch_sums as engine_batch_sums
 from benchmarks.harness.output import table, write_json
 from benchmarks.harness.provenance import RESULTS, Sitting, display
@@ -144,12 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     name = read_manifest(args.package).name
     with tempfile.TemporaryDirectory(prefix="topology-sim-") as d:
         tmp = Path(d)
-        held = write_held_set(args.package, tmp / "held", args.data_dir)
-        lines = (held / "labels.txt").read_text().splitlines()[: args.images]
-        files = [held / line.split()[0] for line in lines]
-        images = write_image_set(
-            [f.read_bytes() for f in files], [int(line.split()[1]) for line in lines], tmp / "set"
-        )
+        images = write_held_set(args.package, tmp / "held", args.data_dir, args.images)
+        n_images = len((images / "labels.txt").read_text().splitlines())
         rows = [
             serve_and_measure(args, topology, scale, budget, images, tmp, name, r)
             for scale in args.device_scales
@@ -170,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
             ratio[f"{scale} {budget}"] = {k: med["shared"][k] / med["per-worker"][k] for k in keys[:2]}
     meta = sitting.meta(
         launch_ms=args.launch_ms, per_image_us=args.per_image_us, connections=args.connections,
-        seconds=args.seconds, images=len(files), repeat=args.repeat,
+        seconds=args.seconds, images=n_images, repeat=args.repeat,
         engine_threads=args.engine_threads, mode=args.mode, backend=args.backend,
     )  # fmt: skip
     results = {"meta": meta, "rows": rows, "median": summary, "shared_over_per_worker": ratio}
