@@ -110,10 +110,15 @@ def run_dir(plan: AblationPlan, name: str, seed: int | None) -> Path:
     return plan.runs_dir / name if seed is None else plan.runs_dir / name / f"seed{seed}"
 
 
+def plan_seeds(plan: AblationPlan) -> list[int | None]:
+    """The plan's seeds, or ``[None]``: one run per row, at the seed its config says."""
+    return [*plan.seeds] if plan.seeds else [None]
+
+
 def plan_runs(plan: AblationPlan, only: list[str] | None = None) -> list[tuple[str, int | None]]:
     """``(row, seed)`` of every run in training order: seed by seed, the rows in plan order."""
     rows = [n for n in plan.rows if not only or n in only]
-    return [(name, seed) for seed in plan.seeds or [None] for name in rows]
+    return [(name, seed) for seed in plan_seeds(plan) for name in rows]
 
 
 def run_overrides(plan: AblationPlan, name: str, seed: int | None, extra: list[str]) -> list[str]:
@@ -194,7 +199,7 @@ def read_row(run_dir: Path) -> tuple[int, list[float], float] | None:
 def read_seeds(plan: AblationPlan, name: str) -> tuple[int, list[float], float, int] | None:
     """:func:`read_row` over the row's seeds that have logged an epoch: the fewest epochs, the
     mean accuracy per exit, the summed seconds, and how many seeds; None when none has."""
-    reads = [r for s in plan.seeds or [None] if (r := read_row(run_dir(plan, name, s))) is not None]
+    reads = [r for s in plan_seeds(plan) if (r := read_row(run_dir(plan, name, s))) is not None]
     if not reads:
         return None
     acc = [sum(col) / len(reads) for col in zip(*(a for _, a, _ in reads), strict=True)]
