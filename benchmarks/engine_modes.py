@@ -14,7 +14,6 @@ the same image means anything.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.harness.cli import suite_parser
 from benchmarks.harness.data import Labelled, held_test_images, sample_pngs
 from benchmarks.harness.engine import (
     ControllerConfig,
@@ -36,7 +36,7 @@ from benchmarks.harness.engine import (
 )
 from benchmarks.harness.load import Answer, Tally, open_loop, run, thread_loop
 from benchmarks.harness.output import table, write_json
-from benchmarks.harness.provenance import REPO, RESULTS, Sitting, display, machine
+from benchmarks.harness.provenance import RESULTS, Sitting, display, machine
 from benchmarks.harness.stats import latency_ms, median_run
 from models.package import ModelPackage, load_package
 
@@ -169,9 +169,7 @@ def markdown(meta: dict[str, Any], modes: list[dict[str, Any]], ctl: list[dict[s
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        prog="python -m benchmarks.engine_modes", description=__doc__.splitlines()[0]
-    )
+    ap = suite_parser("benchmarks.engine_modes", __doc__)
     add = ap.add_argument
     add("--seconds", type=float, default=6.0, help="length of each load run")
     add("--clients", type=int, default=32, help="closed-loop clients (modes part)")
@@ -187,8 +185,6 @@ def main(argv: list[str] | None = None) -> None:
     add("--repeat", type=int, default=3, help="runs per mode (median kept)")
     add("--threads", type=int, default=1, help="torch intra-op threads")
     add("--out", type=Path, default=RESULTS, help="where the .json and .md go")
-    add("--package", type=Path, default=REPO / "packages" / "default", help="package to serve")
-    add("--data-dir", help="where the package's training data is (default: its config's)")
     add("--synthetic-images", action="store_true", help="synthetic images even if test data exists")
     add("--note", help="what else ran on the machine (default: the CPU and torch build)")
     args = ap.parse_args(argv)  # fmt: skip

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.harness.cli import suite_parser
 from benchmarks.harness.data import held_test_images
 from benchmarks.harness.engine import (
     at_precision,
@@ -44,7 +45,6 @@ from benchmarks.harness.engine import (
 )
 from benchmarks.harness.load import Answer, closed_loop, run, thread_loop
 from benchmarks.harness.output import write_json
-from benchmarks.harness.provenance import REPO
 
 
 def load_images(path: Path | None, pkg: Any, data_dir: str | None) -> tuple[torch.Tensor, Any]:
@@ -142,12 +142,9 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog="python -m benchmarks.engine_speed", description=__doc__.splitlines()[0]
-    )
+    ap = suite_parser("benchmarks.engine_speed", __doc__)
     add = ap.add_argument
     add("--backend", default="stub", choices=["stub", "torch", "onnxruntime", "auto"])
-    add("--package", type=Path, default=REPO / "packages" / "default")
     add("--modes", nargs="+", default=["shrink"], choices=["run_to_end", "shrink", "rebatch"])
     add(
         "--dtypes",
@@ -174,7 +171,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add("--batch", type=int, help="max_batch_size (default: the device's)")
     add("--threads", type=int, default=1, help="intra-op threads")
     add("--device", default="cpu", help="cpu | cuda | auto")
-    add("--data-dir", help="where the package's training data is (default: its config's)")
     add("--images-npz", type=Path, help="preprocessed images: arrays x [N,3,H,W], y [N]")
     add("--limit-images", type=int, help="use only the first N test images")
     add("--save-images", type=Path, help="write the labelled test images as .npz, exit")

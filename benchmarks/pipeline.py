@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import profile, serving, side_by_side
+from benchmarks.harness.cli import suite_parser
 from benchmarks.harness.data import labelled_test_split
 from benchmarks.harness.output import write_json
 from benchmarks.harness.provenance import REPO, RESULTS, Sitting, display
@@ -24,11 +25,9 @@ from models.package import read_manifest
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    p = suite_parser("benchmarks", __doc__)
     add = p.add_argument
     add("--quick", action="store_true", help="short loads; results and markdown go to runs/bench-quick")
-    add("--package", type=Path, default=REPO / "packages" / "default", help="the package served")
-    add("--data-dir", help="CIFAR-10 JPEG archive or tree (default: the package config's)")
     add("--out", type=Path, help="results folder (default benchmarks/results; quick: runs/bench-quick)")
     add("--markdown", type=Path, help="markdown to write (default BENCHMARKS.md; quick: in --out)")
     add("--report-only", action="store_true", help="plot and markdown again from results.json")

@@ -19,7 +19,6 @@ keep working when the routes are rewritten; "other" shows what they no longer re
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.cli import suite_parser
 from benchmarks.harness.data import write_held_set
 from benchmarks.harness.output import table, write_json
 from benchmarks.harness.provenance import REPO, RESULTS
@@ -192,11 +192,7 @@ def markdown(prof: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument("--package", type=Path, default=REPO / "packages" / "default")
-    p.add_argument("--data-dir", help="CIFAR-10 JPEG archive or tree (default: the package config's)")
+    p = suite_parser("benchmarks.profile", __doc__)
     p.add_argument("--budget", type=float, default=1.0)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--server-args", default="", help="extra `python -m service` options")

@@ -14,7 +14,6 @@ several channel counts (multiples of the CPU's channel block or not). Writes a c
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -27,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from benchmarks.harness.cli import suite_parser
 from benchmarks.harness.output import table, write_json
 from benchmarks.harness.provenance import RESULTS
 from models.package import load_package
@@ -244,8 +244,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--package", type=Path, default=Path("packages/default"))
+    ap = suite_parser("benchmarks.roofline", __doc__, data=False)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument(
         "--channels", type=int, nargs="*", default=[6, 8, 16, 24, 32, 48, 58, 64, 80, 82, 96, 116, 128]

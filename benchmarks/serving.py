@@ -12,7 +12,6 @@ PNGs, so "engine vs HTTP" isolates the cost of HTTP, FastAPI and uvicorn.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
@@ -22,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.cli import suite_parser
 from benchmarks.harness.data import Labelled, sample_pngs
 from benchmarks.harness.engine import at_precision, make_engine, preprocess, score, submit
 from benchmarks.harness.http import Classify
 from benchmarks.harness.load import Answer, Tally, closed_loop, open_loop, run
 from benchmarks.harness.output import table, write_json
-from benchmarks.harness.provenance import REPO
 from benchmarks.harness.servers import Server, service_spec
 from benchmarks.harness.stats import median_run
 from models.package import load_package
@@ -218,12 +217,7 @@ def headline(loads: dict[str, Any], grid_rows: list[dict[str, Any]]) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.serving", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument(
-        "--package", type=Path, default=REPO / "packages" / "default", help="package to serve"
-    )
+    p = suite_parser("benchmarks.serving", __doc__, data=False)
     p.add_argument("--modes", default="engine,http", help="engine,http")
     p.add_argument("--backends", default="torch,onnxruntime", help="torch,onnxruntime")
     p.add_argument("--batching", default="on,off", help="on,off")

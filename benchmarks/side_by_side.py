@@ -31,6 +31,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.cli import suite_parser
 from benchmarks.harness.data import write_held_set
 from benchmarks.harness.engine import at_precision, service_workers
 from benchmarks.harness.output import write_json
@@ -198,12 +199,8 @@ def measure(args: argparse.Namespace, images: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.side_by_side", description=__doc__.split("\n\n")[0]
-    )
+    p = suite_parser("benchmarks.side_by_side", __doc__)
     add = p.add_argument
-    add("--package", type=Path, default=REPO / "packages" / "default")
-    add("--data-dir", help="CIFAR-10 JPEG archive or tree (default: the package config's)")
     add("--seconds", type=float, default=5.0, help="seconds per wrk run")
     add("--repeats", type=int, default=3)
     add("--connections", type=int, default=16)

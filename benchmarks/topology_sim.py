@@ -30,9 +30,11 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.harness.data import write_held_set, write_image_set
+from benchmarks.harness.cli import suite_parser
+from benchmarks.harness.data import write_held_set
+from benchmarks.harness.engine import batch_sums as engine_batch_sums
 from benchmarks.harness.output import table, write_json
-from benchmarks.harness.provenance import REPO, RESULTS, Sitting, display
+from benchmarks.harness.provenance import RESULTS, Sitting, display
 from benchmarks.harness.servers import Server, service_spec
 from benchmarks.harness.wrk import parse_wrk_output, to_result, wrk_command
 from models.package import read_manifest
@@ -41,19 +43,11 @@ from service.engine.simulated import busy_seconds
 TOPOLOGIES = ("per-worker", "shared")
 
 
-def batch_sums(url: str) -> dict[str, tuple[float, float]]:
-    """Per stage: (sum of batch sizes, number of stage runs) so far, from ``/metrics``."""
-    out: dict[str, tuple[float, float]] = {}
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text):
-        for s in family.samples:
-            if s.name in ("anytime_batch_size_sum", "anytime_batch_size_count"):
-                total, runs = out.get(s.labels["stage"], (0.0, 0.0))
-                if s.name.endswith("_sum"):
-                    total += s.value
-                else:
-                    runs += s.value
-                out[s.labels["stage"]] = (total, runs)
-    return out
+def batch_sums(url: str) -> dict[int, tuple[float, float]]:
+    """Per stage: (images run, stage runs) so far, over every process, from ``/metrics``."""
+    return engine_batch_sums(
+        text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text)
+    )
 
 
 def measured_run(
@@ -77,7 +71,7 @@ def measured_run(
     wrk = to_result(parse_wrk_output(done["run"].stdout), connections, warmup)
     deltas = [
         (b[0] - batches0.get(k, (0.0, 0.0))[0], b[1] - batches0.get(k, (0.0, 0.0))[1])
-        for k, b in sorted(batches1.items(), key=lambda kv: int(kv[0]))
+        for k, b in sorted(batches1.items())
     ]  # per stage: images run, stage runs, in the window
     per_stage = [n / max(runs, 1.0) for n, runs in deltas]
     ran, runs = sum(n for n, _ in deltas), sum(r for _, r in deltas)
@@ -127,9 +121,7 @@ def serve_and_measure(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--package", type=Path, default=REPO / "packages" / "default")
-    p.add_argument("--data-dir", default=None, help="where the package's training data is")
+    p = suite_parser("benchmarks.topology_sim", __doc__)
     p.add_argument("--front-ends", type=int, default=2)
     p.add_argument("--budgets", type=float, nargs="+", default=[0.5])
     p.add_argument("--connections", type=int, default=16)
@@ -152,12 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     name = read_manifest(args.package).name
     with tempfile.TemporaryDirectory(prefix="topology-sim-") as d:
         tmp = Path(d)
-        held = write_held_set(args.package, tmp / "held", args.data_dir)
-        lines = (held / "labels.txt").read_text().splitlines()[: args.images]
-        files = [held / line.split()[0] for line in lines]
-        images = write_image_set(
-            [f.read_bytes() for f in files], [int(line.split()[1]) for line in lines], tmp / "set"
-        )
+        images = write_held_set(args.package, tmp / "held", args.data_dir, args.images)
+        n_images = len((images / "labels.txt").read_text().splitlines())
         rows = [
             serve_and_measure(args, topology, scale, budget, images, tmp, name, r)
             for scale in args.device_scales
@@ -178,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
             ratio[f"{scale} {budget}"] = {k: med["shared"][k] / med["per-worker"][k] for k in keys[:2]}
     meta = sitting.meta(
         launch_ms=args.launch_ms, per_image_us=args.per_image_us, connections=args.connections,
-        seconds=args.seconds, images=len(files), repeat=args.repeat,
+        seconds=args.seconds, images=n_images, repeat=args.repeat,
         engine_threads=args.engine_threads, mode=args.mode, backend=args.backend,
     )  # fmt: skip
     results = {"meta": meta, "rows": rows, "median": summary, "shared_over_per_worker": ratio}

@@ -6,16 +6,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from benchmarks.harness.cli import suite_parser
 from benchmarks.harness.wrk import BODIES, WARMUP_S, WrkError, run_repeats
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.wrk_load", description=__doc__.split("\n")[0])
+    p = suite_parser("benchmarks.wrk_load", __doc__, package=False, data=False)
     p.add_argument("--url", required=True, help="http://127.0.0.1:PORT")
     p.add_argument("--path", required=True, help="request path with its query")
     p.add_argument("--images", type=Path, required=True, help="a folder with labels.txt")

@@ -116,10 +116,12 @@ def write_image_set(blobs: list[bytes], labels: list[int], out: Path, suffix: st
     return out
 
 
-def write_held_set(package: Path, out: Path, data_dir: str | None = None) -> Path:
-    """``out`` filled with the package's held test JPEGs and ``labels.txt``."""
+def write_held_set(
+    package: Path, out: Path, data_dir: str | None = None, limit: int | None = None
+) -> Path:
+    """``out`` filled with the package's held test JPEGs (the first ``limit``) and ``labels.txt``."""
     prov = read_manifest(package).provenance
     if prov.training_config is None:
         raise HeldImagesError(f"{package} records no training config: its test images are unknown")
     files, labels = held_test_jpegs(prov.training_config, prov.split, data_dir)
-    return write_image_set([f.read_bytes() for f in files], labels, out)
+    return write_image_set([f.read_bytes() for f in files[:limit]], labels[:limit], out)

@@ -4,6 +4,7 @@ of the service's engine API is met here once."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any
 
@@ -21,6 +22,7 @@ from service.images import ImageLimits, images_to_batch
 from service.metrics import ServiceMetrics
 
 __all__ = ["ControllerConfig", "QueueFullError", "resolve_device"]
+BATCH_SAMPLES = ("anytime_batch_size_sum", "anytime_batch_size_count")
 
 
 class StubBackend:
@@ -101,21 +103,23 @@ def worker_clocks(engine: ModelEngine) -> list[int]:
     return [time.pthread_getcpuclockid(t.ident) for t in engine._threads if t.ident is not None]
 
 
+def batch_sums(families: Iterable[Any], model: str | None = None) -> dict[int, tuple[float, float]]:
+    """Per stage: (images run, stage runs) so far, from the engine's ``anytime_batch_size``
+    histogram among Prometheus metric ``families`` (a registry's, or a ``/metrics`` page parsed),
+    summed over the other labels (versions, processes); ``model``: only its samples."""
+    out: dict[int, tuple[float, float]] = {}
+    for family in families:
+        for s in family.samples:
+            if s.name not in BATCH_SAMPLES or model not in (None, s.labels.get("model")):
+                continue
+            images, runs = out.get(k := int(s.labels["stage"]), (0.0, 0.0))
+            out[k] = (images + s.value, runs) if s.name == BATCH_SAMPLES[0] else (images, runs + s.value)
+    return out
+
+
 def stage_stats(engine: ModelEngine, answered: int) -> tuple[list[float], float]:
     """Mean batch size per stage and FLOPs per answered image, from the stage-run metrics."""
-    flops, sizes, spent = [0, *engine.flops], [], 0.0
-    # Summed over the other labels (a version label, in checkouts that have one).
-    sums: dict[tuple[str, str], float] = {}
-    for family in engine.metrics.registry.collect():
-        for sample in family.samples:
-            if (
-                sample.name.startswith("anytime_batch_size_")
-                and sample.labels.get("model") == engine.name
-            ):
-                key = (sample.name, sample.labels.get("stage", ""))
-                sums[key] = sums.get(key, 0.0) + sample.value
-    for k in range(engine.num_exits):
-        total = sums.get(("anytime_batch_size_sum", str(k)), 0.0)
-        sizes.append(total / (sums.get(("anytime_batch_size_count", str(k)), 0.0) or 1.0))
-        spent += total * (flops[k + 1] - flops[k])
-    return sizes, spent / max(answered, 1)
+    flops, sums = [0, *engine.flops], batch_sums(engine.metrics.registry.collect(), engine.name)
+    ran = [sums.get(k, (0.0, 0.0)) for k in range(engine.num_exits)]
+    spent = sum(images * (flops[k + 1] - flops[k]) for k, (images, _) in enumerate(ran))
+    return [images / (runs or 1.0) for images, runs in ran], spent / max(answered, 1)

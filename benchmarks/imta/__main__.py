@@ -1,4 +1,4 @@
-"""``python -m benchmarks.imta``: the IMTA factorial's launcher, evaluation and report."""
+"""``python -m benchmarks.imta``: the IMTA factorial's evaluation and report."""
 
 import sys
 

@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 
 from benchmarks.imta.collect import RunScores
-from benchmarks.imta.plan import PRIMARY
 from benchmarks.imta.stats import Interval, holm, mcnemar_per_exit, paired_bootstrap
 
+# The rows of configs/imta/factorial.yaml, in its order (the results files' arm names).
+ARM_NAMES = ("plain", "ge", "lr_scaled", "ge+isc_kd", "plain+isc_kd")
+PRIMARY = ("ge+isc_kd", "plain")  # IMTA against plain multi-exit training: the verdict's contrast
 ALPHA = 0.05
 MIN_SEEDS = 2  # a verdict on fewer seeds is partial, whatever was planned
 RESAMPLES = 10_000

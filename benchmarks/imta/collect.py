@@ -1,6 +1,8 @@
 """Per-run figures of the finished runs: test correctness per exit and image, FLOPs, budgeted curves.
 
-Every finished run is scored from its last checkpoint (``RUN/last.pt``, the last epoch: no model
+The runs are those of the factorial's plan (``configs/imta/factorial.yaml``, trained by
+``python -m training ablation run``); a run is finished when its checkpoint says complete. Every
+finished run is scored from its last checkpoint (``RUN/last.pt``, the last epoch: no model
 selection) by the training CLI's ``calibrate``, which writes ``logits.pt`` (every exit's logits on
 the validation and test images), ``evaluation.json`` (cumulative FLOPs per exit) and
 ``calibration.json`` (thresholds fitted on the validation images only, scored on the test
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from benchmarks.imta.launcher import is_finished, load_plan, read_log
+from training import ablation
 
 BUDGETS = "0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"
 NORM_KEYS = ("block_grad_norm", "block_weight_norm")
@@ -46,6 +48,13 @@ class RunScores:
     budgets: list[dict[str, Any]]  # per budget: optimised and geometric thresholds' test point
     geometric_curve: list[dict[str, float]]  # test points of MSDNet's p-sweep (compute, accuracy)
     norms: dict[str, list[list[float]]]  # NORM_KEYS -> per epoch, per block (when logged)
+
+
+def is_finished(run: Path) -> bool:
+    """The run has trained its last epoch (``RUN/last.pt`` says ``complete``)."""
+    from training.checkpoint import LAST, load_checkpoint
+
+    return (run / LAST).is_file() and bool(load_checkpoint(run / LAST).get("complete"))
 
 
 def calibrate_run(run_dir: Path, repo: Path, threads: int | None, data_dir: str | None) -> None:
@@ -73,7 +82,7 @@ def score_run(arm: str, seed: int, run_dir: Path) -> RunScores:
     logits = torch.load(run_dir / "logits.pt", map_location="cpu")
     test, labels = logits["test"], logits["test_y"]
     cal = json.loads((run_dir / "calibration.json").read_text())
-    log = read_log(run_dir)
+    log = ablation.read_log(run_dir)
     norms = {k: [e[k] for e in log if k in e] for k in NORM_KEYS}
     return RunScores(
         arm=arm,
@@ -103,7 +112,7 @@ def _point(p: dict[str, Any]) -> dict[str, float]:
 
 
 def collect(
-    runs_dir: Path,
+    plan: ablation.AblationPlan,
     *,
     seeds: tuple[int, ...] | None = None,
     repo: Path,
@@ -117,23 +126,24 @@ def collect(
     Raises:
         CollectError: a run fails to calibrate, or two runs were scored on different test images.
     """
-    plan = load_plan(runs_dir)
-    planned = [r for r in plan["runs"] if seeds is None or r["seed"] in seeds]
+    planned = [
+        (a, s) for a, s in ablation.plan_runs(plan) if s is not None and (seeds is None or s in seeds)
+    ]
     scores = []
-    for r in planned:
-        run_dir = Path(r["run_dir"])
-        if is_finished(run_dir):
-            print(f"scoring {r['key']}", flush=True)
-            calibrate_run(run_dir, repo, threads, data_dir)
-            scores.append(score_run(r["arm"], r["seed"], run_dir))
+    for arm, seed in planned:
+        run = ablation.run_dir(plan, arm, seed)
+        if is_finished(run):
+            print(f"scoring {arm}/seed{seed}", flush=True)
+            calibrate_run(run, repo, threads, data_dir)
+            scores.append(score_run(arm, seed, run))
     if len({s.labels_digest for s in scores}) > 1 or len({s.right.shape for s in scores}) > 1:
         raise CollectError("the finished runs were not scored on the same test images (split differs)")
-    stage1 = [r["epochs"] for r in planned if r["stage"] == 1]
+    # A finished stage-1 run has logged every epoch it was set to train: the factorial's length.
+    stage1 = [s.epochs for s in scores if plan.rows[s.arm].init_from is None]
     book = {
-        "seeds": sorted({r["seed"] for r in planned}),
-        "planned": [r["key"] for r in planned],
+        "seeds": sorted({seed for _, seed in planned}),
+        "planned": [f"{arm}/seed{seed}" for arm, seed in planned],
         "finished": [f"{s.arm}/seed{s.seed}" for s in scores],
-        "epochs": max(stage1) if stage1 else 0,
-        "overrides": plan.get("overrides", []),
+        "epochs": max(stage1, default=0),
     }
     return scores, book

@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 from benchmarks.harness.output import figure
-from benchmarks.imta.plan import ARM_NAMES
+from benchmarks.imta.analysis import ARM_NAMES
 
 COLOURS = dict(
     zip(ARM_NAMES, ("tab:grey", "tab:blue", "tab:green", "tab:red", "tab:orange"), strict=True)

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness.output import table
-from benchmarks.imta.plan import ARM_NAMES
+from benchmarks.imta.analysis import ARM_NAMES
 
 HEADING = "## IMTA factorial"
 COMMANDS = (
-    "python -m benchmarks.imta run --runs-dir runs/imta --jobs 2  # train, 2 runs at a time\n"
-    "python -m benchmarks.imta evaluate --runs-dir runs/imta\n"
+    "python -m training ablation run --plan configs/imta/factorial.yaml  # train, resumable\n"
+    "python -m benchmarks.imta evaluate\n"
     "python -m benchmarks.imta report"
 )
 VERDICTS = {
@@ -124,7 +124,7 @@ def render_section(stats: dict[str, Any], plots: str) -> str:
         "",
         f"Finished runs: {len(stats['finished'])} of {len(stats['planned'])}"
         + (f" (not finished: {', '.join(unfinished)})" if unfinished else "")
-        + (f"; overrides: `{' '.join(stats['overrides'])}`" if stats["overrides"] else "")
+        + (f"; overrides: `{' '.join(stats['overrides'])}`" if stats.get("overrides") else "")
         + ".",
         "",
         "### Verdict",

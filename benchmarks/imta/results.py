@@ -14,9 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from benchmarks.harness.output import write_json
-from benchmarks.imta.analysis import ALPHA, COMPARISONS, RESAMPLES, by_arm, compare, verdict
+from benchmarks.imta import analysis
 from benchmarks.imta.collect import RunScores
-from benchmarks.imta.plan import ARM_NAMES, PRIMARY
 
 RESULTS, STATS = "imta.json", "imta_stats.json"
 
@@ -35,8 +34,8 @@ class ImtaResults(BaseModel):
     def _known_arms_and_fractions(cls, arms: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
         lengths = set()
         for arm, seeds in arms.items():
-            if arm not in ARM_NAMES:
-                raise ValueError(f"unknown arm {arm!r}; known: {list(ARM_NAMES)}")
+            if arm not in analysis.ARM_NAMES:
+                raise ValueError(f"unknown arm {arm!r}; known: {list(analysis.ARM_NAMES)}")
             for seed, accs in seeds.items():
                 if not seed.isdigit():
                     raise ValueError(f"{arm}: seed keys are integers as text, got {seed!r}")
@@ -50,29 +49,29 @@ class ImtaResults(BaseModel):
 
 def results_file(scores: list[RunScores], epochs: int) -> ImtaResults:
     arms: dict[str, dict[str, list[float]]] = {}
-    for name in ARM_NAMES:
+    for name in analysis.ARM_NAMES:
         for s in sorted((s for s in scores if s.arm == name), key=lambda s: s.seed):
             arms.setdefault(name, {})[str(s.seed)] = [float(v) for v in s.right.mean(axis=1)]
     return ImtaResults(n_eval=int(scores[0].right.shape[1]), epochs=epochs, arms=arms)
 
 
 def stats_file(
-    scores: list[RunScores], book: dict[str, Any], *, resamples: int = RESAMPLES
+    scores: list[RunScores], book: dict[str, Any], *, resamples: int = analysis.RESAMPLES
 ) -> dict[str, Any]:
     """The comparisons, the verdict and the per-run curves (JSON-ready)."""
-    runs = by_arm(scores)
+    runs = analysis.by_arm(scores)
     comparisons = []
-    for a, b, role in COMPARISONS:
-        found = compare(runs, a, b, resamples=resamples)
+    for a, b, role in analysis.COMPARISONS:
+        found = analysis.compare(runs, a, b, resamples=resamples)
         if found is not None:
             comparisons.append({**found, "role": role})
-    primary = next((c for c in comparisons if (c["a"], c["b"]) == PRIMARY), None)
+    primary = next((c for c in comparisons if (c["a"], c["b"]) == analysis.PRIMARY), None)
     return {
         **book,
-        "alpha": ALPHA,
+        "alpha": analysis.ALPHA,
         "resamples": resamples,
         "n_eval": int(scores[0].right.shape[1]),
-        "verdict": verdict(primary, book["seeds"]),
+        "verdict": analysis.verdict(primary, book["seeds"]),
         "comparisons": comparisons,
         "runs": [
             {
@@ -92,7 +91,7 @@ def stats_file(
 
 
 def write_results(
-    scores: list[RunScores], book: dict[str, Any], out: Path, *, resamples: int = RESAMPLES
+    scores: list[RunScores], book: dict[str, Any], out: Path, *, resamples: int = analysis.RESAMPLES
 ) -> None:
     """Write ``imta.json`` and ``imta_stats.json`` into ``out``."""
     write_json(out / RESULTS, results_file(scores, book["epochs"]).model_dump())

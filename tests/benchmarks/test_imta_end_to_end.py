@@ -1,4 +1,5 @@
-"""The factorial end to end on synthetic images: run, run again (skips), evaluate, report."""
+"""The factorial end to end on synthetic images: its plan run by the ablation runner (and run
+again: nothing retrains), then evaluate and report."""
 
 from __future__ import annotations
 
@@ -6,34 +7,48 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
-from benchmarks.imta.cli import main
-from benchmarks.imta.launcher import REPO
-from benchmarks.imta.plan import ARM_NAMES, STAGE1_CONFIG, STAGE2_CONFIG
+from benchmarks.harness.provenance import REPO
+from benchmarks.imta.analysis import ARM_NAMES
+from benchmarks.imta.cli import PLAN, main
+from training.ablation import load_plan
+from training.cli import main as training_main
 
-TINY = (
-    "--", "--epochs", "1", "--set", "data.source=synthetic", "--set", "data.synthetic_size=240",
-    "--set", "data.n_val=60", "--set", "data.n_test=60", "--set", "batch_size=32",
-    "--set", "threads=1",
-)  # fmt: skip
+TINY = [
+    "epochs=1", "data.source=synthetic", "data.synthetic_size=240", "data.n_val=60",
+    "data.n_test=60", "batch_size=32", "threads=1", "progress=false",
+]  # fmt: skip
+
+
+def test_the_plan_is_the_factorial() -> None:
+    """The plan's rows are the analysis's arms, each stage-2 arm on its own stage-1 arm."""
+    plan = load_plan(PLAN)
+    assert tuple(plan.rows) == ARM_NAMES and plan.seeds == [0, 1, 2]
+    assert {n: r.init_from for n, r in plan.rows.items() if r.init_from} == {
+        "ge+isc_kd": "ge", "plain+isc_kd": "plain",
+    }  # fmt: skip
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (REPO / STAGE1_CONFIG).is_file() or not (REPO / STAGE2_CONFIG).is_file(),
-    reason="the factorial's configs (configs/imta/) are not in this checkout",
-)
-def test_launch_evaluate_report(tmp_path: Path) -> None:
+def test_run_evaluate_report(tmp_path: Path) -> None:
     runs, out, md = tmp_path / "runs", tmp_path / "out", tmp_path / "BENCHMARKS.md"
-    assert main(["run", "--runs-dir", str(runs), "--seeds", "0", *TINY]) == 0
-    assert main(["run", "--runs-dir", str(runs), "--seeds", "0", *TINY]) == 0  # all skipped
-    assert main(["evaluate", "--runs-dir", str(runs), "--out", str(out), "--resamples", "200"]) == 0
+    raw = yaml.safe_load(PLAN.read_text())
+    raw |= {"runs_dir": str(runs), "seeds": [0], "base_config": str(REPO / raw["base_config"])}
+    for row in raw["rows"].values():
+        row.update({"config": str(REPO / row["config"])} if "config" in row else {})
+    plan = tmp_path / "factorial.yaml"
+    plan.write_text(yaml.safe_dump(raw, sort_keys=False))
+    extra = [a for item in TINY for a in ("--set", item)]
+    assert training_main(["ablation", "run", "--plan", str(plan), *extra]) == 0
+    stamp = (runs / "ge" / "seed0" / "last.pt").stat().st_mtime_ns
+    assert training_main(["ablation", "run", "--plan", str(plan), *extra]) == 0  # all finished
+    assert (runs / "ge" / "seed0" / "last.pt").stat().st_mtime_ns == stamp
+    assert main(["evaluate", "--plan", str(plan), "--out", str(out), "--resamples", "200"]) == 0
     results = json.loads((out / "imta.json").read_text())
     assert results["n_eval"] == 60 and results["epochs"] == 1
     assert set(results["arms"]) == set(ARM_NAMES)
     assert all(len(accs) == 5 for seeds in results["arms"].values() for accs in seeds.values())
-    log = (runs / "launcher.log").read_text()
-    assert log.count("starting") == 5 and log.endswith("all 5 runs finished\n")
     md.write_text("# Benchmarks\n\n## Serving\n\nrows\n")
     assert main(["report", "--out", str(out), "--markdown", str(md)]) == 0
     text = md.read_text()

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from benchmarks.imta.analysis import verdict
+from benchmarks.imta.analysis import ARM_NAMES, verdict
 from benchmarks.imta.collect import RunScores
-from benchmarks.imta.plan import ARM_NAMES
 from benchmarks.imta.plots import plot_anytime, plot_budgeted, plot_norms
 from benchmarks.imta.report import HEADING, render_section, update_benchmarks
 from benchmarks.imta.results import ImtaResults, load_results, write_results
@@ -53,7 +52,7 @@ def _scores(seeds: tuple[int, ...] = (0, 1), norms: bool = True) -> list[RunScor
 
 def _book(seeds: list[int]) -> dict[str, Any]:
     keys = [f"{a}/seed{s}" for s in seeds for a in ARM_NAMES]
-    return {"seeds": seeds, "planned": keys, "finished": keys, "epochs": 4, "overrides": []}
+    return {"seeds": seeds, "planned": keys, "finished": keys, "epochs": 4}
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 import yaml
 
-from training.ablation import keep, load_plan, results
+from training.ablation import keep, load_plan, plan_runs, read_row, results, row_command
 from training.cli import main
 from training.config import ConfigError
 
@@ -104,3 +106,86 @@ def test_shipped_plan_rows_are_valid_configs() -> None:
     }
     assert {c.model.name for c in configs.values()} == {"widenet"}
     assert {c.epochs for n, c in configs.items() if n != "longer"} == {configs["base"].epochs}
+
+
+def _seeded_plan(tmp_path: Path, **rows: dict[str, Any]) -> Path:
+    runs = tmp_path / "runs"
+    base = write_config(tmp_path / "base.yaml", tiny_config(runs / "unused", model=TINY_WIDENET))
+    stage2 = tiny_config(
+        runs / "unused", model={**TINY_WIDENET, "isc": True}, recipe="stage2", kd=True, stage2_epochs=1
+    )
+    write_config(tmp_path / "stage2.yaml", stage2)
+    plan = {"base_config": str(base), "runs_dir": str(runs), "base_row": "plain", "seeds": [0, 1]}
+    plan["rows"] = rows or {
+        "plain": {},
+        "plain+heads": {"config": str(tmp_path / "stage2.yaml"), "init_from": "plain"},
+    }
+    (path := tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
+    return path
+
+
+def test_seeded_plan_commands_read_the_earlier_row_at_the_same_seed(tmp_path: Path) -> None:
+    plan = load_plan(_seeded_plan(tmp_path))
+    assert plan_runs(plan) == [("plain", 0), ("plain+heads", 0), ("plain", 1), ("plain+heads", 1)]
+    cmd = row_command(plan, "plain+heads", 1, ["epochs=2"])
+    runs = tmp_path / "runs"
+    assert cmd[cmd.index("--config") + 1] == str(tmp_path / "stage2.yaml")
+    assert cmd[cmd.index("--run-dir") + 1] == str(runs / "plain+heads" / "seed1")
+    assert cmd[cmd.index("--init-from") + 1] == str(runs / "plain" / "seed1" / "last.pt")
+    assert cmd[-4:] == ["--set", "seed=1", "--set", "epochs=2"]  # the command line's --set wins
+    assert "--resume" not in cmd
+
+
+def test_seeded_plan_trains_every_seed_and_reports_their_mean(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan_path = _seeded_plan(tmp_path)
+    assert main(["ablation", "run", "--plan", str(plan_path), "--set", "optim.lr=0.04"]) == 0
+    runs = tmp_path / "runs"
+    for row, seed in (("plain", 0), ("plain", 1), ("plain+heads", 0), ("plain+heads", 1)):
+        blob = torch.load(runs / row / f"seed{seed}" / "last.pt", weights_only=False)
+        assert blob["complete"] and blob["config"]["seed"] == seed
+        assert blob["config"]["optim"]["lr"] == 0.04
+    heads = torch.load(runs / "plain+heads" / "seed1" / "last.pt", weights_only=False)["config"]
+    assert heads["init_from"] == str(runs / "plain" / "seed1" / "last.pt")
+    capsys.readouterr()
+    assert main(["ablation", "report", "--plan", str(plan_path)]) == 0
+    assert "| plain (mean of 2 seeds) |" in capsys.readouterr().out
+    plain, heads_row = results(load_plan(plan_path))
+    seeds = [read_row(runs / "plain" / f"seed{s}") for s in (0, 1)]
+    assert all(r is not None for r in seeds)
+    per_exit = [sum(col) / 2 for col in zip(*(r[1] for r in seeds if r), strict=True)]
+    assert plain.exit_acc == pytest.approx(per_exit) and plain.seeds == 2
+    assert heads_row.delta == pytest.approx(heads_row.mean_acc - plain.mean_acc)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (
+            {"plain": {}, "b": {"init_from": "c"}, "c": {}},
+            "starts from 'c', which is not an earlier row",
+        ),
+        ({"base": {}}, "first row must be 'plain'"),
+    ],
+)
+def test_seeded_plan_errors(tmp_path: Path, rows: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_plan(_seeded_plan(tmp_path, **rows))
+
+
+def test_repeated_seeds_are_refused(tmp_path: Path) -> None:
+    path = _seeded_plan(tmp_path)
+    path.write_text(path.read_text().replace("- 1", "- 0"))
+    with pytest.raises(ConfigError, match="distinct"):
+        load_plan(path)
+
+
+def test_read_row_counts_a_redone_epoch_once(tmp_path: Path) -> None:
+    records = [(1, 5.0, 0.5), (2, 6.0, 0.6), (2, 7.0, 0.7)]  # epoch 2 logged, killed, redone
+    (tmp_path / "log.jsonl").write_text(
+        "".join(
+            json.dumps({"epoch": e, "epoch_s": s, "val_exit_acc": [a]}) + "\n" for e, s, a in records
+        )
+    )
+    assert read_row(tmp_path) == (2, [70.0], 12.0)
