@@ -106,7 +106,8 @@ def serve_and_measure(
     else:
         lock = None
     path = f"/v1/models/{name}/classify?budget={budget}"
-    spec = service_spec(args.package, "torch" if args.backend == "simulated" else args.backend, extra)
+    backend, device = ("torch", "cpu") if args.backend == "simulated" else (args.backend, args.device)
+    spec = service_spec(args.package, backend, extra, device)
     with Server(spec, tmp / f"server-{tag}.log") as server:
         # Every process has seen every image once (the real network ran on it): not measured.
         t0 = time.time()
@@ -116,6 +117,7 @@ def serve_and_measure(
     print(f"{tag}: {row}", flush=True)
     return {
         "topology": topology, "front_ends": args.front_ends, "budget": budget,
+        "device": "simulated" if args.backend == "simulated" else args.device,
         "device_scale": scale, **row,
     }  # fmt: skip
 
@@ -136,6 +138,12 @@ def main(argv: list[str] | None = None) -> None:
         help="factors on both costs; 8 keeps a 16-core GPU host's host:device ratio on 2 cores",
     )  # fmt: skip
     p.add_argument("--backend", default="simulated", choices=["simulated", "onnxruntime", "torch"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where a real backend runs")
+    p.add_argument(
+        "--images-dir", type=Path,
+        help="JPEGs + labels.txt as the harness writes them (default: the package's held test "
+        "part, read from --data-dir)",
+    )  # fmt: skip
     p.add_argument("--mode", default="shrink", choices=["shrink", "rebatch", "run_to_end"])
     p.add_argument("--engine-threads", type=int, default=1, help="worker threads per engine")
     p.add_argument("--out", type=Path, default=RESULTS / "topology_sim.json")
@@ -144,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     name = read_manifest(args.package).name
     with tempfile.TemporaryDirectory(prefix="topology-sim-") as d:
         tmp = Path(d)
-        images = write_held_set(args.package, tmp / "held", args.data_dir, args.images)
+        held = args.images_dir
+        images = held or write_held_set(args.package, tmp / "held", args.data_dir, args.images)
         n_images = len((images / "labels.txt").read_text().splitlines())
         rows = [
             serve_and_measure(args, topology, scale, budget, images, tmp, name, r)

@@ -58,14 +58,14 @@ class ServerSpec:
 
 
 def service_spec(
-    package: Path, backend: str | None = "torch", extra: list[str] | None = None
+    package: Path, backend: str | None = "torch", extra: list[str] | None = None, device: str = "cpu"
 ) -> ServerSpec:
-    """``python -m service`` on ``package`` on a free port: on the CPU with ``backend`` in one
+    """``python -m service`` on ``package`` on a free port: on ``device`` with ``backend`` in one
     process (unless ``extra`` names ``--workers``), or, ``backend`` None, with every other setting
     at the service's defaults (``make serve``'s: backend, precision and workers ``auto``)."""
     extra = extra or []
     pinned = [] if backend is None else [
-        "--device", "cpu", "--backend", backend, *([] if "--workers" in extra else ["--workers", "1"])
+        "--device", device, "--backend", backend, *([] if "--workers" in extra else ["--workers", "1"])
     ]  # fmt: skip
     port = free_port_block(1)
     cmd = [
