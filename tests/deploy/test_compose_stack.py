@@ -161,3 +161,29 @@ def test_stack_survives_a_killed_replica(stack: Stack) -> None:
         return bool(result) and float(result[0]["value"][1]) > 0
 
     wait_until(scraped, 60, "Prometheus: classifications scraped")
+
+
+def test_stack_serves_a_version_copied_into_the_repository_volume(stack: Stack) -> None:
+    """An operator's deployment: a package copied into ./model-repository/<name>/<version>/ is
+    served by both replicas through nginx at the next poll, and removing it unloads it."""
+    name = f"repo-test-{uuid.uuid4().hex[:6]}"
+    model_dir = ROOT / "model-repository" / name
+    staging = model_dir / ".1.partial"  # dot names are never scanned: copy whole, then rename
+    shutil.copytree(ROOT / "packages" / "default", staging)
+    staging.rename(model_dir / "1")
+    try:
+
+        def listed() -> bool:
+            r = httpx.get(f"{stack.nginx}/v1/models", timeout=10)
+            return any(m["name"] == name and m["version"] == "1" for m in r.json()["models"])
+
+        # Both replicas poll (15 s) and load on their own: nginx spreads the requests over both.
+        wait_until(lambda: all(listed() for _ in range(4)), 180, f"{name} v1 listed by both replicas")
+        image = IMAGES[0]
+        for _ in range(4):
+            files = {"files": (image.name, image.read_bytes(), "image/jpeg")}
+            r = httpx.post(f"{stack.nginx}/v1/models/{name}/classify?version=1", files=files, timeout=60)
+            assert r.status_code == 200 and len(r.json()["predictions"]) == 1, r.text
+    finally:
+        shutil.rmtree(model_dir)
+    wait_until(lambda: not any(listed() for _ in range(4)), 120, f"{name} unloaded by both replicas")
