@@ -43,7 +43,8 @@ def test_run_evaluate_report(tmp_path: Path) -> None:
     stamp = (runs / "ge" / "seed0" / "last.pt").stat().st_mtime_ns
     assert main(["ablation", "run", "--plan", str(plan), *extra]) == 0  # all finished
     assert (runs / "ge" / "seed0" / "last.pt").stat().st_mtime_ns == stamp
-    assert main(["factorial", "evaluate", "--plan", str(plan), "--out", str(out), "--resamples", "200"]) == 0
+    evaluate = ["factorial", "evaluate", "--plan", str(plan), "--out", str(out), "--resamples", "200"]
+    assert main(evaluate) == 0
     results = json.loads((out / "imta.json").read_text())
     assert results["n_eval"] == 60 and results["epochs"] == 1
     assert set(results["arms"]) == set(ARM_NAMES)

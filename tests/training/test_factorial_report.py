@@ -160,4 +160,3 @@ def test_update_benchmarks_inserts_once_then_replaces(tmp_path: Path) -> None:
     assert text.count(HEADING) == 1 and "second" in text and "first" not in text and "v1" not in text
     assert text.index("## IMTA ablation") < text.index(HEADING) < text.index("## Serving")
     assert text.endswith("rows\n")
-
