@@ -1,7 +1,8 @@
 """``BENCHMARKS.md`` and its plot from the JSON results of the suites: the serving figures of
 ``python -m benchmarks``, the side by side with the peers (``peers.json``, ``peers_fp32.json``,
-``peers_int8.json``, ``profile_components.json``), and the sections the IMTA factorial and the
-engine-modes benchmark write (``imta.md``, ``engine_modes.md``)."""
+``peers_int8.json``, ``profile_components.json``), and the sections the IMTA factorial
+(``python -m training factorial report``) and the engine-modes benchmark write (``imta.md``,
+``engine_modes.md``)."""
 
 from __future__ import annotations
 

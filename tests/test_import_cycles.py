@@ -1,5 +1,6 @@
-"""No import circle inside service/ or benchmarks/: no modules that import each other, directly or
-around a loop.
+"""No import circle inside service/, training/ or benchmarks/: no modules that import each other,
+directly or around a loop. And the layers hold: models/ imports none of the other packages,
+training/ and service/ only models/; benchmarks/ sits on top of them all.
 
 The graph comes from the source (``ast``), so every import counts: at the top, inside a function
 (a lazy import is still a dependency), or under ``TYPE_CHECKING``. ``from pkg import name`` is an
@@ -70,13 +71,56 @@ def import_cycle(package: str, root: Path = ROOT) -> list[str] | None:
 
 @pytest.mark.parametrize(
     "package",
-    ["service", "benchmarks"],
+    ["service", "training", "benchmarks"],
 )
 def test_no_import_cycle(package: str) -> None:
     graph = import_graph(package)
     assert len(graph) > 5 and sum(map(len, graph.values())) > 5  # the walk found the package
     cycle = import_cycle(package)
     assert cycle is None, f"import circle in {package}/: {' -> '.join(cycle)}"
+
+
+def imported_packages(package: str, root: Path = ROOT) -> dict[str, set[str]]:
+    """Module of ``package`` -> the top-level packages its absolute imports name (lazy ones too)."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((root / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {a.name.partition(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names.add(node.module.partition(".")[0])
+        found[module_name(path, root)] = names
+    return found
+
+
+LAYERS = {  # package -> the project's packages it must never import
+    "models": {"training", "service", "benchmarks"},
+    "training": {"service", "benchmarks"},
+    "service": {"training", "benchmarks"},
+}
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_no_import_across_the_layers(package: str) -> None:
+    found = imported_packages(package)
+    assert found and any("models" in names for names in found.values())  # the walk saw imports
+    wrong = {m: sorted(names & LAYERS[package]) for m, names in found.items() if names & LAYERS[package]}
+    assert not wrong, f"{package}/ must not import {sorted(LAYERS[package])}: {wrong}"
+
+
+def test_the_layer_check_sees_lazy_and_dotted_imports(tmp_path: Path) -> None:
+    pkg = tmp_path / "training"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text(
+        "import models.flops\n\ndef late():\n    from benchmarks.harness import output\n"
+        "    from . import b\n"
+    )
+    assert imported_packages("training", tmp_path) == {
+        "training": set(),
+        "training.a": {"models", "benchmarks"},
+    }
 
 
 def test_the_check_finds_a_circle_through_a_lazy_import(tmp_path: Path) -> None:
@@ -102,7 +146,7 @@ def test_the_check_finds_a_circle_through_a_lazy_import(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     checkout = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else ROOT
-    for name in ("service", "benchmarks"):
+    for name in ("service", "training", "benchmarks"):
         g = import_graph(name, checkout)
         found = import_cycle(name, checkout)
         edges = sum(map(len, g.values()))

@@ -1,5 +1,5 @@
 """``python -m training COMMAND`` (train, evaluate, calibrate, export, quantize, compare, pack,
-unpack, ablation): the command-line edge.
+unpack, ablation, factorial): the command-line edge.
 
 Configuration is built here, once, from the YAML file and the flags, and passed down as typed
 objects. Domain errors become one clear line on stderr and the exit code of :data:`EXIT_CODES`.
@@ -23,10 +23,11 @@ def exit_codes() -> dict[type[Exception], int]:
     """Domain error -> process exit code (imported late: the modules that raise them load torch).
 
     2 bad config or usage, 3 data not found or unreadable, 4 training diverged (NaN/Inf),
-    5 checkpoint or package problem.
+    5 checkpoint or package problem, or a finished run of the factorial that cannot be scored.
     """
     from training.checkpoint import CheckpointError
     from training.data import DataError
+    from training.factorial.collect import CollectError
     from training.loop import TrainingDiverged
 
     return {
@@ -34,6 +35,7 @@ def exit_codes() -> dict[type[Exception], int]:
         DataError: EXIT_DATA,
         TrainingDiverged: EXIT_DIVERGED,
         CheckpointError: EXIT_ARTIFACT,
+        CollectError: EXIT_ARTIFACT,
     }
 
 
@@ -161,13 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
         description="IMTA training, evaluation, threshold calibration, model-package export, "
-        "paired comparison of two trained networks, and recipe ablations.",
+        "paired comparison of two trained networks, recipe ablations and the IMTA factorial's "
+        "evaluation and report.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub)
     from training.ablation import add_ablation_parser
     from training.commands import add_artifact_parsers
     from training.compare import add_compare_parser
+    from training.factorial.cli import add_factorial_parser
     from training.quantize import add_quantize_parser
     from training.transfer import add_transfer_parsers
 
@@ -176,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(sub)
     add_transfer_parsers(sub)
     add_ablation_parser(sub)
+    add_factorial_parser(sub)
     return parser
 
 

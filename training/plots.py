@@ -1,7 +1,10 @@
-"""PNG plots (matplotlib, Agg backend): training curves and the anytime / budgeted accuracy plot."""
+"""PNG plots (matplotlib, Agg backend): training curves and the anytime / budgeted accuracy plot,
+and :func:`figure`, the frame the factorial's plots are drawn in."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,26 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+@contextlib.contextmanager
+def figure(
+    path: Path,
+    cols: int = 1,
+    size: tuple[float, float] = (6, 4),
+    dpi: int = 90,
+    rect: tuple[float, float, float, float] = (0, 0, 1, 1),
+) -> Iterator[tuple[Any, Any]]:
+    """``(figure, axes)``: ``cols`` gridded axes side by side, laid out in ``rect`` and saved to
+    ``path`` at the end of the block (the serving benchmarks' frame: the pages look alike)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, cols, figsize=size)
+    for ax in [axes] if cols == 1 else axes:
+        ax.grid(alpha=0.3)
+    yield fig, axes
+    fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
 
 
 def plot_training(history: list[dict[str, Any]], out: Path) -> Path:

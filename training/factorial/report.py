@@ -9,17 +9,17 @@ whenever it regenerates the whole of BENCHMARKS.md.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness.output import table
-from benchmarks.imta.analysis import ARM_NAMES
+from training.factorial.analysis import ARM_NAMES
 
 HEADING = "## IMTA factorial"
 COMMANDS = (
     "python -m training ablation run --plan configs/imta/factorial.yaml  # train, resumable\n"
-    "python -m benchmarks.imta evaluate\n"
-    "python -m benchmarks.imta report"
+    "python -m training factorial evaluate\n"
+    "python -m training factorial report"
 )
 VERDICTS = {
     "gain at every exit": "IMTA beats plain multi-exit training here: the seed-averaged mean-over-"
@@ -35,6 +35,15 @@ VERDICTS = {
     "shown here; differences outside the interval are excluded at this scale.",
     "no result": "No seed has both IMTA and plain training finished yet.",
 }
+
+
+def table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """A markdown table: the header, its rule, one line per row (cells already formatted)."""
+
+    def line(cells: Iterable[Any]) -> str:
+        return "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
+
+    return [line(head), "|" + "---|" * len(head), *map(line, rows)]
 
 
 def _pts(v: float) -> str:

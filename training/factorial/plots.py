@@ -14,12 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.lines import Line2D
 
-from benchmarks.harness.output import figure
-from benchmarks.imta.analysis import ARM_NAMES
+from training.factorial.analysis import ARM_NAMES
+from training.plots import figure
 
 COLOURS = dict(
     zip(ARM_NAMES, ("tab:grey", "tab:blue", "tab:green", "tab:red", "tab:orange"), strict=True)
@@ -87,7 +87,7 @@ def _interpolate(curve: list[dict[str, float]], grid: np.ndarray) -> np.ndarray:
 
 
 def _block_colour(block: int, blocks: int) -> Any:
-    return plt.cm.viridis(block / max(blocks - 1, 1))
+    return colormaps["viridis"](block / max(blocks - 1, 1))
 
 
 def plot_norms(stats: dict[str, Any], path: Path) -> bool:

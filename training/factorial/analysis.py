@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.imta.collect import RunScores
-from benchmarks.imta.stats import Interval, holm, mcnemar_per_exit, paired_bootstrap
+from training.factorial.collect import RunScores
+from training.factorial.stats import Interval, holm, mcnemar_per_exit, paired_bootstrap
 
 # The rows of configs/imta/factorial.yaml, in its order (the results files' arm names).
 ARM_NAMES = ("plain", "ge", "lr_scaled", "ge+isc_kd", "plain+isc_kd")

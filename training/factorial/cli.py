@@ -1,8 +1,11 @@
-"""``python -m benchmarks.imta {evaluate,report}``: the factorial's scores and report.
+"""``python -m training factorial {evaluate,report}``: the factorial's scores and report.
 
 python -m training ablation run --plan configs/imta/factorial.yaml  # every run; again: resumes
-python -m benchmarks.imta evaluate   # imta.json, imta_stats.json (from the plan's finished runs)
-python -m benchmarks.imta report     # plots, BENCHMARKS.md section
+python -m training factorial evaluate   # imta.json, imta_stats.json (from the plan's finished runs)
+python -m training factorial report     # plots, BENCHMARKS.md section
+
+The results stay beside the other figures of BENCHMARKS.md (``benchmarks/results``), whose
+generator includes the section ``report`` writes there; nothing here imports ``benchmarks``.
 """
 
 from __future__ import annotations
@@ -11,38 +14,44 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.harness.provenance import REPO, RESULTS
-from benchmarks.imta.collect import CollectError
 from training.config import ConfigError
 
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results"
 PLAN = REPO / "configs" / "imta" / "factorial.yaml"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.imta", description=(__doc__ or "").split("\n\n")[0]
+def add_factorial_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "factorial",
+        help="evaluate and report the IMTA factorial (docs/imta.md)",
+        description="The pre-registered IMTA factorial, once its plan has been trained by "
+        "'ablation run': 'evaluate' scores every finished run on the test images and applies the "
+        "pre-registered tests; 'report' draws the plots and writes the IMTA section of "
+        "BENCHMARKS.md.",
+        epilog="example: python -m training factorial evaluate --seeds 0,1",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    ev = sub.add_parser("evaluate", help="score the finished runs; write imta.json, imta_stats.json")
+    acts = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ev = acts.add_parser("evaluate", help="score the finished runs; write imta.json, imta_stats.json")
     ev.add_argument("--plan", type=Path, default=PLAN, help="the factorial's plan (its runs_dir)")
     ev.add_argument("--seeds", help="only these seeds, comma-separated (default: the plan's)")
     ev.add_argument("--out", type=Path, default=RESULTS, help="default benchmarks/results")
     ev.add_argument("--threads", type=int, help="torch threads of the evaluation")
     ev.add_argument("--data-dir", help="override the runs' data.path")
     ev.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (10,000)")
-    rp = sub.add_parser("report", help="plots and the IMTA section of BENCHMARKS.md")
+    ev.set_defaults(handler=run_evaluate)
+    rp = acts.add_parser("report", help="plots and the IMTA section of BENCHMARKS.md")
     rp.add_argument("--out", type=Path, default=RESULTS, help="where imta_stats.json is")
     rp.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
-    return p
+    rp.set_defaults(handler=run_report)
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from benchmarks.imta.collect import collect
-    from benchmarks.imta.results import write_results
+def run_evaluate(args: argparse.Namespace) -> int:
     from training.ablation import load_plan
+    from training.factorial.collect import collect
+    from training.factorial.results import write_results
 
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
@@ -59,11 +68,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
-    from benchmarks.imta.plots import plot_anytime, plot_budgeted, plot_norms
-    from benchmarks.imta.report import render_section, update_benchmarks
-    from benchmarks.imta.results import STATS
+def run_report(args: argparse.Namespace) -> int:
+    from training.factorial.plots import plot_anytime, plot_budgeted, plot_norms
+    from training.factorial.report import render_section, update_benchmarks
+    from training.factorial.results import STATS
 
+    if not (args.out / STATS).is_file():
+        raise ConfigError(
+            f"{args.out / STATS} not found: run `python -m training factorial evaluate` first"
+        )
     stats = json.loads((args.out / STATS).read_text())
     plots = args.out / "imta"
     plots.mkdir(parents=True, exist_ok=True)
@@ -76,12 +89,3 @@ def _report(args: argparse.Namespace) -> int:
     update_benchmarks(args.markdown, section)
     print(f"wrote {plots}/*.png, {args.out / 'imta.md'} and the IMTA section of {args.markdown}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _evaluate(args) if args.command == "evaluate" else _report(args)
-    except (ConfigError, CollectError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.imta.stats import holm, mcnemar_per_exit, paired_bootstrap
+from training.factorial.stats import holm, mcnemar_per_exit, paired_bootstrap
 
 
 def _pairs(only_a: int, only_b: int, both: int, neither: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from benchmarks.imta.analysis import ARM_NAMES, verdict
-from benchmarks.imta.collect import RunScores
-from benchmarks.imta.plots import plot_anytime, plot_budgeted, plot_norms
-from benchmarks.imta.report import HEADING, render_section, update_benchmarks
-from benchmarks.imta.results import ImtaResults, load_results, write_results
+from training.factorial.analysis import ARM_NAMES, verdict
+from training.factorial.collect import RunScores
+from training.factorial.plots import plot_anytime, plot_budgeted, plot_norms
+from training.factorial.report import HEADING, render_section, update_benchmarks
+from training.factorial.results import ImtaResults, load_results, write_results
 
 K, N = 3, 400
 # Per arm, the chance each exit is right: IMTA clearly above plain at every exit.
@@ -160,23 +160,3 @@ def test_update_benchmarks_inserts_once_then_replaces(tmp_path: Path) -> None:
     assert text.count(HEADING) == 1 and "second" in text and "first" not in text and "v1" not in text
     assert text.index("## IMTA ablation") < text.index(HEADING) < text.index("## Serving")
     assert text.endswith("rows\n")
-
-
-def test_regenerated_benchmarks_page_keeps_the_imta_section(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import benchmarks.report
-
-    section = tmp_path / "imta.md"
-    section.write_text(f"{HEADING} (x)\n\nthe factorial\n")
-    monkeypatch.setattr(benchmarks.report, "IMTA_SECTION", section)
-    meta = {
-        "quick": False,
-        "command": "c",
-        "machine": "m",
-        "date": "d",
-        "commit": "0",
-        "full_command": "f",
-    }
-    text = benchmarks.report.render({"meta": meta}, tmp_path)
-    assert f"{HEADING} (x)\n\nthe factorial\n" in text

@@ -8,14 +8,14 @@ so that ``report`` renders without touching the runs.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from benchmarks.harness.output import write_json
-from benchmarks.imta import analysis
-from benchmarks.imta.collect import RunScores
+from training.factorial import analysis
+from training.factorial.collect import RunScores
 
 RESULTS, STATS = "imta.json", "imta_stats.json"
 
@@ -96,6 +96,14 @@ def write_results(
     """Write ``imta.json`` and ``imta_stats.json`` into ``out``."""
     write_json(out / RESULTS, results_file(scores, book["epochs"]).model_dump())
     write_json(out / STATS, stats_file(scores, book, resamples=resamples))
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """``data`` as one line of JSON, as every results file of ``benchmarks/results`` (read by the
+    report, not by people)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, separators=(",", ":")) + "\n")
+    return path
 
 
 def load_results(path: Path) -> ImtaResults:

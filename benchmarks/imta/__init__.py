@@ -1,1 +1,0 @@
-"""The pre-registered IMTA factorial (docs/imta.md): launcher, evaluation, statistics, report."""
