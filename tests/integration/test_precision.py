@@ -85,7 +85,11 @@ def test_answers_are_those_of_the_served_graphs_and_table(
     want = {"int8": expected(at_int8(pkg), x, budget), "fp32": expected(pkg, x, budget)}
     # int8 rounding moves every confidence: the two precisions are told apart image by image
     assert np.abs(want["int8"][2] - want["fp32"][2]).max() > 1e-3
+    # The server runs the images in batches of its own making (past an exit, on fewer images); on
+    # a Xeon with VNNI one int8 confidence came out 1.2e-4 from the one-batch reference. 1e-3
+    # still tells the precisions apart (the line above); exits and classes must match exactly.
+    atol = {"int8": 1e-3, "fp32": 1e-4}
     for precision, (exits, classes, conf) in want.items():
         got = classify(servers[precision], pngs, budget)
         assert got[:2] == (exits, classes), precision
-        np.testing.assert_allclose(got[2], conf, atol=1e-4, err_msg=precision)
+        np.testing.assert_allclose(got[2], conf, atol=atol[precision], err_msg=precision)
