@@ -22,11 +22,14 @@ chose for each package, so that every worker serves the same backend
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import shutil
+import signal
 import socket
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,8 +57,22 @@ WORKER_APP = "service.workers:create_worker_app"
 log = logging.getLogger("anytime.workers")
 
 
+def die_with_parent() -> None:
+    """On Linux, have the kernel send this worker SIGTERM when its parent dies. A parent killed
+    with SIGKILL runs nothing that stops its workers: they would go on serving, unsupervised, on
+    the shared socket; with this they drain and exit."""
+    if sys.platform != "linux":
+        return
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the call took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def create_worker_app() -> FastAPI:
     """The app of one worker process: the parent's settings, metrics aggregated across workers."""
+    die_with_parent()
     settings = ServiceSettings(_cli_parse_args=json.loads(os.environ[ARGV_ENV]))
     configure_logging(settings.log_level, settings.json_logs)
     metrics_dir = os.environ.get(METRICS_DIR_ENV)

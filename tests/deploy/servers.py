@@ -103,6 +103,7 @@ def run_service(
         "ANYTIME_MODELS": f'["{package}"]',
         "ANYTIME_BACKEND": "torch",
         "ANYTIME_TORCH__INTRA_OP_THREADS": "1",  # two replicas share a 2-core machine
+        "ANYTIME_WORKERS": "1",  # a replica is one process here
         "ANYTIME_LOG_LEVEL": "warning",
     }
     if env is not None:

@@ -212,3 +212,26 @@ def test_two_workers_report_what_one_process_does(
             assert differences(comparable(two.metrics()), want) == []
     finally:
         two.stop()
+
+
+@pytest.mark.slow  # two spawned workers import torch and warm up
+def test_workers_stop_when_the_parent_is_killed(calibrated_package: Path, tmp_path: Path) -> None:
+    """SIGKILL to the parent (nothing of it runs): its workers get SIGTERM from the kernel and
+    stop, instead of serving on, unsupervised, on the shared socket."""
+    server = wait_ready(launch(calibrated_package, tmp_path, "orphans", "--workers", "2"))
+    deadline = time.monotonic() + 120
+    while server.logs().count("ready: ") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with server.client() as c:
+        assert c.get("/readyz").status_code == 200
+    server.proc.kill()
+    server.proc.wait(10)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{server.url}/readyz", timeout=2)
+        except httpx.TransportError:
+            break  # nobody listens any more
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"workers still answer 60 s after their parent was killed\n{server.logs()}")
