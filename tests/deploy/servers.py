@@ -41,8 +41,10 @@ def wait_until(
     what: str,
     proc: subprocess.Popen[bytes] | None = None,
     log: Path | None = None,
+    interval: float = 0.2,
 ) -> None:
-    """Poll ``check`` until true; fail with the process log if it dies or time runs out."""
+    """Poll ``check`` every ``interval`` seconds until true; fail with the process log if it dies
+    or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -50,7 +52,7 @@ def wait_until(
         with contextlib.suppress(httpx.HTTPError, OSError):
             if check():
                 return
-        time.sleep(0.2)
+        time.sleep(interval)
     pytest.fail(f"{what}: not within {timeout:.0f} s\n{_tail(log)}")
 
 

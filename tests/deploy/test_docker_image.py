@@ -124,7 +124,9 @@ def test_cpu_image_serves_like_make_serve(container: tuple[str, str, str], tmp_p
         done = _metric(text, "anytime_request_duration_seconds_count", model=model) - 1
         return busy >= 1 and busy + done == DRAIN_REQUESTS
 
-    wait_until(all_accepted_some_in_flight, 60, "requests in flight")
+    # Polled often: with int8 stages on a fast CPU the four requests are in flight for well under
+    # a second, and a 0.2 s poll could miss that window (1 of 5 runs here).
+    wait_until(all_accepted_some_in_flight, 60, "requests in flight", interval=0.01)
     docker(cli, "kill", "--signal", "TERM", name)
     for t in threads:
         t.join(timeout=120)
