@@ -26,9 +26,12 @@ def test_auto_follows_the_cpus_native_bf16(
 
 def test_explicit_settings_win_over_auto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
-    cfg = validate_config(tiny_config(tmp_path, amp="none", channels_last="off"))
+    cfg = validate_config(tiny_config(tmp_path, amp="none", channels_last="on"))
     assert device_mod.pick_amp(cfg, CPU) == "none"
-    assert device_mod.use_channels_last(cfg, CPU) is False
+    assert device_mod.use_channels_last(cfg, CPU) is True
+    # channels_last auto follows the autocast the run uses: fp32 here, so the default layout.
+    fp32 = validate_config(tiny_config(tmp_path, amp="none"))
+    assert device_mod.use_channels_last(fp32, CPU) is False
 
 
 def test_bf16_asked_for_on_a_cpu_without_it_trains_in_fp32(
