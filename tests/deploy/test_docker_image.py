@@ -87,8 +87,17 @@ def test_cpu_image_serves_like_make_serve(container: tuple[str, str, str], tmp_p
 
     in_image = _classify(url, model, budget)
 
-    # `make serve`: the same package from the checkout, with make serve's settings only.
-    with run_service(PACKAGE, tmp_path, "make-serve", env={"ANYTIME_MODELS": f'["{PACKAGE}"]'}) as host:
+    # `make serve`: the same package from the checkout, with make serve's settings, at the backend
+    # and precision the image's `auto` chose (each side times its candidates at start-up, and a
+    # busy machine can tip the choice: int8 and fp32 answers differ by ~1e-3).
+    models = httpx.get(f"{url}/v1/models", timeout=10).json()["models"]
+    precision = next(m["precision"] for m in models if m["name"] == model)
+    info = next(ln for ln in httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+                if ln.startswith("anytime_model_info{"))  # fmt: skip
+    backend = info.split('backend="', 1)[1].split('"', 1)[0]
+    make_serve = {"ANYTIME_MODELS": f'["{PACKAGE}"]', "ANYTIME_BACKEND": backend,
+                  "ANYTIME_PRECISION": precision}  # fmt: skip
+    with run_service(PACKAGE, tmp_path, "make-serve", env=make_serve) as host:
         on_host = _classify(host.url, model, budget)
     for path, a, b in zip(IMAGES, in_image, on_host, strict=True):
         assert (a["class_name"], a["exit"]) == (b["class_name"], b["exit"]), path.name
