@@ -11,10 +11,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness.output import figure, table
+from benchmarks.harness.output import table
 from benchmarks.harness.provenance import RESULTS, display
 from benchmarks.profile import markdown as profile_markdown
 from benchmarks.side_by_side import PEER_FILES
+from training.plots import figure  # the one plot frame, shared with the training reports
 
 ENGINE_MODES, IMTA_SECTION = RESULTS / "engine_modes.md", RESULTS / "imta.md"
 PEER_TARGETS = (  # (ratio key, wanted at least, what it compares)
