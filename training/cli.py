@@ -1,5 +1,5 @@
-"""``python -m training COMMAND`` (train, evaluate, calibrate, export, quantize, compare, pack,
-unpack, ablation, factorial): the command-line edge.
+"""``python -m training COMMAND`` (train, evaluate, calibrate, export, quantize, rebudget, compare,
+pack, unpack, ablation, factorial): the command-line edge.
 
 Configuration is built here, once, from the YAML file and the flags, and passed down as typed
 objects. Domain errors become one clear line on stderr and the exit code of :data:`EXIT_CODES`.
@@ -162,7 +162,8 @@ def _run_train(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
-        description="IMTA training, evaluation, threshold calibration, model-package export, "
+        description="IMTA training, evaluation, threshold calibration, model-package export and "
+        "budget refits, "
         "paired comparison of two trained networks, recipe ablations and the IMTA factorial's "
         "evaluation and report.",
     )
@@ -173,10 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     from training.compare import add_compare_parser
     from training.factorial.cli import add_factorial_parser
     from training.quantize import add_quantize_parser
+    from training.rebudget import add_rebudget_parser
     from training.transfer import add_transfer_parsers
 
     add_artifact_parsers(sub)
     add_quantize_parser(sub)
+    add_rebudget_parser(sub)
     add_compare_parser(sub)
     add_transfer_parsers(sub)
     add_ablation_parser(sub)
