@@ -19,10 +19,12 @@ def _key_matches(given: str, keys: list[str]) -> bool:
     return ok
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """Raise 401 unless the request carries a configured key (no-op when none are configured).
 
-    The API routers' dependency; ``/metrics`` calls it when its setting protects it.
+    The API routers' dependency; ``/metrics`` awaits it when its setting protects it. A
+    coroutine because FastAPI runs a plain ``def`` dependency in its thread pool: a thread hop
+    on every request for a check that never blocks.
     """
     check_api_key(
         app_state(request).settings,

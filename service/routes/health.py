@@ -48,5 +48,5 @@ async def metrics(request: Request) -> Response:
     """Prometheus metrics (behind the API key when ``auth.protect_metrics`` is set)."""
     state = app_state(request)
     if state.settings.auth.protect_metrics:
-        require_api_key(request)
+        await require_api_key(request)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
