@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from training.config import ConfigError, load_config
+from training.markdown import table as markdown_table
 
 BASE_ROW = "base"
 
@@ -227,21 +228,17 @@ def results(plan: AblationPlan) -> list[RowResult]:
 
 def table(rows: list[RowResult]) -> str:
     """The ablation as a Markdown table."""
-    lines = [
-        "| row | epochs | validation accuracy per exit (%) | mean | vs base | train h "
-        "| costs more | kept |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    head = ["row", "epochs", "validation accuracy per exit (%)", "mean", "vs base", "train h",
+            "costs more", "kept"]  # fmt: skip
+    cells = []
     for r in rows:
         delta = "" if r.delta is None else f"{r.delta:+.2f}"
         kept = "" if r.kept is None else ("yes" if r.kept else "no")
         accs = " / ".join(f"{a:.2f}" for a in r.exit_acc)
         name = r.name if r.seeds is None else f"{r.name} (mean of {r.seeds} seed{'s' * (r.seeds > 1)})"
-        lines.append(
-            f"| {name} | {r.epochs} | {accs} | {r.mean_acc:.2f} | {delta} | {r.train_s / 3600:.2f} "
-            f"| {'yes' if r.costs_more else 'no'} | {kept} |"
-        )
-    return "\n".join(lines)
+        cells.append([name, r.epochs, accs, f"{r.mean_acc:.2f}", delta, f"{r.train_s / 3600:.2f}",
+                      "yes" if r.costs_more else "no", kept])  # fmt: skip
+    return "\n".join(markdown_table(head, cells))
 
 
 def add_ablation_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

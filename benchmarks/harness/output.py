@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from training.markdown import table  # the one table format; re-exported for the suites
+
+__all__ = ["table", "write_json"]
 
 
 def write_json(path: Path, data: Any) -> Path:
@@ -13,12 +16,3 @@ def write_json(path: Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, separators=(",", ":")) + "\n")
     return path
-
-
-def table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    """A markdown table: the header, its rule, one line per row (cells already formatted)."""
-
-    def line(cells: Iterable[Any]) -> str:
-        return "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
-
-    return [line(head), "|" + "---|" * len(head), *map(line, rows)]

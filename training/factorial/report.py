@@ -9,11 +9,11 @@ whenever it regenerates the whole of BENCHMARKS.md.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from training.factorial.analysis import ARM_NAMES
+from training.markdown import table
 
 HEADING = "## IMTA factorial"
 COMMANDS = (
@@ -35,15 +35,6 @@ VERDICTS = {
     "shown here; differences outside the interval are excluded at this scale.",
     "no result": "No seed has both IMTA and plain training finished yet.",
 }
-
-
-def table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    """A markdown table: the header, its rule, one line per row (cells already formatted)."""
-
-    def line(cells: Iterable[Any]) -> str:
-        return "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
-
-    return [line(head), "|" + "---|" * len(head), *map(line, rows)]
 
 
 def _pts(v: float) -> str:
