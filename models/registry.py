@@ -44,12 +44,10 @@ def register_model(name: str | None = None) -> Callable[[F], F]:
 
 def list_models() -> list[str]:
     """Sorted names of every registered architecture."""
-    _import_builtin_models()
     return sorted(_REGISTRY)
 
 
 def is_registered(name: str) -> bool:
-    _import_builtin_models()
     return name in _REGISTRY
 
 
@@ -63,7 +61,6 @@ def create_model(name: str, **kwargs: Any) -> MultiExitNet:
     Raises:
         UnknownModelError: ``name`` is not registered; the message lists the known names.
     """
-    _import_builtin_models()
     try:
         factory = _REGISTRY[name]
     except KeyError:
@@ -74,10 +71,3 @@ def create_model(name: str, **kwargs: Any) -> MultiExitNet:
     model.arch_name = name
     model.arch_kwargs = dict(kwargs)
     return model
-
-
-def _import_builtin_models() -> None:
-    # Importing the architecture modules runs their @register_model decorators.
-    import models.msdnet
-    import models.resnet_exits
-    import models.widenet  # noqa: F401
