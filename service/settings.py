@@ -100,6 +100,13 @@ class LimitSettings(_Part):
         40_000_000, ge=1, description="largest width*height of a decoded image"
     )
     max_images_per_request: int = Field(64, ge=1, description="most images in one request")
+    inline_decode_bytes: int = Field(
+        8192,
+        ge=0,
+        description="a request of one encoded image of at most this many bytes (and at most "
+        "128x128 pixels) is decoded on the event loop: a thumbnail decodes in less time than a "
+        "hop to a worker thread costs; other images decode in a worker thread; 0 = always there",
+    )
 
 
 class AuthSettings(_Part):

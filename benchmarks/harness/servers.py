@@ -55,6 +55,7 @@ class ServerSpec:
     ready_path: str
     port: int
     env: dict[str, str] = field(default_factory=dict)
+    checkout: Path | None = None  # another checkout of this repository to run from (default: this)
 
 
 def service_spec(
@@ -114,10 +115,11 @@ class Server:
     def __init__(self, spec: ServerSpec, log: Path, ready_timeout_s: float = 300.0) -> None:
         self.spec, self.log, self.url = spec, log, f"http://127.0.0.1:{spec.port}"
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(REPO), **spec.env}
+        root = spec.checkout or REPO  # `python -m` puts the working directory first on sys.path
+        env = {**os.environ, "PYTHONPATH": str(root), **spec.env}
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                spec.command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                spec.command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stop() reaches its children
             )  # fmt: skip
         try:

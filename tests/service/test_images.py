@@ -8,7 +8,7 @@ from PIL import Image
 
 from models.package import Preprocessing
 from service.errors import BadImageError, PayloadTooLargeError
-from service.images import ImageLimits, decode_image, images_to_batch, preprocess
+from service.images import ImageLimits, decode_image, images_to_batch, is_thumbnail, preprocess
 from tests.conftest import CIFAR_PREPROCESSING
 from tests.service.fixtures import encode, png_with_claimed_size, sample_images
 
@@ -106,3 +106,21 @@ def test_the_reduced_decode_feeds_the_network_nearly_the_same_input() -> None:
     assert reduced.shape == (1, 3, 32, 32)
     # Normalised units (about 4 per full pixel range): within 1/50 of the range on average.
     assert (reduced[0] - full).abs().mean() < 0.08
+
+
+@pytest.mark.parametrize(
+    ("blob", "thumbnail"),
+    [
+        (encode(Image.new("RGB", (32, 32), (9, 9, 9)), "JPEG"), True),
+        (encode(Image.new("RGB", (128, 128), (9, 9, 9)), "PNG"), True),
+        # a few hundred bytes of PNG that decode to 4 M pixels: a small file, not a thumbnail
+        (encode(Image.new("RGB", (2_000, 2_000), (9, 9, 9)), "PNG"), False),
+        (png_with_claimed_size(100_000, 100_000), False),
+        (encode(Image.new("RGB", (32, 32)), "JPEG") + b"\0" * 9_000, False),  # over the bytes
+        (b"definitely not an image", True),  # it fails at once wherever it is decoded
+    ],
+    ids=["32px-jpeg", "128px-png", "flat-2000px-png", "bomb-header", "over-bytes", "not-image"],
+)
+def test_only_small_images_decode_on_the_event_loop(blob: bytes, thumbnail: bool) -> None:
+    assert is_thumbnail(blob, max_bytes=8192) is thumbnail
+    assert not is_thumbnail(blob, max_bytes=0)  # 0: every image goes to a worker thread
