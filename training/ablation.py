@@ -69,6 +69,7 @@ class RowResult:
     name: str
     seeds: int | None  # how many seeds the figures are the mean of (None: a plan without seeds)
     epochs: int
+    planned: int  # the epochs its config trains: fewer logged = unfinished
     exit_acc: list[float]
     mean_acc: float
     delta: float | None  # against the base row, points
@@ -175,6 +176,19 @@ def run_plan(plan: AblationPlan, only: list[str] | None = None, extra: list[str]
     return 0
 
 
+def planned_epochs(plan: AblationPlan, name: str, seed: int | None) -> int:
+    """The epochs row ``name``'s config trains (both stages of the two-stage recipe)."""
+    row = plan.rows[name]
+    cfg = load_config(
+        row.config or plan.base_config,
+        run_overrides(plan, name, seed, []),
+        values=init_from(plan, name, seed),
+    )
+    return {"joint": cfg.epochs, "stage2": cfg.stage2_epochs}.get(
+        cfg.recipe, cfg.epochs + cfg.stage2_epochs
+    )
+
+
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
     """The epoch records of ``RUN/log.jsonl``, one per (stage, epoch): an epoch logged, then
     redone after a kill before its checkpoint was written, counts once (the later record)."""
@@ -216,13 +230,17 @@ def results(plan: AblationPlan) -> list[RowResult]:
         if read is None:
             continue
         epochs, acc, seconds, n_seeds = read
+        planned = planned_epochs(plan, name, plan_seeds(plan)[0])
         mean = sum(acc) / len(acc)
         if name == plan.base_row:
             base_mean = mean
         delta = None if base_mean is None or name == plan.base_row else mean - base_mean
-        kept = None if delta is None else keep(delta, row.costs_more, plan.min_gain)
+        finished = epochs >= planned
+        kept = None if delta is None or not finished else keep(delta, row.costs_more, plan.min_gain)
         seeds = None if plan.seeds is None else n_seeds
-        out.append(RowResult(name, seeds, epochs, acc, mean, delta, seconds, row.costs_more, kept))
+        out.append(
+            RowResult(name, seeds, epochs, planned, acc, mean, delta, seconds, row.costs_more, kept)
+        )
     return out
 
 
@@ -234,9 +252,12 @@ def table(rows: list[RowResult]) -> str:
     for r in rows:
         delta = "" if r.delta is None else f"{r.delta:+.2f}"
         kept = "" if r.kept is None else ("yes" if r.kept else "no")
+        if r.epochs < r.planned:
+            kept = "running"
         accs = " / ".join(f"{a:.2f}" for a in r.exit_acc)
         name = r.name if r.seeds is None else f"{r.name} (mean of {r.seeds} seed{'s' * (r.seeds > 1)})"
-        cells.append([name, r.epochs, accs, f"{r.mean_acc:.2f}", delta, f"{r.train_s / 3600:.2f}",
+        epochs = r.epochs if r.epochs >= r.planned else f"{r.epochs} of {r.planned}"
+        cells.append([name, epochs, accs, f"{r.mean_acc:.2f}", delta, f"{r.train_s / 3600:.2f}",
                       "yes" if r.costs_more else "no", kept])  # fmt: skip
     return "\n".join(markdown_table(head, cells))
 

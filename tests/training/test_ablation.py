@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from training.ablation import keep, load_plan, plan_runs, read_row, results, row_command
+from training.ablation import keep, load_plan, plan_runs, read_row, results, row_command, table
 from training.cli import main
 from training.config import ConfigError
 
@@ -189,3 +189,27 @@ def test_read_row_counts_a_redone_epoch_once(tmp_path: Path) -> None:
         )
     )
     assert read_row(tmp_path) == (2, [70.0], 12.0)
+
+
+def test_an_unfinished_row_gets_no_verdict(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    base = write_config(
+        tmp_path / "base.yaml", tiny_config(runs / "unused", epochs=4, model=TINY_WIDENET)
+    )
+    plan_path = tmp_path / "plan.yaml"
+    rows = {"base": {}, "label_smoothing": {"set": {"label_smoothing": 0.2}}}
+    plan_path.write_text(yaml.safe_dump({"base_config": str(base), "runs_dir": str(runs), "rows": rows}))
+    for name, epochs, acc in (("base", 4, 0.5), ("label_smoothing", 2, 0.9)):  # killed after 2 of 4
+        (runs / name).mkdir(parents=True)
+        (runs / name / "log.jsonl").write_text(
+            "".join(
+                json.dumps({"epoch": e, "epoch_s": 1.0, "val_exit_acc": [acc, acc]}) + "\n"
+                for e in range(1, epochs + 1)
+            )
+        )
+    base_row, running = results(load_plan(plan_path))
+    assert (base_row.epochs, base_row.planned) == (4, 4)
+    assert (running.epochs, running.planned, running.delta) == (2, 4, pytest.approx(40.0))
+    assert running.kept is None  # +40 points, but not finished: no verdict yet
+    assert "| label_smoothing | 2 of 4 |" in table([base_row, running])
+    assert table([base_row, running]).rstrip().endswith("| running |")
