@@ -69,12 +69,14 @@ def main(argv: list[str] | None = None) -> None:
                         at = spec.command.index("--grpc-port")  # a checkout before the gRPC API
                         del spec.command[at : at + 2]
                 servers[side] = Server(spec, Path(tmp) / f"server-{side}.log")
-            rates = {b: {side: [] for side in SIDES} for b in args.budgets}
+            rates: dict[float, dict[str, list[float]]] = {
+                b: {side: [] for side in SIDES} for b in args.budgets
+            }
             for r in range(args.rounds):
                 order = SIDES if r % 2 == 0 else SIDES[::-1]
                 for budget in args.budgets:
+                    path = f"/v1/models/{name}/classify?budget={budget}"
                     for side in order:
-                        path = f"/v1/models/{name}/classify?budget={budget}"
                         w = run_wrk(
                             servers[side].url, path, "raw", images, args.seconds, args.connections
                         )

@@ -18,6 +18,7 @@ table without retraining or re-exporting:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.package import Manifest, governing_row, load_package, read_manifest, sha256_file
+from models.onnx_export import StageGraph
+from models.package import Manifest, governing_row, load_package, read_manifest
 from models.quantize import stage_logits
 from training.quantize import int8_budgets, package_splits, write_manifest
 
@@ -81,9 +83,16 @@ def rebudget_package(root: Path, points: int = 8, data_dir: str | None = None) -
     m = load_package(root).manifest
     splits = package_splits(m, data_dir)
     names = [g.inputs for g in m.onnx]
-    fp32 = {s: stage_logits([root / g.file for g in m.onnx], names, x) for s, (x, _) in splits.items()}
+
+    def logits(graphs: list[StageGraph]) -> dict[str, np.ndarray]:
+        """Every exit's logits ``[K, N, C]`` on each split through ``graphs``."""
+        return {
+            s: stage_logits([root / g.file for g in graphs], names, x) for s, (x, _) in splits.items()
+        }
+
+    fp32 = logits(m.onnx)
     scores = {
-        s: ExitScores.from_logits(torch.from_numpy(np.asarray(fp32[s])), torch.from_numpy(y))
+        s: ExitScores.from_logits(torch.from_numpy(fp32[s]), torch.from_numpy(y))
         for s, (_, y) in splits.items()
     }
     fractions = torch.tensor([e.compute_fraction for e in m.exits], dtype=torch.float64)
@@ -96,20 +105,20 @@ def rebudget_package(root: Path, points: int = 8, data_dir: str | None = None) -
         }
     )
     if m.int8 is not None:
-        int8 = {
-            s: stage_logits([root / g.file for g in m.int8.onnx], names, x)
-            for s, (x, _) in splits.items()
-        }
+        int8 = logits(m.int8.onnx)
         table = int8_budgets(new, int8["val"], splits["val"][1], int8["test"], splits["test"][1])
         new = new.model_copy(update={"int8": m.int8.model_copy(update={"budgets": table})})
-    files = dict(m.files)
+    files, calibration_text = dict(m.files), None
     if (root / CALIBRATION).is_file():
         calibration = json.loads((root / CALIBRATION).read_text())
         calibration["front"] = front
-        (root / CALIBRATION).write_text(json.dumps(calibration, indent=2) + "\n")
+        calibration_text = json.dumps(calibration, indent=2) + "\n"
         if CALIBRATION in files:
-            files[CALIBRATION] = sha256_file(root / CALIBRATION)
+            files[CALIBRATION] = hashlib.sha256(calibration_text.encode()).hexdigest()
     new = new.model_copy(update={"files": files})
-    Manifest.model_validate(new.model_dump())  # checked before it lands
+    # Checked before anything lands: a refused manifest leaves the package as it was.
+    Manifest.model_validate(new.model_dump())
+    if calibration_text is not None:
+        (root / CALIBRATION).write_text(calibration_text)
     write_manifest(root, new)
     return read_manifest(root)
