@@ -15,10 +15,15 @@ CPU time is split over the components in proportion to its samples (samples alon
 count time a runnable thread waited for a core), and divided by the images answered in the
 window: ms of CPU per one-image request. The rows are module and function patterns, so they
 keep working when the routes are rewritten; "other" shows what they no longer recognise.
+The same CPU times by thread kind need no attribution: the event loop's thread is the front
+end of a one-image request (HTTP, routing, a thumbnail's decoding and preprocessing, the
+hand-off to the engine and the answer back), the engine's threads run the network.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 import shutil
 import subprocess
@@ -43,7 +48,8 @@ RATE_HZ = 200
 COMPONENTS: list[tuple[str, str]] = [
     ("response encoding", r"json/encoder|orjson|jsonable_encoder|serialize_response|render \("
      r"|_prepare_response_content|\.model_dump|dump_json|\bencode_\w+ \(service/"),
-    ("decode", r"^(decode_image|decode_images?|_to_rgb) |^(ImageFile\.load|Image\.open|Image\.convert"
+    ("decode", r"^(decode_image|decode_images?|_decode\w*|is_thumbnail|_to_rgb) |\(service/jpeg\.py"
+     r"|simplejpeg|^(ImageFile\.load|Image\.open|Image\.convert"
      r"|Image\.draft|\w+ImageFile\.\w+|_open|_accept) \(PIL/"),
     ("preprocessing", r"^(preprocess\w*|images_to_batch|\w*normali[sz]e\w*) "
      r"|^Image\.(resize|crop|reduce|thumbnail) \(PIL/"),
@@ -123,6 +129,20 @@ def thread_cpu(pids: list[int]) -> dict[int, float]:
     return {int(t.parent.name): cpu_seconds(t) for t in tasks if stat_fields(t)}
 
 
+def thread_table(raw: Path, cpu_s: dict[int, float], images: float) -> dict[str, float]:
+    """ms of CPU per image by thread kind: ``event loop``, ``engine``, ``other`` (threads
+    py-spy never saw, such as native pools, count as other)."""
+    kinds = {tid: name for tid, name, _, _ in samples(raw) if tid is not None}
+    out = dict.fromkeys(("event loop", "engine", "other"), 0.0)
+    for tid, seconds in cpu_s.items():
+        name = kinds.get(tid, "")
+        kind = (
+            "event loop" if name.endswith("MainThread") else "engine" if "engine-" in name else "other"
+        )
+        out[kind] += 1e3 * seconds / max(images, 1e-9)
+    return out
+
+
 def component_table(
     by_thread: dict[int | None, Counter[str]], cpu_s: dict[int, float], images: float
 ) -> list[dict[str, float | str]]:
@@ -177,9 +197,17 @@ def profile_components(
         "accuracy": result["wrk"].accuracy,
         "rows": component_table(attribute(raw), cpu, answered),
         "cpu_ms_per_image": 1e3 * sum(cpu.values()) / max(answered, 1e-9),
+        "threads_ms_per_image": thread_table(raw, cpu, answered),
         "raw": raw.name,
         "method": next(p for p in __doc__.split("\n\n") if p.startswith("Method")).replace("\n", " "),
     }
+
+
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """Bind every thread of ``pids`` to ``cpus`` (threads they start later inherit it)."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), cpus)
 
 
 def markdown(prof: dict[str, Any]) -> list[str]:
@@ -198,21 +226,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-args", default="", help="extra `python -m service` options")
     p.add_argument("--out", type=Path, default=RESULTS / "profile_components.json")
     p.add_argument("--logs", type=Path, default=REPO / "runs" / "profile")
+    p.add_argument(
+        "--pin", action="store_true",
+        help="the server on CPU 0 and wrk on the others, so that no load generator shares the "
+        "server's core (its per-thread CPU is then the server's own)",
+    )  # fmt: skip
+    p.add_argument("--checkout", type=Path, help="serve from this checkout (a before/after)")
     args = p.parse_args(argv)
     images = write_held_set(args.package, args.logs / "images", args.data_dir)
     path = f"/v1/models/{read_manifest(args.package).name}/classify?budget={args.budget}"
-    with Server(
-        service_spec(args.package, extra=args.server_args.split()), args.logs / "service.log"
-    ) as s:
+    spec = service_spec(args.package, extra=args.server_args.split())
+    if args.checkout is not None:
+        spec = dataclasses.replace(spec, checkout=args.checkout.resolve())
+    with Server(spec, args.logs / "service.log") as s:
+        if args.pin:
+            pin(s.pids(), {0})
+            os.sched_setaffinity(0, os.sched_getaffinity(0) - {0})  # wrk inherits it
         run_wrk(s.url, path, "raw", images, 3)  # warm-up
         raw = args.logs / "profile_raw.txt"  # large, rewritten by every run: not a result
         prof = profile_components(s.url, path, s.pids, images, args.seconds, raw)
-    write_json(args.out, prof | {"budget": args.budget, "server_args": args.server_args})
+    write_json(
+        args.out,
+        prof | {"budget": args.budget, "server_args": args.server_args, "pinned": args.pin}
+        | {"checkout": str(args.checkout) if args.checkout else None},
+    )  # fmt: skip
     print(
         prof["method"],
         f"\n\nbudget {args.budget}: {prof['images_per_s']:.1f} images/s during the profile\n",
     )
     print("\n".join(markdown(prof)))
+    kinds = ", ".join(f"{k} {v:.2f}" for k, v in prof["threads_ms_per_image"].items())
+    print(f"\nms of CPU per image by thread (no sampling involved): {kinds}")
     return 0
 
 

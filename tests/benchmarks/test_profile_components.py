@@ -19,6 +19,7 @@ from benchmarks.profile import (
     markdown,
     samples,
     thread_cpu,
+    thread_table,
 )
 
 LOOP = (
@@ -96,6 +97,12 @@ def test_cpu_time_is_split_by_each_threads_samples(tmp_path: Path) -> None:
     assert rows[OTHER]["ms_per_image"] == 0.0 and rows[OTHER]["share"] == pytest.approx(4 / 64)
     assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0)
     assert list(rows)[-2:] == [OTHER, NATIVE]
+
+
+def test_cpu_time_by_thread_kind_needs_no_attribution(tmp_path: Path) -> None:
+    # engine-0 (11) 4 s, MainThread (12) 2 s, "other" (13) and a native thread (14) 1 s each.
+    ms = thread_table(_raw(tmp_path), {11: 4.0, 12: 2.0, 13: 1.0, 14: 1.0}, 100)
+    assert ms == pytest.approx({"event loop": 20.0, "engine": 40.0, "other": 20.0})
 
 
 def test_thread_cpu_reads_this_process() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -73,6 +75,8 @@ def test_resize_then_center_crop() -> None:
 def test_bad_images_raise_named_errors(blob: bytes, error: type[Exception], words: str) -> None:
     with pytest.raises(error, match=words):
         decode_image(blob, LIMITS, where="image 3")
+    with pytest.raises(error, match=words):  # the same error where JPEGs take the fast path
+        images_to_batch([blob], CIFAR_PREPROCESSING, LIMITS)
 
 
 def test_errors_name_the_bad_image_by_position() -> None:
@@ -124,3 +128,36 @@ def test_the_reduced_decode_feeds_the_network_nearly_the_same_input() -> None:
 def test_only_small_images_decode_on_the_event_loop(blob: bytes, thumbnail: bool) -> None:
     assert is_thumbnail(blob, max_bytes=8192) is thumbnail
     assert not is_thumbnail(blob, max_bytes=0)  # 0: every image goes to a worker thread
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A small JPEG whose frame header (SOF0) claims ``width`` x ``height`` pixels."""
+    blob = bytearray(encode(Image.new("RGB", (8, 8)), "JPEG"))
+    sof = blob.index(b"\xff\xc0")
+    blob[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(blob)
+
+
+def test_a_jpeg_header_over_the_pixel_limit_is_refused_before_decoding() -> None:
+    with pytest.raises(PayloadTooLargeError, match="image 0 is 2000x1000 pixels"):
+        images_to_batch([_jpeg_claiming(2000, 1000)], CIFAR_PREPROCESSING, LIMITS)
+    assert not is_thumbnail(_jpeg_claiming(2000, 1000), max_bytes=8192)
+
+
+@pytest.mark.parametrize(
+    ("img", "options"),
+    [
+        (_photo((32, 32)), {}),  # 4:2:0, the CIFAR archive's
+        (_photo((40, 24)), {"subsampling": 0, "quality": 95}),  # 4:4:4, resized after decoding
+        (_photo((32, 32)), {"progressive": True}),
+        (_photo((32, 32)).convert("L"), {}),
+        (_photo((32, 32)).convert("CMYK"), {}),  # Pillow's path: its ink inversion
+    ],
+    ids=["420", "444-resized", "progressive", "grey", "cmyk"],
+)
+def test_every_jpeg_gives_the_network_pillows_pixels(img: Image.Image, options: dict) -> None:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **options)
+    blob = buf.getvalue()
+    fast = images_to_batch([blob], CIFAR_PREPROCESSING, LIMITS)[0]
+    assert fast.equal(preprocess(decode_image(blob, LIMITS), CIFAR_PREPROCESSING))
