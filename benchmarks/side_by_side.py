@@ -11,7 +11,9 @@ the package's int8 graphs on onnxruntime and the peers run the same graphs (``--
 wrk sends the package's held test JPEGs, one per request, from 16 connections, and
 scores every answer against its label. The in-process engine runs the same request shape (one
 image per request, 16 concurrent clients, decoding in the process) for the HTTP/engine ratio.
-The points run round-robin, ``--repeats`` times, so a change in the machine's load falls on all.
+The points run round-robin, ``--repeats`` times, so a change in the machine's load falls on all;
+while one point runs, LitServe is paused (SIGSTOP) unless it is the one measured: its idle
+inference workers poll (0.21 of a core), which would fall on the server measured beside it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from benchmarks.harness.data import write_held_set
 from benchmarks.harness.engine import at_precision, service_workers
 from benchmarks.harness.output import write_json
 from benchmarks.harness.provenance import REPO, RESULTS, Sitting, display
-from benchmarks.harness.servers import Server, ServerSpec, peer_spec, service_spec
+from benchmarks.harness.servers import Server, ServerSpec, alone, peer_spec, service_spec
 from benchmarks.harness.stats import median_run
 from benchmarks.harness.wrk import WARMUP_S, WrkError, run_wrk, summarise
 from benchmarks.serving import Settings, engine_load
@@ -163,21 +165,26 @@ def measure(args: argparse.Namespace, images: Path) -> dict[str, Any]:
         for s in specs:
             print(f"starting {s.name}: {' '.join(s.command)}", flush=True)
             servers[s.name] = stack.enter_context(Server(s, args.logs / f"{s.name}.log"))
+        # Each point runs with LitServe paused unless measured (`alone`): idle, it still polls.
         for _, server, path, body in points:  # warm-up: first batches, allocator, connections
-            with contextlib.suppress(WrkError):  # its figures are not kept, nor their checks
+            with contextlib.suppress(WrkError), alone(servers.values(), servers[server]):
                 run_wrk(servers[server].url, path, body, images, 2, args.connections)
         for r in range(args.repeats):
             for label, server, path, body in points:
                 srv, offset = servers[server], r * len(blobs) // args.repeats
                 cpu0 = srv.cpu_seconds()
-                res = run_wrk(srv.url, path, body, images, args.seconds, args.connections, offset)
+                with alone(servers.values(), srv):
+                    res = run_wrk(srv.url, path, body, images, args.seconds, args.connections, offset)
                 # CPU over the whole wrk run, so per answer of the whole run (warm-up included)
                 cpu[label].append(1e3 * (srv.cpu_seconds() - cpu0) / max(res.requests, 1))
                 runs[label].append(res)
                 print(f"  [{r + 1}/{args.repeats}] {label}: {res.images_per_s:.1f} img/s, acc "
                       f"{res.accuracy:.4f}, p50 {res.p50_ms:.1f} ms", flush=True)  # fmt: skip
             for b in (1.0, 0.5):
-                e = engine_processes(args.package, b, blobs, args.seconds, args.processes, args.served)
+                with alone(servers.values()):
+                    e = engine_processes(
+                        args.package, b, blobs, args.seconds, args.processes, args.served
+                    )
                 engine[f"engine, budget {b}"].append(e)
                 print(
                     f"  [{r + 1}/{args.repeats}] engine b{b}: {e['images_per_s']:.1f} img/s", flush=True
