@@ -56,7 +56,8 @@ class RequestIdMiddleware:
         state["request_id_given"] = rid is not None
         # 128 random bits as 32 hex digits, like uuid4().hex, without its system call: that
         # releases the interpreter lock, and the event loop then waits for the engine's thread.
-        # Not a secret, so the process's random generator (reseeded in forked workers) will do.
+        # Not a secret, so the process's random generator (seeded per process, and again after a
+        # fork) will do.
         state["request_id"] = rid = rid or f"{random.getrandbits(128):032x}"
         token = request_id.set(rid)
         if self.traced:
