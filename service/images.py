@@ -72,14 +72,25 @@ def _decode_jpeg_fast(
     if size is None or len(data) > limits.max_image_bytes:
         return None
     width, height = size
+    _check_pixels(width, height, limits, where)
+    if _reducible(width, height, draft):
+        return None
+    return decode_rgb(data)  # None when damaged: Pillow then says how, in the words clients get
+
+
+def _check_pixels(width: int, height: int, limits: ImageLimits, where: str) -> None:
+    """Refuse (413) an image whose header claims more pixels than the limit, before decoding."""
     if width * height > limits.max_image_pixels:
         raise PayloadTooLargeError(
             f"{where} is {width}x{height} pixels; the limit is {limits.max_image_pixels} pixels",
             detail={"width": width, "height": height, "limit": limits.max_image_pixels},
         )
-    if draft is not None and width >= 2 * draft[0] and height >= 2 * draft[1]:
-        return None
-    return decode_rgb(data)  # None when damaged: Pillow then says how, in the words clients get
+
+
+def _reducible(width: int, height: int, draft: tuple[int, int] | None) -> bool:
+    """Whether a JPEG of ``width`` x ``height`` can be decoded at a reduced scale (1/2 at least)
+    and still cover ``draft``: Pillow's ``draft`` then does it, so the fast path leaves it."""
+    return draft is not None and width >= 2 * draft[0] and height >= 2 * draft[1]
 
 
 def _to_rgb(img: Image.Image, where: str) -> Image.Image:
@@ -123,19 +134,10 @@ def decode_image(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             width, height = img.size
-            if width * height > limits.max_image_pixels:
-                raise PayloadTooLargeError(
-                    f"{where} is {width}x{height} pixels; the limit is {limits.max_image_pixels} pixels",
-                    detail={"width": width, "height": height, "limit": limits.max_image_pixels},
-                )
+            _check_pixels(width, height, limits, where)
             if width < 1 or height < 1:
                 raise BadImageError(f"{where} has no pixels ({width}x{height})")
-            if (
-                draft is not None
-                and img.format == "JPEG"
-                and width >= 2 * draft[0]
-                and height >= 2 * draft[1]
-            ):
+            if img.format == "JPEG" and _reducible(width, height, draft):
                 img.draft(img.mode, draft)  # only when a reduced scale is possible at all
             img.load()
             return _to_rgb(img, where)
