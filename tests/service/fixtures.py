@@ -28,9 +28,10 @@ NAME = "tiny-calibrated"
 LIMITS = ImageLimits(max_image_bytes=8 * 2**20, max_image_pixels=40_000_000)
 
 
-def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
+def encode(img: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
+    """``img`` as a ``fmt`` file; ``options`` go to Pillow's encoder (JPEG ``quality``, ...)."""
     buf = io.BytesIO()
-    img.save(buf, fmt)
+    img.save(buf, fmt, **options)
     return buf.getvalue()
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -156,8 +154,6 @@ def test_a_jpeg_header_over_the_pixel_limit_is_refused_before_decoding() -> None
     ids=["420", "444-resized", "progressive", "grey", "cmyk"],
 )
 def test_every_jpeg_gives_the_network_pillows_pixels(img: Image.Image, options: dict) -> None:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", **options)
-    blob = buf.getvalue()
+    blob = encode(img, "JPEG", **options)
     fast = images_to_batch([blob], CIFAR_PREPROCESSING, LIMITS)[0]
     assert fast.equal(preprocess(decode_image(blob, LIMITS), CIFAR_PREPROCESSING))

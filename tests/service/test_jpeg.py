@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import simplejpeg
 from PIL import Image
 
 from service.jpeg import decode_rgb, frame_size
-
-
-def _jpeg(img: Image.Image, **options: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", **options)
-    return buf.getvalue()
+from tests.service.fixtures import encode
 
 
 def _noise(size: tuple[int, int], mode: str = "RGB") -> Image.Image:
@@ -36,7 +29,7 @@ def _noise(size: tuple[int, int], mode: str = "RGB") -> Image.Image:
     ids=["baseline", "progressive", "grey", "app-segments", "restart-markers", "444"],
 )
 def test_the_frame_size_is_libjpeg_turbos(img: Image.Image, options: dict) -> None:
-    blob = _jpeg(img, **options)
+    blob = encode(img, "JPEG", **options)
     height, width, _, _ = simplejpeg.decode_jpeg_header(blob)
     assert frame_size(blob) == (width, height) == img.size
     pixels = decode_rgb(blob)
@@ -44,7 +37,7 @@ def test_the_frame_size_is_libjpeg_turbos(img: Image.Image, options: dict) -> No
 
 
 def test_fill_bytes_before_a_marker_are_skipped() -> None:
-    blob = _jpeg(_noise((8, 8)))
+    blob = encode(_noise((8, 8)), "JPEG")
     assert frame_size(blob[:2] + b"\xff\xff\xff" + blob[2:]) == (8, 8)
 
 
@@ -54,8 +47,8 @@ def test_fill_bytes_before_a_marker_are_skipped() -> None:
         b"",
         b"\xff\xd8",
         b"not a jpeg at all",
-        _jpeg(_noise((8, 8), "CMYK")),  # four components: Pillow's ink inversion
-        _jpeg(_noise((8, 8)))[:12],  # cut before the frame header
+        encode(_noise((8, 8), "CMYK"), "JPEG"),  # four components: Pillow's ink inversion
+        encode(_noise((8, 8)), "JPEG")[:12],  # cut before the frame header
         b"\xff\xd8\xff\xda\x00\x08" + b"\0" * 8,  # a scan before any frame header
         b"\xff\xd8\x00\x00\x00\x00",  # not a marker where one must be
         b"\xff\xd8\xff\xe0\x00\x01\x00\x00",  # a segment length below its own two bytes
@@ -78,6 +71,6 @@ def test_anything_else_is_left_to_pillow(blob: bytes) -> None:
 
 
 def test_a_damaged_scan_is_left_to_pillow() -> None:
-    blob = _jpeg(_noise((64, 64)))
+    blob = encode(_noise((64, 64)), "JPEG")
     assert frame_size(blob[:300]) == (64, 64)  # the header is whole, the pixels are not
     assert decode_rgb(blob[:300]) is None
