@@ -245,11 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         run_wrk(s.url, path, "raw", images, 3)  # warm-up
         raw = args.logs / "profile_raw.txt"  # large, rewritten by every run: not a result
         prof = profile_components(s.url, path, s.pids, images, args.seconds, raw)
-    write_json(
-        args.out,
-        prof | {"budget": args.budget, "server_args": args.server_args, "pinned": args.pin}
-        | {"checkout": str(args.checkout) if args.checkout else None},
-    )  # fmt: skip
+    checkout = str(args.checkout) if args.checkout else None
+    run = {
+        "budget": args.budget,
+        "server_args": args.server_args,
+        "pinned": args.pin,
+        "checkout": checkout,
+    }
+    write_json(args.out, prof | run)
     print(
         prof["method"],
         f"\n\nbudget {args.budget}: {prof['images_per_s']:.1f} images/s during the profile\n",
