@@ -7,7 +7,7 @@ PACKAGE ?= packages/default
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install test test-slow lint proto serve bench bench-tools peers bench-peers train-default clean
+.PHONY: install test test-slow lint proto serve bench bench-tools peers bench-peers train-default train-frontier clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -96,6 +96,19 @@ train-default: $(STAMP)
 	  --kd-teacher $(RUN_DIR)/swa/last.pt $(RUN_DIR)/ens/swa/last.pt --resume $(ARGS)
 	$(PY) -m training calibrate --run-dir $(RUN_DIR)/ban/swa_ens
 	$(PY) -m training export --run-dir $(RUN_DIR)/ban/swa_ens --out $(PACKAGE) --name msdnet-cifar10-imta
+
+# The frontier recipe (docs/frontier.md): the WideNet teacher (airbench95's recipe on the
+# project's split), then the six-exit WideNet student it teaches with the ablation's kept
+# ingredients, calibrated to the front table and exported to its own package. Every step resumes.
+# It never writes packages/default: serve it with make serve PACKAGE=$(FRONTIER_PACKAGE).
+FRONTIER_DIR ?= runs/frontier
+FRONTIER_PACKAGE ?= packages/frontier
+train-frontier: $(STAMP)
+	$(PY) -m training train --config configs/frontier/teacher.yaml --run-dir $(FRONTIER_DIR)/teacher --resume $(ARGS)
+	$(PY) -m training train --config configs/frontier/student.yaml --run-dir $(FRONTIER_DIR)/student \
+	  --kd-teacher $(FRONTIER_DIR)/teacher/last.pt --resume $(ARGS)
+	$(PY) -m training calibrate --run-dir $(FRONTIER_DIR)/student
+	$(PY) -m training export --run-dir $(FRONTIER_DIR)/student --out $(FRONTIER_PACKAGE) --name widenet-cifar10-frontier
 
 clean:
 	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache
