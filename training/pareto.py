@@ -13,13 +13,16 @@ most ``--max-full`` million multiply-adds, the one with the highest validation a
 capped point, provided that point's time is at most 0.55 of its full pass's; within 0.2 point,
 the faster full pass. It replaces the shipped package only at >= 93.0 % there and a full network
 above the shipped one's validation accuracy (``--shipped``).
+
+``--plot FILE`` draws every network's whole front: validation accuracy against multiply-adds, and
+test accuracy against time, where a curve shows what two points of a table cannot.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -52,6 +55,7 @@ class Candidate:
     stage_ms: list[float]
     capped: Point | None  # None: no point of the front is within the cap
     full: Point
+    front: tuple[Point, ...] = field(default=())  # every row of the validation front, cheapest first
 
     @property
     def time_share(self) -> float | None:
@@ -64,20 +68,28 @@ def point_ms(exit_fractions: list[float], stage_ms: list[float]) -> float:
     return float(torch.tensor(exit_fractions, dtype=torch.float64) @ cumulative)
 
 
+def front_points(
+    rows: list[tuple[float, OperatingPoint, OperatingPoint]], full_madds: float, stage_ms: list[float]
+) -> list[Point]:
+    """Front rows ``(budget, val, test)`` as points: compute from validation, time from the test
+    split's exit shares (pure)."""
+    return [
+        Point(budget, val.compute * full_madds, 100 * val.accuracy, 100 * test.accuracy,
+              point_ms(test.exit_fractions, stage_ms))
+        for budget, val, test in rows
+    ]  # fmt: skip
+
+
 def capped_and_full(
     rows: list[tuple[float, OperatingPoint, OperatingPoint]], full_madds: float, cap: float,
     stage_ms: list[float],
 ) -> tuple[Point | None, Point]:  # fmt: skip
     """From front rows ``(budget, val, test)``, cheapest first and the full network last: the most
     accurate on validation within ``cap`` M multiply-adds, and the full network (pure)."""
-
-    def point(budget: float, val: OperatingPoint, test: OperatingPoint) -> Point:
-        return Point(budget, val.compute * full_madds, 100 * val.accuracy, 100 * test.accuracy,
-                     point_ms(test.exit_fractions, stage_ms))  # fmt: skip
-
-    within = [r for r in rows if r[1].compute * full_madds <= cap + 1e-9]
-    best = max(within, key=lambda r: (r[1].accuracy, -r[1].compute), default=None)
-    return (None if best is None else point(*best)), point(*rows[-1])
+    points = front_points(rows, full_madds, stage_ms)
+    within = [p for p in points if p.mult_adds <= cap + 1e-9]
+    best = max(within, key=lambda p: (p.val, -p.mult_adds), default=None)
+    return best, points[-1]
 
 
 def choose(candidates: list[Candidate], max_full: float) -> Candidate | None:
@@ -116,8 +128,8 @@ def measure(path: Path, cap: float, data_dir: str | None, repeats: int) -> Candi
     madds = [c.mult_adds_millions for c in costs]
     stage_ms = [c.stage_ms_per_image for c in costs]
     fractions = torch.tensor([m / madds[-1] for m in madds], dtype=torch.float64)
-    front = front_table(scores["val"], scores["test"], fractions)
-    capped, full = capped_and_full([(r.budget, r.val, r.test) for r in front], madds[-1], cap, stage_ms)
+    rows = [(r.budget, r.val, r.test) for r in front_table(scores["val"], scores["test"], fractions)]
+    capped, full = capped_and_full(rows, madds[-1], cap, stage_ms)
     return Candidate(
         name=str(path),
         exit_mult_adds=madds,
@@ -126,6 +138,7 @@ def measure(path: Path, cap: float, data_dir: str | None, repeats: int) -> Candi
         stage_ms=stage_ms,
         capped=capped,
         full=full,
+        front=tuple(front_points(rows, madds[-1], stage_ms)),
     )
 
 
@@ -149,6 +162,30 @@ def report(candidates: list[Candidate], cap: float) -> list[str]:
     return table(head, rows)
 
 
+def plot(candidates: list[Candidate], cap: float, goal: float, out: Path) -> Path:
+    """Each network's front: validation accuracy against mean multiply-adds (its exits as
+    triangles, the cap and the goal as lines), and test accuracy against ms per image."""
+    from training.plots import figure
+
+    with figure(out, cols=2, size=(12, 4.5), dpi=110) as (_, (by_madds, by_ms)):
+        for i, c in enumerate(candidates):
+            color, label = f"C{i}", "/".join(Path(c.name).parts[-2:])
+            by_madds.plot([p.mult_adds for p in c.front], [p.val for p in c.front], "o-",
+                          color=color, markersize=3, label=label)  # fmt: skip
+            by_madds.plot(c.exit_mult_adds, c.exit_val, "^", color=color, markersize=6)
+            by_ms.plot([p.ms for p in c.front], [p.test for p in c.front], "o-", color=color,
+                       markersize=3, label=label)  # fmt: skip
+        by_madds.axvline(cap, color="grey", linestyle="--", linewidth=1)
+        by_madds.axhline(goal, color="grey", linestyle=":", linewidth=1)
+        title = f"validation front (triangles: exits; cap {cap:g} M, goal {goal:g} %)"
+        by_madds.set(xlabel="mean compute (M multiply-adds per image)",
+                     ylabel="validation accuracy (%)", title=title)  # fmt: skip
+        by_ms.set(xlabel="ms per image (ONNX Runtime, batch 32, one thread)",
+                  ylabel="test accuracy (%)", title="test accuracy against time")  # fmt: skip
+        by_madds.legend(loc="lower right", fontsize=8)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.pareto", description=__doc__.split("\n\n")[0])
     p.add_argument("networks", type=Path, nargs="+", help="run directories or model packages")
@@ -159,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="override data.path of the networks' configs")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per stage; the median")
     p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--plot", type=Path, help="also draw the fronts to this PNG")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     candidates = [measure(n, args.cap, args.data_dir, args.repeats) for n in args.networks]
@@ -174,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{chosen.full.val:.2f} % vs {args.shipped} %)")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps([asdict(c) for c in candidates], indent=2) + "\n")
+    if args.plot:
+        print(f"plot: {plot(candidates, args.cap, args.goal, args.plot)}")
     return 0
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from PIL import Image
 
 from training.calibrate import OperatingPoint
-from training.pareto import Candidate, Point, capped_and_full, choose, point_ms
+from training.pareto import Candidate, Point, capped_and_full, choose, plot, point_ms
 
 
 def op(compute: float, accuracy: float, fractions: list[float]) -> OperatingPoint:
@@ -47,3 +50,16 @@ def test_the_rule_takes_the_most_accurate_eligible_and_breaks_ties_by_speed() ->
     assert choose([best, near_but_faster, slow_point, too_big], max_full=150) is near_but_faster
     assert choose([best, candidate("worse", 91.0, 0.5, 1.0)], max_full=150) is best
     assert choose([slow_point, too_big], max_full=150) is None
+
+
+def test_the_plot_draws_every_network_front(tmp_path: Path) -> None:
+    front = (Point(0.3, 30.0, 85.0, 84.0, 0.5), Point(0.6, 60.0, 90.0, 89.5, 1.0),
+             Point(1.0, 100.0, 91.0, 90.5, 1.6))  # fmt: skip
+    a = Candidate("runs/a", [30.0, 100.0], [85.0, 91.0], [84.0, 90.5], [0.5, 1.1],
+                  capped=front[0], full=front[-1], front=front)  # fmt: skip
+    b = candidate("runs/b", 88.0, 0.5, 2.0)  # a network with no front rows still draws its exits
+    out = plot([a, b], cap=50.0, goal=93.0, out=tmp_path / "fronts.png")
+    with Image.open(out) as png:
+        assert png.format == "PNG" and png.width > 1000  # two panels side by side
+        colours = png.convert("RGB").getcolors(maxcolors=1 << 16)
+    assert colours is not None and len(colours) > 50  # curves, markers and text, not a blank frame
