@@ -116,8 +116,11 @@ def torch_threads(settings: ServiceSettings) -> int:
 
 def engine_config(settings: ServiceSettings, device: str = "cpu") -> EngineConfig:
     """The engine settings of ``settings``; ``max_batch_size`` is the device's default unless the
-    settings pin it (:func:`default_max_batch`)."""
+    settings pin it (:func:`default_max_batch`). The simulated device stands in for a GPU, so it
+    batches as deep as one (its stages cost a launch plus a little per image, as a GPU's do)."""
     b, slo, g = settings.batching, settings.slo, settings.guard
+    if settings.simulated_device.enabled:
+        device = "cuda"
     pinned = "max_batch_size" in b.model_fields_set
     controller = None
     if slo.p99_target_ms is not None:

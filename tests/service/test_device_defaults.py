@@ -36,6 +36,8 @@ def test_settings_pin_the_batch_size_else_the_device_decides() -> None:
     pinned = ServiceSettings(batching={"max_batch_size": 8})  # type: ignore[arg-type]
     assert engine_config(pinned, "cpu").max_batch_size == engine_config(pinned, "cuda").max_batch_size
     assert engine_config(pinned, "cuda").max_batch_size == 8
+    simulated = ServiceSettings(simulated_device={"enabled": True})  # type: ignore[arg-type]
+    assert engine_config(simulated, "cpu").max_batch_size == 256  # it stands in for a GPU
 
 
 def test_auto_device_is_cuda_only_where_a_kernel_really_runs(monkeypatch: pytest.MonkeyPatch) -> None:
