@@ -177,16 +177,15 @@ def run_plan(plan: AblationPlan, only: list[str] | None = None, extra: list[str]
 
 
 def planned_epochs(plan: AblationPlan, name: str, seed: int | None) -> int:
-    """The epochs row ``name``'s config trains (both stages of the two-stage recipe)."""
+    """The epochs row ``name``'s config trains (both stages of the two-stage recipe; a stage2 row
+    trains ``epochs``, as the trainer does)."""
     row = plan.rows[name]
     cfg = load_config(
         row.config or plan.base_config,
         run_overrides(plan, name, seed, []),
         values=init_from(plan, name, seed),
     )
-    return {"joint": cfg.epochs, "stage2": cfg.stage2_epochs}.get(
-        cfg.recipe, cfg.epochs + cfg.stage2_epochs
-    )
+    return cfg.total_epochs()
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:

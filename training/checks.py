@@ -43,6 +43,8 @@ def check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
     extendable = cfg.recipe == "joint" and cfg.optim.schedule == "constant"
     if extendable and isinstance(old.get("epochs"), int) and cfg.epochs >= old["epochs"]:
         free.add("epochs")
+    if cfg.recipe != "two-stage":
+        free.add("stage2_epochs")  # only the two-stage recipe reads it
     diff = sorted(k for k in old if k not in free and old.get(k) != new.get(k))
     if diff:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)

@@ -101,6 +101,9 @@ class OptimConfig(_Frozen):
     gamma: float = Field(0.1, gt=0)
 
 
+RECIPE_STAGES = {"joint": ["joint"], "two-stage": ["stage1", "stage2"], "stage2": ["stage2"]}
+
+
 class TrainConfig(_Frozen):
     """One training run. ``recipe`` picks the joint or the official two-stage procedure."""
 
@@ -200,6 +203,19 @@ class TrainConfig(_Frozen):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+
+    def stages(self) -> list[str]:
+        """The stages the recipe trains, in order."""
+        return RECIPE_STAGES[self.recipe]
+
+    def stage_epochs(self, stage: str) -> int:
+        """Epochs of ``stage``: the two-stage recipe's second stage has its own length
+        (``stage2_epochs``); every other stage, a stage2 run's included, trains ``epochs``."""
+        return self.stage2_epochs if stage == "stage2" and self.recipe == "two-stage" else self.epochs
+
+    def total_epochs(self) -> int:
+        """Epochs over all the recipe's stages: what a finished run has logged."""
+        return sum(self.stage_epochs(s) for s in self.stages())
 
     @model_validator(mode="before")
     @classmethod

@@ -43,12 +43,6 @@ from training.stages import StagePlan, build_stage, make_optimizer
 from training.swa import averaged, recompute_batchnorm
 
 LOG = "log.jsonl"
-STAGES = {"joint": ["joint"], "two-stage": ["stage1", "stage2"], "stage2": ["stage2"]}
-
-
-def stage_epochs(cfg: TrainConfig, stage: str) -> int:
-    # Stage 2 of the one-run two-stage recipe has its own length; a stage2 run's is ``epochs``.
-    return cfg.stage2_epochs if stage == "stage2" and cfg.recipe == "two-stage" else cfg.epochs
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -82,7 +76,7 @@ class StartPoint:
 def start_point(cfg: TrainConfig, run_dir: Path, resume: bool, info: DistInfo) -> StartPoint:
     """Read ``run_dir/last.pt`` if there is one (refused without ``resume`` or under another
     config). A finished stage 1 moves the start to stage 2's beginning."""
-    stages = STAGES[cfg.recipe]
+    stages = cfg.stages()
     if not (run_dir / LAST).is_file():
         return StartPoint()
     if not resume:
@@ -90,7 +84,7 @@ def start_point(cfg: TrainConfig, run_dir: Path, resume: bool, info: DistInfo) -
     blob = load_checkpoint(run_dir / LAST)
     check_resumable(blob["config"], cfg)
     start = StartPoint(stages.index(blob["stage"]), blob["epoch"], blob["history"], blob)
-    if start.epoch < stage_epochs(cfg, blob["stage"]):
+    if start.epoch < cfg.stage_epochs(blob["stage"]):
         return start
     if blob["stage"] == "stage1" and not (run_dir / STAGE1).is_file() and info.is_main:
         save_atomic({"arch": blob["arch"], "model": blob["model"]}, run_dir / STAGE1)
@@ -135,7 +129,7 @@ def prepare_stage(
     if use_channels_last(cfg, device):  # convs then run NHWC (their inputs follow the weights)
         plan.model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, plan.model)
-    schedule = lr_factor(cfg.optim, stage_epochs(cfg, stage), steps_per_epoch)
+    schedule = lr_factor(cfg.optim, cfg.stage_epochs(stage), steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     blob = start.blob if first else None
@@ -153,7 +147,7 @@ def prepare_stage(
     swa = averaged(plan.model) if cfg.swa_start is not None else None
     if swa is not None and blob is not None and "swa" in blob:
         swa.load_state_dict(blob["swa"])
-    total_steps = stage_epochs(cfg, stage) * steps_per_epoch
+    total_steps = cfg.stage_epochs(stage) * steps_per_epoch
     lookahead = Lookahead(plan.model, total_steps) if cfg.lookahead else None
     if lookahead is not None and blob is not None and "lookahead" in blob:
         lookahead.load_state_dict(blob["lookahead"])
@@ -241,7 +235,7 @@ def run_training(
     """
     info = info or DistInfo()
     run_dir = Path(cfg.run_dir).expanduser()
-    stages = STAGES[cfg.recipe]
+    stages = cfg.stages()
     start = start_point(cfg, run_dir, resume, info)
     history = start.history
     if start.stage >= len(stages):
@@ -257,7 +251,7 @@ def run_training(
         copy_frozen_network(cfg, len(data.classes), run_dir, info)
     steps = len(data.train) // info.world_size // cfg.batch_size
     for si in range(start.stage, len(stages)):
-        stage, epochs, seed = stages[si], stage_epochs(cfg, stages[si]), cfg.seed + si
+        stage, epochs, seed = stages[si], cfg.stage_epochs(stages[si]), cfg.seed + si
         seed_everything(seed, cfg.deterministic)
         first = si == start.stage
         state = prepare_stage(

@@ -112,7 +112,7 @@ def _seeded_plan(tmp_path: Path, **rows: dict[str, Any]) -> Path:
     runs = tmp_path / "runs"
     base = write_config(tmp_path / "base.yaml", tiny_config(runs / "unused", model=TINY_WIDENET))
     stage2 = tiny_config(
-        runs / "unused", model={**TINY_WIDENET, "isc": True}, recipe="stage2", kd=True, stage2_epochs=1
+        runs / "unused", model={**TINY_WIDENET, "isc": True}, recipe="stage2", kd=True, stage2_epochs=3
     )
     write_config(tmp_path / "stage2.yaml", stage2)
     plan = {"base_config": str(base), "runs_dir": str(runs), "base_row": "plain", "seeds": [0, 1]}
@@ -157,6 +157,8 @@ def test_seeded_plan_trains_every_seed_and_reports_their_mean(
     per_exit = [sum(col) / 2 for col in zip(*(r[1] for r in seeds if r), strict=True)]
     assert plain.exit_acc == pytest.approx(per_exit) and plain.seeds == 2
     assert heads_row.delta == pytest.approx(heads_row.mean_acc - plain.mean_acc)
+    # a stage2 run trains `epochs` (stage2_epochs is the two-stage recipe's): finished at 1 epoch
+    assert heads_row.planned == heads_row.epochs == 1 and heads_row.kept is not None
 
 
 @pytest.mark.parametrize(

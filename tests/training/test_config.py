@@ -9,7 +9,7 @@ import yaml
 
 from training.checks import SPLIT_KEYS
 from training.cli import build_parser, main, train_flags
-from training.config import ConfigError, load_config
+from training.config import ConfigError, TrainConfig, load_config
 
 from .helpers import tiny_config, write_config
 
@@ -96,3 +96,16 @@ def test_the_default_model_phases_share_one_split_and_model() -> None:
     configs = [load_config(p) for p in phases]
     split = [{k: getattr(c.data, k) for k in SPLIT_KEYS} for c in configs]
     assert all((s, c.model) == (split[0], configs[0].model) for s, c in zip(split, configs, strict=True))
+
+
+def test_each_recipe_trains_its_stages_for_their_epochs() -> None:
+    def cfg(recipe: str) -> TrainConfig:
+        extra = {"init_from": "runs/x/last.pt"} if recipe == "stage2" else {}
+        return TrainConfig(recipe=recipe, epochs=4, stage2_epochs=2, kd=True, **extra)  # type: ignore[arg-type]
+
+    assert cfg("joint").stages() == ["joint"] and cfg("joint").total_epochs() == 4
+    two = cfg("two-stage")
+    assert two.stages() == ["stage1", "stage2"] and two.stage_epochs("stage2") == 2
+    assert two.total_epochs() == 6
+    # a stage2 run is that stage alone, as long as `epochs`: stage2_epochs is the two-stage recipe's
+    assert cfg("stage2").stages() == ["stage2"] and cfg("stage2").total_epochs() == 4

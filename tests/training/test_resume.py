@@ -56,6 +56,14 @@ def test_resume_refuses_a_changed_config(tmp_path: Path) -> None:
         run_training(validate_config(tiny_config(tmp_path, epochs=2, optim={"lr": 0.5})), resume=True)
 
 
+def test_a_key_the_recipe_never_reads_does_not_block_a_resume(tmp_path: Path) -> None:
+    # stage2_epochs belongs to the two-stage recipe; a joint run resumes whatever it says
+    assert not run_training(validate_config(tiny_config(tmp_path, epochs=2, stop_after=1)))["complete"]
+    assert run_training(validate_config(tiny_config(tmp_path, epochs=2, stage2_epochs=7)), resume=True)[
+        "complete"
+    ]
+
+
 def test_resume_may_find_the_starting_weights_elsewhere(tmp_path: Path) -> None:
     # init_from is only read at the start: a run moved to another machine and back resumes.
     assert run_training(validate_config(tiny_config(tmp_path / "first", epochs=1)))["complete"]
