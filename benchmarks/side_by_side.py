@@ -190,10 +190,9 @@ def measure(args: argparse.Namespace, images: Path) -> dict[str, Any]:
                     f"  [{r + 1}/{args.repeats}] engine b{b}: {e['images_per_s']:.1f} img/s", flush=True
                 )
     rows = {
-        label: summarise(runs[label]) | {"server": server, "body": body, "path": path,
-                                         "precision": args.served[1] if server == "anytime"
-                                         else peer_graphs(args),
-                                         "server_cpu_ms_per_image": statistics.median(cpu[label])}
+        label: summarise(runs[label], cpu[label]) | {"server": server, "body": body, "path": path,
+                                                     "precision": args.served[1] if server == "anytime"
+                                                     else peer_graphs(args)}
         for label, server, path, body in points
     }  # fmt: skip
     for label, es in engine.items():

@@ -167,11 +167,20 @@ def run_repeats(
     )
 
 
-def summarise(runs: list[WrkResult]) -> dict[str, Any]:
-    """The runs, their median by images/s, and the accuracy over every answer of every run."""
-    ranked = sorted(runs, key=lambda r: r.images_per_s)
+def summarise(runs: list[WrkResult], cpu_ms: list[float] | None = None) -> dict[str, Any]:
+    """The runs, their median by images/s, and the accuracy over every answer of every run.
+
+    ``cpu_ms``: the server's CPU per answer of each run; the row takes the median run's, so that
+    its images/s and its CPU come from one run (medians taken apart can pair a fast run's rate
+    with a slow run's CPU, a product above the machine's cores)."""
+    order = sorted(range(len(runs)), key=lambda i: runs[i].images_per_s)
+    ranked = [runs[i] for i in order]
     median, ok = ranked[len(ranked) // 2], sum(r.ok for r in runs)
-    return {
+    cpu = {}
+    if cpu_ms is not None:
+        cpu = {"server_cpu_ms_per_image": cpu_ms[order[len(order) // 2]],
+               "server_cpu_ms_per_image_all": [round(c, 3) for c in cpu_ms]}  # fmt: skip
+    return cpu | {
         "runs": [asdict(r) for r in runs],
         "images_per_s": statistics.median(r.images_per_s for r in runs),
         "images_per_s_range": [ranked[0].images_per_s, ranked[-1].images_per_s],

@@ -75,6 +75,11 @@ def test_summary_is_the_median_run_and_pooled_accuracy() -> None:
     s = summarise(runs)
     assert s["images_per_s"] == 100.0 and s["images_per_s_range"] == [50.0, 150.0]
     assert s["answers"] == 600 and s["accuracy"] == pytest.approx(440 / 600)
+    assert "server_cpu_ms_per_image" not in s
+    # the CPU is the median run's (the one at 100 images/s), not the median of the CPU figures
+    with_cpu = summarise(runs, cpu_ms=[1.0, 2.0, 3.0])
+    assert with_cpu["server_cpu_ms_per_image"] == 3.0  # the median of the figures would be 2.0
+    assert with_cpu["server_cpu_ms_per_image_all"] == [1.0, 2.0, 3.0]
 
 
 def test_image_set_needs_labels(tmp_path: Path) -> None:
