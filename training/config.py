@@ -206,7 +206,7 @@ class TrainConfig(_Frozen):
 
     def stages(self) -> list[str]:
         """The stages the recipe trains, in order."""
-        return RECIPE_STAGES[self.recipe]
+        return list(RECIPE_STAGES[self.recipe])
 
     def stage_epochs(self, stage: str) -> int:
         """Epochs of ``stage``: the two-stage recipe's second stage has its own length
