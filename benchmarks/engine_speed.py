@@ -45,6 +45,7 @@ from benchmarks.harness.engine import (
 )
 from benchmarks.harness.load import Answer, closed_loop, run, thread_loop
 from benchmarks.harness.output import write_json
+from service.engine.backends import BackendError
 
 
 def load_images(path: Path | None, pkg: Any, data_dir: str | None) -> tuple[torch.Tensor, Any]:
@@ -195,7 +196,10 @@ def main(argv: list[str] | None = None) -> None:
         np.savez_compressed(args.save_images, x=x.numpy(), y=y)
         print(f"wrote {len(y)} images to {args.save_images}")
         return
-    rows = measure(args)
+    try:
+        rows = measure(args)
+    except BackendError as e:  # a backend or precision this package or machine lacks: one line
+        raise SystemExit(f"error: {e}") from None
     if args.json is not None:
         write_json(args.json, rows)
 

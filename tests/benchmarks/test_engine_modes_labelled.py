@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks.engine_modes import main as engine_modes
 from benchmarks.harness.data import held_test_images
 from models.package import load_package
@@ -42,3 +44,11 @@ def test_untrained_package_falls_back_to_synthetic_images(package_dir: Path) -> 
     pkg = load_package(package_dir)
     assert pkg.manifest.provenance.training_config is None
     assert held_test_images(pkg.manifest) is None
+
+
+def test_a_precision_the_package_lacks_is_one_line_not_a_traceback(package_dir: Path) -> None:
+    from benchmarks.engine_speed import main as engine_speed
+
+    with pytest.raises(SystemExit, match=r"^error: .*the package has no int8 graphs$"):
+        engine_speed(["--package", str(package_dir), "--backend", "stub", "--precisions", "int8",
+                      "--seconds", "0.1"])  # fmt: skip
