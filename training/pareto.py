@@ -177,6 +177,7 @@ def plot(candidates: list[Candidate], cap: float, goal: float, out: Path) -> Pat
                        markersize=3, label=label)  # fmt: skip
         by_madds.axvline(cap, color="grey", linestyle="--", linewidth=1)
         by_madds.axhline(goal, color="grey", linestyle=":", linewidth=1)
+        by_madds.set_ylim(top=max(by_madds.get_ylim()[1], goal + 0.5))  # the goal line in view
         title = f"validation front (triangles: exits; cap {cap:g} M, goal {goal:g} %)"
         by_madds.set(xlabel="mean compute (M multiply-adds per image)",
                      ylabel="validation accuracy (%)", title=title)  # fmt: skip
