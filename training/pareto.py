@@ -80,13 +80,9 @@ def front_points(
     ]  # fmt: skip
 
 
-def capped_and_full(
-    rows: list[tuple[float, OperatingPoint, OperatingPoint]], full_madds: float, cap: float,
-    stage_ms: list[float],
-) -> tuple[Point | None, Point]:  # fmt: skip
-    """From front rows ``(budget, val, test)``, cheapest first and the full network last: the most
-    accurate on validation within ``cap`` M multiply-adds, and the full network (pure)."""
-    points = front_points(rows, full_madds, stage_ms)
+def capped_and_full(points: list[Point], cap: float) -> tuple[Point | None, Point]:
+    """From a front's points (:func:`front_points`), cheapest first and the full network last:
+    the most accurate on validation within ``cap`` M multiply-adds, and the full network (pure)."""
     within = [p for p in points if p.mult_adds <= cap + 1e-9]
     best = max(within, key=lambda p: (p.val, -p.mult_adds), default=None)
     return best, points[-1]
@@ -129,7 +125,8 @@ def measure(path: Path, cap: float, data_dir: str | None, repeats: int) -> Candi
     stage_ms = [c.stage_ms_per_image for c in costs]
     fractions = torch.tensor([m / madds[-1] for m in madds], dtype=torch.float64)
     rows = [(r.budget, r.val, r.test) for r in front_table(scores["val"], scores["test"], fractions)]
-    capped, full = capped_and_full(rows, madds[-1], cap, stage_ms)
+    front = front_points(rows, madds[-1], stage_ms)
+    capped, full = capped_and_full(front, cap)
     return Candidate(
         name=str(path),
         exit_mult_adds=madds,
@@ -138,7 +135,7 @@ def measure(path: Path, cap: float, data_dir: str | None, repeats: int) -> Candi
         stage_ms=stage_ms,
         capped=capped,
         full=full,
-        front=tuple(front_points(rows, madds[-1], stage_ms)),
+        front=tuple(front),
     )
 
 

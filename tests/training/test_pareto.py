@@ -8,7 +8,15 @@ import pytest
 from PIL import Image
 
 from training.calibrate import OperatingPoint
-from training.pareto import Candidate, Point, capped_and_full, choose, plot, point_ms
+from training.pareto import (
+    Candidate,
+    Point,
+    capped_and_full,
+    choose,
+    front_points,
+    plot,
+    point_ms,
+)
 
 
 def op(compute: float, accuracy: float, fractions: list[float]) -> OperatingPoint:
@@ -27,10 +35,11 @@ def test_the_capped_point_is_the_most_accurate_within_the_cap() -> None:
         (0.6, op(0.6, 0.93, [0.2, 0.4, 0.4]), op(0.6, 0.91, [0.2, 0.4, 0.4])),
         (1.0, op(1.0, 0.92, [0, 0, 1]), op(1.0, 0.92, [0, 0, 1])),
     ]
-    capped, full = capped_and_full(rows, full_madds=100.0, cap=50.0, stage_ms=[1.0, 1.0, 1.0])
+    points = front_points(rows, full_madds=100.0, stage_ms=[1.0, 1.0, 1.0])
+    capped, full = capped_and_full(points, cap=50.0)
     assert capped == Point(0.4, 40.0, 90.0, 88.0, 1.5)
     assert full == Point(1.0, 100.0, 92.0, 92.0, 3.0)
-    nothing, _ = capped_and_full(rows, full_madds=100.0, cap=10.0, stage_ms=[1.0, 1.0, 1.0])
+    nothing, _ = capped_and_full(points, cap=10.0)
     assert nothing is None
 
 
